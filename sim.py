@@ -1,0 +1,116 @@
+"""Split federated learning on Omniglot with DP-SGD: train, then measure what the server can reconstruct.
+
+Wiring only: parse flags -> RunConfig -> data + shards -> Flower simulation (strategy/) -> report.
+Run ``python sim.py --help`` for every flag.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from clients.config import ACCOUNTANTS, DEVICES, OPTIMIZERS, PARTITIONS, RunConfig
+from clients.errors import UserError
+
+D = RunConfig()
+
+
+class _OneLineParser(argparse.ArgumentParser):
+    """argparse, but a bad flag gives one line (no usage block) and exit status 2."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        raise UserError(message)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _OneLineParser(
+        prog="sim.py",
+        description="Split federated learning on Omniglot with per-client DP-SGD (Opacus) in a Flower simulation.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    fed = p.add_argument_group("federation")
+    fed.add_argument("--clients", type=int, default=D.clients, help="number of simulated clients")
+    fed.add_argument("--rounds", type=int, default=D.rounds, help="federated rounds")
+    fed.add_argument("--fraction-train", type=float, default=D.fraction_train, help="fraction of clients per round")
+    fed.add_argument(
+        "--partition",
+        default=D.partition,
+        help=f"how alphabets are shared out: {', '.join(PARTITIONS)} (shards = sorted-by-alphabet blocks; "
+        "alphabet = whole alphabets, needs --clients <= 20)",
+    )
+    fed.add_argument("--alphabets-per-client", type=int, default=D.alphabets_per_client, help="shards per client")
+    fed.add_argument("--alpha", type=float, default=D.alpha, help="Dirichlet concentration (--partition dirichlet)")
+    fed.add_argument("--limit-per-client", type=int, default=D.limit_per_client, help="cap images per client; 0 = all")
+    fed.add_argument("--val-fraction", type=float, default=D.val_fraction, help="share of each shard for validation")
+
+    dp = p.add_argument_group("local DP-SGD training")
+    dp.add_argument("--noise", type=float, default=D.noise, help="noise multiplier sigma; 0 = no DP (epsilon = inf)")
+    dp.add_argument("--target-epsilon", type=float, default=D.target_epsilon, help="pick sigma for this epsilon; 0=off")
+    dp.add_argument("--clip", type=float, default=D.clip, help="per-sample gradient L2 clipping bound")
+    dp.add_argument("--delta", type=float, default=D.delta, help="delta of the (epsilon, delta) guarantee")
+    dp.add_argument("--accountant", default=D.accountant, help=f"privacy accountant: {', '.join(ACCOUNTANTS)}")
+    dp.add_argument("--local-epochs", type=int, default=D.local_epochs, help="local epochs per round")
+    dp.add_argument("--batch-size", type=int, default=D.batch_size, help="expected (Poisson) batch size")
+    dp.add_argument("--lr", type=float, default=D.lr, help="learning rate")
+    dp.add_argument("--optimizer", default=D.optimizer, help=f"optimizer: {', '.join(OPTIMIZERS)}")
+    dp.add_argument("--dropout", type=float, default=D.dropout, help="dropout in device and head (0 as in the DP runs)")
+    dp.add_argument("--norm-groups", type=int, default=D.norm_groups, help="GroupNorm groups (1 learns best)")
+
+    run = p.add_argument_group("run")
+    run.add_argument("--data-dir", default=D.data_dir, help="Omniglot zips/folders; else $OMNIGLOT_ROOT, ./data/omniglot")
+    run.add_argument("--download", action="store_true", help="download missing official zips (needs internet)")
+    run.add_argument("--out", default=D.out, help="run directory; default runs/<timestamp>-c<clients>-s<noise>")
+    run.add_argument("--seed", type=int, default=D.seed, help="seed for shards, weights, sampling and noise")
+    run.add_argument("--device", default=D.device, help=f"torch device: {', '.join(DEVICES)}")
+    run.add_argument("--cpus-per-client", type=float, default=D.cpus_per_client, help="CPU cores per client")
+    run.add_argument("--gpus-per-client", type=float, default=D.gpus_per_client, help="GPU share per client")
+    run.add_argument("--dry-run", action="store_true", help="load data, build shards, print them; no training")
+    return p
+
+
+def parse_config(argv: Sequence[str] | None = None) -> tuple[RunConfig, argparse.Namespace]:
+    """Flags -> validated RunConfig (raises UserError on the first bad value)."""
+    args = build_parser().parse_args(argv)
+    fields = RunConfig.__dataclass_fields__
+    cfg = RunConfig(**{k: v for k, v in vars(args).items() if k in fields})
+    return cfg.validate(), args
+
+
+def dry_run(cfg: RunConfig, download: bool) -> None:
+    """Load the evaluation set, build the shards and print one row per client."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from clients.data import EVALUATION, load_set
+    from clients.shards import build_shards
+
+    data = load_set(EVALUATION, cfg.data_dir, download=download)
+    shards = build_shards(data.alphabet, cfg)
+    table = Table(title=f"{cfg.clients} clients, --partition {cfg.partition} (seed {cfg.seed})")
+    for column in ("client", "alphabets", "train", "val", "images"):
+        table.add_column(column, justify="left" if column == "alphabets" else "right")
+    for shard in shards:
+        names = sorted({data.alphabet_names[a] for a in data.alphabet[shard.indices]})
+        shown = ", ".join(names) if len(names) <= 3 else f"{len(names)}: {', '.join(names[:2])}, ..."
+        table.add_row(str(shard.partition_id), shown, str(len(shard.train)), str(len(shard.val)), str(len(shard.indices)))
+    n_train, n_val = sum(len(s.train) for s in shards), sum(len(s.val) for s in shards)
+    table.add_section()
+    table.add_row("total", f"{len(data.alphabet_names)} alphabets", f"{n_train:,}", f"{n_val:,}", f"{n_train + n_val:,}")
+    Console().print(table)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        cfg, args = parse_config(argv)
+        if args.dry_run:
+            dry_run(cfg, args.download)
+            return 0
+        raise UserError("training is not implemented yet; use --dry-run")
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,67 @@
+"""The split model: device convnet (runs on the client) | cut | server head (hosted by the server).
+
+Architecture from the 2020 experiment (shared/docs/EXPERIMENT.md), made DP-SGD compatible:
+BatchNorm -> GroupNorm with ``norm_groups`` groups (1 by default: close to BatchNorm, while the 32 groups that
+Opacus's ``ModuleValidator.fix`` would pick stop the model learning), and non-inplace ReLU.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+IMAGE_SIDE = 105
+CUT_CHANNELS = 32
+N_CLASSES = 20
+
+# (kernel, pool kernel, pool stride) per block: 105 -> 99 -> 33 -> 27 -> 13 -> 9 -> 4 -> 2 -> 1
+_BLOCKS = ((7, 3, 3), (7, 3, 2), (5, 2, 2), (3, 2, 2))
+
+
+class DeviceNet(nn.Sequential):
+    """Client-side convnet. images float32 [B,1,105,105] in [0,1] -> activations float32 [B,32,1,1].
+
+    The output is what crosses the network to the server: the "activations" the attack inverts.
+    """
+
+    def __init__(self, dropout: float = 0.0, norm_groups: int = 1) -> None:
+        if CUT_CHANNELS % norm_groups:
+            raise ValueError(f"norm_groups must divide {CUT_CHANNELS}, got {norm_groups}")
+        layers: list[nn.Module] = []
+        channels = 1
+        for kernel, pool, stride in _BLOCKS:
+            layers += [
+                nn.Conv2d(channels, CUT_CHANNELS, kernel_size=kernel),
+                nn.ReLU(inplace=False),
+                nn.GroupNorm(norm_groups, CUT_CHANNELS),
+                nn.MaxPool2d(pool, stride=stride),
+                nn.Dropout(dropout),
+            ]
+            channels = CUT_CHANNELS
+        super().__init__(*layers)
+
+
+class ServerHead(nn.Sequential):
+    """Server-side head. activations float32 [B,32,1,1] -> logits float32 [B,n_classes] (softmax in the loss)."""
+
+    def __init__(self, n_classes: int = N_CLASSES, dropout: float = 0.0, hidden: int = 256) -> None:
+        super().__init__(
+            nn.Flatten(),
+            nn.Linear(CUT_CHANNELS, hidden),
+            nn.ReLU(inplace=False),
+            nn.Dropout(dropout),
+            nn.Linear(hidden, n_classes),
+        )
+
+
+def build_split(
+    dropout: float = 0.0, norm_groups: int = 1, n_classes: int = N_CLASSES
+) -> tuple[DeviceNet, ServerHead]:
+    """A fresh (device, head) pair; seed torch beforehand for reproducible initial weights."""
+    return DeviceNet(dropout, norm_groups), ServerHead(n_classes, dropout)
+
+
+def split_forward(device: nn.Module, head: nn.Module, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Run both halves explicitly: returns (activations [B,32,1,1] that cross the cut, logits [B,n_classes])."""
+    activations = device(images)
+    return activations, head(activations)
