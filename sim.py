@@ -58,7 +58,9 @@ def build_parser() -> argparse.ArgumentParser:
     dp.add_argument("--norm-groups", type=int, default=D.norm_groups, help="GroupNorm groups (1 learns best)")
 
     run = p.add_argument_group("run")
-    run.add_argument("--data-dir", default=D.data_dir, help="Omniglot zips/folders; else $OMNIGLOT_ROOT, ./data/omniglot")
+    run.add_argument(
+        "--data-dir", default=D.data_dir, help="Omniglot zips/folders; else $OMNIGLOT_ROOT, ./data/omniglot"
+    )
     run.add_argument("--download", action="store_true", help="download missing official zips (needs internet)")
     run.add_argument("--out", default=D.out, help="run directory; default runs/<timestamp>-c<clients>-s<noise>")
     run.add_argument("--seed", type=int, default=D.seed, help="seed for shards, weights, sampling and noise")
@@ -93,10 +95,14 @@ def dry_run(cfg: RunConfig, download: bool) -> None:
     for shard in shards:
         names = sorted({data.alphabet_names[a] for a in data.alphabet[shard.indices]})
         shown = ", ".join(names) if len(names) <= 3 else f"{len(names)}: {', '.join(names[:2])}, ..."
-        table.add_row(str(shard.partition_id), shown, str(len(shard.train)), str(len(shard.val)), str(len(shard.indices)))
+        table.add_row(
+            str(shard.partition_id), shown, str(len(shard.train)), str(len(shard.val)), str(len(shard.indices))
+        )
     n_train, n_val = sum(len(s.train) for s in shards), sum(len(s.val) for s in shards)
     table.add_section()
-    table.add_row("total", f"{len(data.alphabet_names)} alphabets", f"{n_train:,}", f"{n_val:,}", f"{n_train + n_val:,}")
+    table.add_row(
+        "total", f"{len(data.alphabet_names)} alphabets", f"{n_train:,}", f"{n_val:,}", f"{n_train + n_val:,}"
+    )
     Console().print(table)
 
 

@@ -90,9 +90,7 @@ class RunConfig:
 
     def to_flwr(self) -> dict[str, int | float | str | bool]:
         """Flower run-config / ConfigRecord form: kebab-case keys, scalar values."""
-        return {
-            f.name.replace("_", "-"): getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "extra"
-        }
+        return {f.name.replace("_", "-"): getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "extra"}
 
     @classmethod
     def from_flwr(cls, values: dict) -> RunConfig:

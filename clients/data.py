@@ -174,7 +174,9 @@ def _find_source(spec: SetSpec, root: Path, download: bool) -> Path:
     fix = f"point --data-dir or ${ENV_ROOT} at the folder holding the Omniglot zips, or pass --download"
     if not root.is_dir():
         raise UserError(f"Omniglot data root {root} does not exist: {fix}")
-    raise UserError(f"{zip_path} not found (nor the folder {folder}/): put the official {spec.name}.zip there, or {fix}")
+    raise UserError(
+        f"{zip_path} not found (nor the folder {folder}/): put the official {spec.name}.zip there, or {fix}"
+    )
 
 
 def _download(spec: SetSpec, target: Path, timeout: float = 20.0) -> None:
@@ -203,8 +205,7 @@ def _fingerprint(source: Path) -> str:
                 digest.update(block)
         return f"zip:{digest.hexdigest()}"
     listing = sorted(
-        (str(p.relative_to(source)), p.stat().st_size, p.stat().st_mtime_ns)
-        for p in source.rglob("*.png")
+        (str(p.relative_to(source)), p.stat().st_size, p.stat().st_mtime_ns) for p in source.rglob("*.png")
     )
     return "dir:" + hashlib.md5(json.dumps(listing).encode()).hexdigest()
 
@@ -221,7 +222,9 @@ def _entries(spec: SetSpec, source: Path) -> Iterator[tuple[str, bytes]]:
     try:
         archive = zipfile.ZipFile(source)
     except (zipfile.BadZipFile, OSError) as exc:
-        raise UserError(f"{source} is not a readable zip ({exc}); replace it with the official {spec.name}.zip") from None
+        raise UserError(
+            f"{source} is not a readable zip ({exc}); replace it with the official {spec.name}.zip"
+        ) from None
     prefix = f"{spec.name}/"
     with archive:
         names = sorted(n for n in archive.namelist() if not n.endswith("/"))

@@ -72,7 +72,9 @@ def partition_indices(labels: np.ndarray, cfg: RunConfig) -> list[np.ndarray]:
     try:
         parts = [np.sort(np.asarray(partitioner.load_partition(i)["idx"], dtype=np.int64)) for i in range(k)]
     except ValueError as exc:
-        raise UserError(f"cannot partition {n} images into {k} clients with --partition {cfg.partition}: {exc}") from None
+        raise UserError(
+            f"cannot partition {n} images into {k} clients with --partition {cfg.partition}: {exc}"
+        ) from None
     if cfg.partition == "alphabet":
         # NaturalIdPartitioner numbers clients in order of first appearance; map back to our client ids.
         parts = sorted(parts, key=lambda idx: owner[int(labels[idx[0]])])

@@ -54,9 +54,7 @@ class ServerHead(nn.Sequential):
         )
 
 
-def build_split(
-    dropout: float = 0.0, norm_groups: int = 1, n_classes: int = N_CLASSES
-) -> tuple[DeviceNet, ServerHead]:
+def build_split(dropout: float = 0.0, norm_groups: int = 1, n_classes: int = N_CLASSES) -> tuple[DeviceNet, ServerHead]:
     """A fresh (device, head) pair; seed torch beforehand for reproducible initial weights."""
     return DeviceNet(dropout, norm_groups), ServerHead(n_classes, dropout)
 
