@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 from clients.config import ACCOUNTANTS, DEVICES, OPTIMIZERS, PARTITIONS, RunConfig
 from clients.errors import UserError
@@ -67,6 +68,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--device", default=D.device, help=f"torch device: {', '.join(DEVICES)}")
     run.add_argument("--cpus-per-client", type=float, default=D.cpus_per_client, help="CPU cores per client")
     run.add_argument("--gpus-per-client", type=float, default=D.gpus_per_client, help="GPU share per client")
+    run.add_argument("--overwrite", action="store_true", help="reuse a non-empty --out directory")
     run.add_argument("--dry-run", action="store_true", help="load data, build shards, print them; no training")
     return p
 
@@ -106,16 +108,60 @@ def dry_run(cfg: RunConfig, download: bool) -> None:
     Console().print(table)
 
 
+def resolve_noise(cfg: RunConfig) -> float:
+    """--target-epsilon: the smallest sigma keeping every client's epsilon <= target after all rounds."""
+    from clients.data import EVALUATION, load_set
+    from clients.privacy import noise_for_clients
+    from clients.shards import build_shards
+
+    shards = build_shards(load_set(EVALUATION, cfg.data_dir).alphabet, cfg)
+    epochs = cfg.rounds * cfg.local_epochs
+    try:
+        return noise_for_clients(
+            cfg.target_epsilon, cfg.delta, [len(s.train) for s in shards], cfg.batch_size, epochs, cfg.accountant
+        )
+    except ValueError as exc:
+        raise UserError(f"--target-epsilon: {exc}") from None
+
+
+def train(cfg: RunConfig, overwrite: bool) -> None:
+    """Train with Flower into the run directory and print where everything is."""
+    from clients.data import EVALUATION, load_set, resolve_root
+    from strategy.server_app import default_run_dir, prepare_run_dir, write_config
+    from strategy.simulation import run_training
+
+    load_set(EVALUATION, cfg.data_dir)  # fail fast on missing data, and build the cache once before workers start
+    cfg.data_dir = str(resolve_root(cfg.data_dir).resolve())  # workers may start elsewhere
+    chosen = {}
+    if cfg.target_epsilon:
+        cfg.noise = resolve_noise(cfg)
+        chosen = {"noise_from_target_epsilon": cfg.noise}
+        print(f"--target-epsilon {cfg.target_epsilon:g}: noise multiplier {cfg.noise:.4f}")
+    run_dir = prepare_run_dir(Path(cfg.out) if cfg.out else default_run_dir(cfg), overwrite)
+    cfg.out = str(run_dir)
+    write_config(run_dir, cfg, chosen)
+    rows = run_training(cfg, run_dir)
+    last = rows[-1]
+    print(
+        f"done: {len(rows)} rounds, val acc {last['val_acc']:.3f}, epsilon {last['epsilon_min']:.3g}..."
+        f"{last['epsilon_max']:.3g} ({cfg.accountant}, delta={cfg.delta:g}); run directory {run_dir}"
+    )
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     try:
         cfg, args = parse_config(argv)
         if args.dry_run:
             dry_run(cfg, args.download)
-            return 0
-        raise UserError("training is not implemented yet; use --dry-run")
+        else:
+            train(cfg, args.overwrite)
+        return 0
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except RuntimeError as exc:
+        print(f"error: training failed: {exc}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

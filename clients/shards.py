@@ -58,6 +58,8 @@ def partition_indices(labels: np.ndarray, cfg: RunConfig) -> list[np.ndarray]:
     elif cfg.partition == "alphabet":
         # Whole alphabets: alphabet a goes to client a mod k (one alphabet per client when k == 20).
         alphabets = np.unique(labels)
+        if k > len(alphabets):
+            raise UserError(f"--partition alphabet needs --clients <= {len(alphabets)} (the alphabets), got {k}")
         owner = {int(a): i % k for i, a in enumerate(alphabets)}
         table = table.add_column("client", [owner[int(a)] for a in labels])
         partitioner = NaturalIdPartitioner(partition_by="client")

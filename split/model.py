@@ -63,3 +63,17 @@ def split_forward(device: nn.Module, head: nn.Module, images: torch.Tensor) -> t
     """Run both halves explicitly: returns (activations [B,32,1,1] that cross the cut, logits [B,n_classes])."""
     activations = device(images)
     return activations, head(activations)
+
+
+def joined_state(device: nn.Module, head: nn.Module) -> dict[str, torch.Tensor]:
+    """One state dict for both halves, keys ``device.<name>`` and ``head.<name>`` (what the server aggregates)."""
+    state = {f"device.{k}": v.detach().cpu() for k, v in device.state_dict().items()}
+    state.update({f"head.{k}": v.detach().cpu() for k, v in head.state_dict().items()})
+    return state
+
+
+def load_joined(device: nn.Module, head: nn.Module, state: dict[str, torch.Tensor]) -> None:
+    """Inverse of ``joined_state``: load ``device.*`` into ``device`` and ``head.*`` into ``head`` (strict)."""
+    for prefix, module in (("device.", device), ("head.", head)):
+        part = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
+        module.load_state_dict(part, strict=True)

@@ -1,0 +1,133 @@
+"""One client's local round of split learning: DP-SGD (Opacus) on the device convnet, plain SGD on the head copy.
+
+SplitFed v1 per step: the device computes activations [B,32,1,1] and sends them (with labels) across the cut;
+the server runs its head copy, updates it, and sends the cut-layer gradient back; the device back-propagates that
+gradient through its convnet and takes a DP-SGD step (per-sample clipping + Gaussian noise). In the simulation both
+halves run in the client's worker: the tensors that cross the cut are exactly the ones a networked deployment sends.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from opacus import PrivacyEngine
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+from clients.config import RunConfig
+from clients.privacy import History, make_accountant, sample_rate, total_steps
+
+
+@dataclass
+class LocalResult:
+    """What a local round produced. loss: mean cross-entropy (nats); accuracy in [0,1]; steps this round."""
+
+    history: History
+    steps: int
+    loss: float
+    accuracy: float
+    n_train: int
+
+
+def make_optimizer(name: str, params, lr: float) -> torch.optim.Optimizer:
+    return torch.optim.Adam(params, lr=lr) if name == "adam" else torch.optim.SGD(params, lr=lr)
+
+
+def split_step(
+    device: nn.Module,
+    head: nn.Module,
+    device_opt: torch.optim.Optimizer,
+    head_opt: torch.optim.Optimizer,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+) -> tuple[float, int]:
+    """One split-learning step. images float32 [B,1,105,105], labels int64 [B].
+
+    Returns (summed cross-entropy over the batch, number correct). ``device_opt`` may be an Opacus DPOptimizer.
+    """
+    activations = device(images)
+    cut = activations.detach().requires_grad_(True)  # what the server receives
+    logits = head(cut)
+    loss = F.cross_entropy(logits, labels)
+    device_opt.zero_grad(set_to_none=True)
+    head_opt.zero_grad(set_to_none=True)
+    loss.backward()  # server side: head gradients and the cut-layer gradient cut.grad
+    head_opt.step()
+    activations.backward(cut.grad)  # device side: the gradient that came back down the cut
+    device_opt.step()
+    return float(loss.detach()) * len(labels), int((logits.argmax(1) == labels).sum())
+
+
+def train_local(
+    device: nn.Module,
+    head: nn.Module,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    cfg: RunConfig,
+    history: History,
+    seed: int,
+    torch_device: torch.device | str = "cpu",
+) -> LocalResult:
+    """Train ``device`` (in place) with DP-SGD and ``head`` (in place) for ``cfg.local_epochs`` epochs.
+
+    images: float32 [N,1,105,105] in [0,1]; labels: int64 [N] alphabet ids. ``history`` is this client's accountant
+    history before the round; the result's history includes this round's steps. ``cfg.noise == 0`` trains without
+    clipping or noise (shuffled batches) and records the steps with noise 0, i.e. epsilon = inf.
+    """
+    device.to(torch_device).train()
+    head.to(torch_device).train()
+    loader = DataLoader(
+        TensorDataset(images, labels),
+        batch_size=cfg.batch_size,
+        shuffle=True,
+        generator=torch.Generator().manual_seed(seed),
+    )
+    device_opt = make_optimizer(cfg.optimizer, device.parameters(), cfg.lr)
+    head_opt = make_optimizer(cfg.optimizer, head.parameters(), cfg.lr)
+    engine = None
+    model = device
+    if cfg.noise > 0:
+        engine = PrivacyEngine()
+        engine.accountant = make_accountant(cfg.accountant, history)  # composed with every earlier round
+        model, device_opt, loader = engine.make_private(
+            module=device,
+            optimizer=device_opt,
+            data_loader=loader,
+            noise_multiplier=cfg.noise,
+            max_grad_norm=cfg.clip,
+            poisson_sampling=True,
+            noise_generator=torch.Generator(device=torch_device).manual_seed(seed + 1),
+        )
+    loss_sum, correct, seen, steps = 0.0, 0, 0, 0
+    for _ in range(cfg.local_epochs):
+        for x, y in loader:
+            x, y = x.to(torch_device), y.to(torch_device)
+            batch_loss, batch_correct = split_step(model, head, device_opt, head_opt, x, y)
+            loss_sum, correct, seen, steps = loss_sum + batch_loss, correct + batch_correct, seen + len(y), steps + 1
+    if engine is not None:
+        new_history = list(engine.accountant.history)
+        model.remove_hooks()  # ``device`` itself holds the trained weights, now free of Opacus hooks
+    else:
+        new_history = list(history) + [(0.0, sample_rate(len(labels), cfg.batch_size), steps)]
+    assert total_steps(new_history) == total_steps(history) + steps
+    return LocalResult(new_history, steps, loss_sum / max(seen, 1), correct / max(seen, 1), len(labels))
+
+
+@torch.no_grad()
+def evaluate(
+    device: nn.Module, head: nn.Module, images: torch.Tensor, labels: torch.Tensor, batch_size: int = 512
+) -> tuple[float, float]:
+    """(mean cross-entropy, accuracy) of the split model on images float32 [N,1,105,105], labels int64 [N]."""
+    device.eval()
+    head.eval()
+    param = next(device.parameters())
+    loss_sum, correct = 0.0, 0
+    for start in range(0, len(labels), batch_size):
+        x = images[start : start + batch_size].to(param.device)
+        y = labels[start : start + batch_size].to(param.device)
+        logits = head(device(x))
+        loss_sum += float(F.cross_entropy(logits, y, reduction="sum"))
+        correct += int((logits.argmax(1) == y).sum())
+    return loss_sum / len(labels), correct / len(labels)

@@ -1,0 +1,72 @@
+"""Figures of a run, drawn from its CSV files: ``epsilon_per_round.png`` and ``accuracy_per_round.png``."""
+
+from __future__ import annotations
+
+import csv
+import math
+from collections import defaultdict
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+
+def _read(path: Path) -> list[dict]:
+    with path.open(newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
+def plot_run(run_dir: Path) -> list[Path]:
+    """Draw both figures into ``run_dir``; returns their paths."""
+    ledger, metrics = _read(run_dir / "ledger.csv"), _read(run_dir / "metrics.csv")
+    clients = _read(run_dir / "client_metrics.csv")
+    return [_plot_epsilon(run_dir, ledger), _plot_accuracy(run_dir, metrics, clients)]
+
+
+def _plot_epsilon(run_dir: Path, ledger: list[dict]) -> Path:
+    by_client: dict[int, list[tuple[int, float]]] = defaultdict(list)
+    for row in ledger:
+        by_client[int(row["partition_id"])].append((int(row["round"]), float(row["epsilon"])))
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    finite = [e for series in by_client.values() for _, e in series if math.isfinite(e)]
+    if finite:
+        for pid, series in sorted(by_client.items()):
+            rounds, eps = zip(*sorted(series), strict=True)
+            ax.plot(rounds, eps, marker="o", markersize=3, linewidth=1, label=f"client {pid}")
+        if len(by_client) <= 10:
+            ax.legend(fontsize=7)
+    else:
+        ax.text(0.5, 0.5, "no DP (noise 0): epsilon = infinity", ha="center", va="center", transform=ax.transAxes)
+    accountant = ledger[0]["accountant"] if ledger else "?"
+    delta = ledger[0]["delta"] if ledger else "?"
+    ax.set(xlabel="round", ylabel=f"epsilon (delta={delta}, {accountant})", title="Privacy spent per client")
+    ax.grid(alpha=0.3)
+    path = run_dir / "epsilon_per_round.png"
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def _plot_accuracy(run_dir: Path, metrics: list[dict], clients: list[dict]) -> Path:
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    by_client: dict[int, list[tuple[int, float]]] = defaultdict(list)
+    for row in clients:
+        by_client[int(row["partition_id"])].append((int(row["round"]), float(row["val_acc"])))
+    for i, series in enumerate(by_client.values()):
+        rounds, acc = zip(*sorted(series), strict=True)
+        ax.plot(rounds, acc, color="grey", alpha=0.3, linewidth=0.8, label="val acc, one client" if i == 0 else None)
+    rounds = [int(r["round"]) for r in metrics]
+    ax.plot(rounds, [float(r["val_acc"]) for r in metrics], marker="o", linewidth=2, label="val acc (weighted)")
+    ax.plot(rounds, [float(r["train_acc"]) for r in metrics], marker="s", linewidth=1.5, label="train acc (weighted)")
+    ax.axhline(1 / 20, color="black", linestyle=":", linewidth=1, label="chance (1/20)")
+    ax.set(xlabel="round", ylabel="accuracy (20 alphabets)", ylim=(0, 1), title="Task accuracy per round")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    path = run_dir / "accuracy_per_round.png"
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
