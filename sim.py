@@ -108,35 +108,42 @@ def dry_run(cfg: RunConfig, download: bool) -> None:
     Console().print(table)
 
 
-def resolve_noise(cfg: RunConfig) -> float:
-    """--target-epsilon: the smallest sigma keeping every client's epsilon <= target after all rounds."""
+def plan_privacy(cfg: RunConfig) -> dict:
+    """Check delta against each client's training-set size and resolve --target-epsilon into --noise.
+
+    Returns what was chosen (for config.json). Warns when delta >= 1/n for some client: such a delta allows the
+    mechanism to reveal a whole record outright.
+    """
     from clients.data import EVALUATION, load_set
     from clients.privacy import noise_for_clients
     from clients.shards import build_shards
 
-    shards = build_shards(load_set(EVALUATION, cfg.data_dir).alphabet, cfg)
+    n_trains = [len(s.train) for s in build_shards(load_set(EVALUATION, cfg.data_dir).alphabet, cfg)]
+    if cfg.delta >= 1 / min(n_trains):
+        print(
+            f"warning: --delta {cfg.delta:g} >= 1/n for the smallest client (n = {min(n_trains)}); "
+            f"use delta < {1 / max(n_trains):.2g}",
+            file=sys.stderr,
+        )
+    if not cfg.target_epsilon:
+        return {}
     epochs = cfg.rounds * cfg.local_epochs
     try:
-        return noise_for_clients(
-            cfg.target_epsilon, cfg.delta, [len(s.train) for s in shards], cfg.batch_size, epochs, cfg.accountant
-        )
+        cfg.noise = noise_for_clients(cfg.target_epsilon, cfg.delta, n_trains, cfg.batch_size, epochs, cfg.accountant)
     except ValueError as exc:
         raise UserError(f"--target-epsilon: {exc}") from None
+    print(f"--target-epsilon {cfg.target_epsilon:g}: noise multiplier {cfg.noise:.4f} ({cfg.accountant})")
+    return {"noise_from_target_epsilon": cfg.noise}
 
 
 def train(cfg: RunConfig, overwrite: bool) -> None:
     """Train with Flower into the run directory and print where everything is."""
-    from clients.data import EVALUATION, load_set, resolve_root
+    from clients.data import resolve_root
     from strategy.server_app import default_run_dir, prepare_run_dir, write_config
     from strategy.simulation import run_training
 
-    load_set(EVALUATION, cfg.data_dir)  # fail fast on missing data, and build the cache once before workers start
+    chosen = plan_privacy(cfg)  # also fails fast on missing data and builds the cache before workers start
     cfg.data_dir = str(resolve_root(cfg.data_dir).resolve())  # workers may start elsewhere
-    chosen = {}
-    if cfg.target_epsilon:
-        cfg.noise = resolve_noise(cfg)
-        chosen = {"noise_from_target_epsilon": cfg.noise}
-        print(f"--target-epsilon {cfg.target_epsilon:g}: noise multiplier {cfg.noise:.4f}")
     run_dir = prepare_run_dir(Path(cfg.out) if cfg.out else default_run_dir(cfg), overwrite)
     cfg.out = str(run_dir)
     write_config(run_dir, cfg, chosen)
