@@ -14,7 +14,7 @@ import warnings
 
 import numpy as np
 import torch
-from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
 from clients.config import RunConfig
@@ -22,9 +22,10 @@ from clients.data import EVALUATION, OmniglotSet, load_set
 from clients.privacy import epsilon, history_from_lists, history_to_lists, total_steps
 from clients.shards import ClientShard, build_shards
 from clients.train import evaluate, train_local
-from split.model import build_split, joined_state, load_joined
+from split.model import build_split, device_activations, joined_state, load_joined
 
 PRIVACY_KEY = "privacy"
+INTERCEPTED_KEY = "intercepted"  # strategy.interception reads it under the same name
 
 app = ClientApp()
 
@@ -36,8 +37,9 @@ def _shards(cfg_key: tuple) -> tuple[OmniglotSet, list[ClientShard]]:
     return data, build_shards(data.alphabet, cfg)
 
 
-def client_split(cfg: RunConfig, partition_id: int, part: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """This client's ``part`` ("train" | "val"): images float32 [n,1,105,105] in [0,1], labels int64 [n]."""
+def client_split(cfg: RunConfig, partition_id: int, part: str) -> tuple[torch.Tensor, torch.Tensor, np.ndarray]:
+    """This client's ``part`` ("train" | "val" | "indices" = both): images float32 [n,1,105,105] in [0,1],
+    labels int64 [n], and the images' int64 [n] indices into the evaluation set."""
     key = tuple(
         (name, getattr(cfg, name))
         for name in ("data_dir", "clients", "partition", "alphabets_per_client", "alpha")
@@ -45,7 +47,7 @@ def client_split(cfg: RunConfig, partition_id: int, part: str) -> tuple[torch.Te
     )
     data, shards = _shards(key)
     idx = getattr(shards[partition_id], part)
-    return torch.from_numpy(data.as_float(idx)), torch.from_numpy(data.alphabet[idx])
+    return torch.from_numpy(data.as_float(idx)), torch.from_numpy(data.alphabet[idx]), idx
 
 
 def _setup(msg: Message, context: Context) -> tuple[RunConfig, int, torch.nn.Module, torch.nn.Module, torch.device]:
@@ -70,14 +72,15 @@ def train(msg: Message, context: Context) -> Message:
     started = time.perf_counter()
     cfg, pid, device, head, torch_device = _setup(msg, context)
     server_round = int(msg.content["config"]["server-round"])
-    images, labels = client_split(cfg, pid, "train")
+    images, labels, indices = client_split(cfg, pid, "train")
+    last_round = server_round == cfg.rounds
     state = context.state.config_records.get(PRIVACY_KEY)
     history = history_from_lists(dict(state)) if state else []
     seed = int(np.random.SeedSequence([cfg.seed, pid, server_round]).generate_state(1)[0])
     torch.manual_seed(seed)
     with warnings.catch_warnings():  # Opacus warns about secure RNG and the optimizer's closure: known, harmless
         warnings.simplefilter("ignore")
-        result = train_local(device, head, images, labels, cfg, history, seed, torch_device)
+        result = train_local(device, head, images, labels, cfg, history, seed, torch_device, record_cut=last_round)
     context.state.config_records[PRIVACY_KEY] = ConfigRecord(history_to_lists(result.history))
     last_sigma, last_q, _ = result.history[-1]
     metrics = MetricRecord(
@@ -96,15 +99,44 @@ def train(msg: Message, context: Context) -> Message:
             "seconds": time.perf_counter() - started,
         }
     )
-    arrays = ArrayRecord(joined_state(device, head))
-    return Message(content=RecordDict({"arrays": arrays, "metrics": metrics}), reply_to=msg)
+    content = RecordDict({"arrays": ArrayRecord(joined_state(device, head)), "metrics": metrics})
+    if last_round:  # the activations this client sent across the cut in the final round, with their image ids
+        content[INTERCEPTED_KEY] = ArrayRecord(
+            {
+                "activations": Array(result.cut_activations.numpy()),
+                "index": Array(indices[result.cut_positions.numpy()].astype(np.int64)),
+            }
+        )
+    return Message(content=content, reply_to=msg)
 
 
 @app.evaluate()
 def evaluate_client(msg: Message, context: Context) -> Message:
     """Validation loss and accuracy of the global split model on this client's validation split."""
     cfg, pid, device, head, torch_device = _setup(msg, context)
-    images, labels = client_split(cfg, pid, "val")
+    images, labels, _ = client_split(cfg, pid, "val")
     loss, accuracy = evaluate(device.to(torch_device), head.to(torch_device), images, labels)
     metrics = MetricRecord({"num-examples": len(labels), "partition-id": pid, "val-loss": loss, "val-acc": accuracy})
     return Message(content=RecordDict({"metrics": metrics}), reply_to=msg)
+
+
+@app.query()
+def query(msg: Message, context: Context) -> Message:
+    """Inference: send every private image of this client (train and validation) through the received device model.
+
+    The reply is what the server sees when the client uses the deployed model: activations float32 [n,32,1,1] and
+    (for the study only) each image's index into the evaluation set, so reconstructions can be scored.
+    """
+    cfg, pid, device, _, torch_device = _setup(msg, context)
+    shard_images, _, train_idx = client_split(cfg, pid, "train")
+    val_images, _, val_idx = client_split(cfg, pid, "val")
+    activations = device_activations(device.to(torch_device), torch.cat([shard_images, val_images]))
+    record = ArrayRecord(
+        {
+            "activations": Array(activations.numpy()),
+            "index": Array(np.concatenate([train_idx, val_idx]).astype(np.int64)),
+        }
+    )
+    return Message(
+        content=RecordDict({INTERCEPTED_KEY: record, "metrics": MetricRecord({"partition-id": pid})}), reply_to=msg
+    )

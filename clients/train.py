@@ -29,6 +29,8 @@ class LocalResult:
     loss: float
     accuracy: float
     n_train: int
+    cut_activations: torch.Tensor | None = None  # float32 [M,32,1,1]: every activation sent this round
+    cut_positions: torch.Tensor | None = None  # int64 [M]: which training image (row of ``images``) each came from
 
 
 def make_optimizer(name: str, params, lr: float) -> torch.optim.Optimizer:
@@ -42,10 +44,11 @@ def split_step(
     head_opt: torch.optim.Optimizer,
     images: torch.Tensor,
     labels: torch.Tensor,
-) -> tuple[float, int]:
+) -> tuple[float, int, torch.Tensor]:
     """One split-learning step. images float32 [B,1,105,105], labels int64 [B].
 
-    Returns (summed cross-entropy over the batch, number correct). ``device_opt`` may be an Opacus DPOptimizer.
+    Returns (summed cross-entropy over the batch, number correct, the activations sent [B,32,1,1] detached).
+    ``device_opt`` may be an Opacus DPOptimizer.
     """
     activations = device(images)
     cut = activations.detach().requires_grad_(True)  # what the server receives
@@ -57,7 +60,7 @@ def split_step(
     head_opt.step()
     activations.backward(cut.grad)  # device side: the gradient that came back down the cut
     device_opt.step()
-    return float(loss.detach()) * len(labels), int((logits.argmax(1) == labels).sum())
+    return float(loss.detach()) * len(labels), int((logits.argmax(1) == labels).sum()), cut.detach()
 
 
 def train_local(
@@ -69,17 +72,19 @@ def train_local(
     history: History,
     seed: int,
     torch_device: torch.device | str = "cpu",
+    record_cut: bool = False,
 ) -> LocalResult:
     """Train ``device`` (in place) with DP-SGD and ``head`` (in place) for ``cfg.local_epochs`` epochs.
 
     images: float32 [N,1,105,105] in [0,1]; labels: int64 [N] alphabet ids. ``history`` is this client's accountant
     history before the round; the result's history includes this round's steps. ``cfg.noise == 0`` trains without
     clipping or noise (shuffled batches) and records the steps with noise 0, i.e. epsilon = inf.
+    ``record_cut`` keeps every activation that crossed the cut (what a curious server sees during training).
     """
     device.to(torch_device).train()
     head.to(torch_device).train()
     loader = DataLoader(
-        TensorDataset(images, labels),
+        TensorDataset(images, labels, torch.arange(len(labels))),
         batch_size=cfg.batch_size,
         shuffle=True,
         generator=torch.Generator().manual_seed(seed),
@@ -101,18 +106,26 @@ def train_local(
             noise_generator=torch.Generator(device=torch_device).manual_seed(seed + 1),
         )
     loss_sum, correct, seen, steps = 0.0, 0, 0, 0
+    sent, positions = [], []
     for _ in range(cfg.local_epochs):
-        for x, y in loader:
+        for x, y, pos in loader:
             x, y = x.to(torch_device), y.to(torch_device)
-            batch_loss, batch_correct = split_step(model, head, device_opt, head_opt, x, y)
+            batch_loss, batch_correct, cut = split_step(model, head, device_opt, head_opt, x, y)
             loss_sum, correct, seen, steps = loss_sum + batch_loss, correct + batch_correct, seen + len(y), steps + 1
+            if record_cut:
+                sent.append(cut.cpu())
+                positions.append(pos)
     if engine is not None:
         new_history = list(engine.accountant.history)
         model.remove_hooks()  # ``device`` itself holds the trained weights, now free of Opacus hooks
     else:
         new_history = list(history) + [(0.0, sample_rate(len(labels), cfg.batch_size), steps)]
     assert total_steps(new_history) == total_steps(history) + steps
-    return LocalResult(new_history, steps, loss_sum / max(seen, 1), correct / max(seen, 1), len(labels))
+    result = LocalResult(new_history, steps, loss_sum / max(seen, 1), correct / max(seen, 1), len(labels))
+    if record_cut:
+        result.cut_activations = torch.cat(sent) if sent else torch.empty(0, 32, 1, 1)
+        result.cut_positions = torch.cat(positions) if positions else torch.empty(0, dtype=torch.int64)
+    return result
 
 
 @torch.no_grad()

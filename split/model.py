@@ -77,3 +77,12 @@ def load_joined(device: nn.Module, head: nn.Module, state: dict[str, torch.Tenso
     for prefix, module in (("device.", device), ("head.", head)):
         part = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
         module.load_state_dict(part, strict=True)
+
+
+@torch.no_grad()
+def device_activations(device: nn.Module, images: torch.Tensor, batch_size: int = 512) -> torch.Tensor:
+    """What the device sends at inference: activations float32 [N,32,1,1] (eval mode) of images [N,1,105,105]."""
+    device.eval()
+    param = next(device.parameters())
+    chunks = [device(images[i : i + batch_size].to(param.device)).cpu() for i in range(0, len(images), batch_size)]
+    return torch.cat(chunks) if chunks else torch.empty(0, CUT_CHANNELS, 1, 1)

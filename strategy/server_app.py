@@ -25,6 +25,7 @@ from clients.config import RunConfig
 from clients.errors import UserError
 from split.model import build_split, joined_state, load_joined
 from strategy.figures import plot_run
+from strategy.interception import query_activations, save_intercepted
 from strategy.recorder import RunRecorder
 from strategy.splitfed import SplitFedAvg
 
@@ -100,6 +101,8 @@ def run_server(grid: Grid, cfg: RunConfig, run_dir: Path, console: Console | Non
             )
         finally:
             recorder.close()
+    inference = query_activations(grid, result.arrays, ConfigRecord(cfg.to_flwr()))
+    save_intercepted(run_dir, inference, strategy.intercepted_training)
     load_joined(device, head, result.arrays.to_torch_state_dict())
     torch.save(
         {"device": device.state_dict(), "head": head.state_dict(), "config": cfg.to_flwr()}, run_dir / "model.pt"

@@ -16,6 +16,7 @@ from collections.abc import Iterable
 from flwr.app import ArrayRecord, Message, MetricRecord
 from flwr.serverapp.strategy import FedAvg
 
+from strategy.interception import take_intercepted
 from strategy.recorder import RunRecorder
 
 
@@ -39,6 +40,7 @@ class SplitFedAvg(FedAvg):
     def __init__(self, recorder: RunRecorder, **fedavg_kwargs) -> None:
         super().__init__(**fedavg_kwargs)
         self.recorder = recorder
+        self.intercepted_training: list = []  # (partition, activations, index) sent in the last round
 
     def configure_train(self, server_round, arrays, config, grid):
         self.recorder.start_round()
@@ -49,6 +51,9 @@ class SplitFedAvg(FedAvg):
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
         replies = list(replies)
         _raise_on_errors(replies, f"training in round {server_round}")
+        taken = [t for t in map(take_intercepted, replies) if t is not None]
+        if taken:
+            self.intercepted_training = taken
         self.recorder.record_train(server_round, [(m.metadata.src_node_id, _metrics(m)) for m in replies])
         return super().aggregate_train(server_round, replies)
 

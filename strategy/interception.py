@@ -1,0 +1,77 @@
+"""The curious server's records of what crossed the cut, saved as ``intercepted.npz`` in the run directory.
+
+Two interception points:
+- ``inference``: after training, every client sends all its private images (train and validation) through the final
+  global device model; the server sees those activations (``query`` messages to every client).
+- ``train``: the activations each client sent during the last training round, from its *local* model mid-training
+  (Poisson-sampled batches, so an image can appear several times or not at all).
+
+Arrays in the file (N rows for inference, M for train): ``<point>_activations`` float32 [.,32,1,1],
+``<point>_partition`` int64 (client partition id), ``<point>_index`` int64 (row in the evaluation set, sorted
+file order). The index is the experimenter's ground truth for scoring; the attack never uses it to reconstruct.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, RecordDict
+from flwr.serverapp import Grid
+
+INTERCEPTED_KEY = "intercepted"  # the record name the ClientApp uses
+POINTS = ("inference", "train")
+
+
+def take_intercepted(reply: Message) -> tuple[int, np.ndarray, np.ndarray] | None:
+    """Remove the ``intercepted`` record from a reply (FedAvg must not average it): (partition, activations, index)."""
+    if INTERCEPTED_KEY not in reply.content:
+        return None
+    record = reply.content.pop(INTERCEPTED_KEY)
+    metrics = next(iter(reply.content.metric_records.values()))
+    return int(metrics["partition-id"]), record["activations"].numpy(), record["index"].numpy()
+
+
+def query_activations(
+    grid: Grid, arrays: ArrayRecord, config: ConfigRecord, timeout: float = 3600
+) -> list[tuple[int, np.ndarray, np.ndarray]]:
+    """Ask every client for its images' activations through the model in ``arrays``; raises if a client failed."""
+    messages = [
+        Message(RecordDict({"arrays": arrays, "config": config}), dst_node_id=node, message_type=MessageType.QUERY)
+        for node in grid.get_node_ids()
+    ]
+    out = []
+    for reply in grid.send_and_receive(messages, timeout=timeout):
+        if reply.has_error():
+            raise RuntimeError(f"client on node {reply.metadata.src_node_id} failed to answer the query: {reply.error}")
+        taken = take_intercepted(reply)
+        assert taken is not None, "a query reply must carry the intercepted record"
+        out.append(taken)
+    return out
+
+
+def _stack(parts: list[tuple[int, np.ndarray, np.ndarray]], point: str) -> dict[str, np.ndarray]:
+    parts = sorted(parts, key=lambda p: p[0])
+    if not parts:
+        return {
+            f"{point}_activations": np.zeros((0, 32, 1, 1), np.float32),
+            f"{point}_partition": np.zeros(0, np.int64),
+            f"{point}_index": np.zeros(0, np.int64),
+        }
+    return {
+        f"{point}_activations": np.concatenate([a for _, a, _ in parts]).astype(np.float32),
+        f"{point}_partition": np.concatenate([np.full(len(i), pid, np.int64) for pid, _, i in parts]),
+        f"{point}_index": np.concatenate([i for _, _, i in parts]).astype(np.int64),
+    }
+
+
+def save_intercepted(run_dir: Path, inference: list, train: list) -> Path:
+    """Write ``intercepted.npz`` atomically; returns its path."""
+    path = run_dir / "intercepted.npz"
+    payload = {**_stack(inference, "inference"), **_stack(train, "train")}
+    with tempfile.NamedTemporaryFile(dir=run_dir, suffix=".npz.tmp", delete=False) as fh:
+        np.savez_compressed(fh, **payload)
+    os.replace(fh.name, path)
+    return path
