@@ -7,6 +7,7 @@ image (its alphabet label and its index into the set), so every image belongs to
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass
 
 import datasets
@@ -72,7 +73,9 @@ def partition_indices(labels: np.ndarray, cfg: RunConfig) -> list[np.ndarray]:
         partitioner = IidPartitioner(k)
     partitioner.dataset = table
     try:
-        parts = [np.sort(np.asarray(partitioner.load_partition(i)["idx"], dtype=np.int64)) for i in range(k)]
+        with warnings.catch_warnings():  # pyarrow deprecation inside the partitioners; not ours to fix
+            warnings.simplefilter("ignore", FutureWarning)
+            parts = [np.sort(np.asarray(partitioner.load_partition(i)["idx"], dtype=np.int64)) for i in range(k)]
     except ValueError as exc:
         raise UserError(
             f"cannot partition {n} images into {k} clients with --partition {cfg.partition}: {exc}"
