@@ -7,6 +7,7 @@ Run ``python sim.py --help`` for every flag.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -46,7 +47,14 @@ def build_parser() -> argparse.ArgumentParser:
     fed.add_argument("--val-fraction", type=float, default=D.val_fraction, help="share of each shard for validation")
 
     dp = p.add_argument_group("local DP-SGD training")
-    dp.add_argument("--noise", type=float, default=D.noise, help="noise multiplier sigma; 0 = no DP (epsilon = inf)")
+    dp.add_argument(
+        "--noise",
+        type=float,
+        nargs="+",
+        default=[D.noise],
+        help="noise multiplier sigma; 0 = no DP (epsilon = inf). Several values: one training + attack each, "
+        "same seed and shards, then a leakage-per-epsilon report",
+    )
     dp.add_argument("--target-epsilon", type=float, default=D.target_epsilon, help="pick sigma for this epsilon; 0=off")
     dp.add_argument("--clip", type=float, default=D.clip, help="per-sample gradient L2 clipping bound")
     dp.add_argument("--delta", type=float, default=D.delta, help="delta of the (epsilon, delta) guarantee")
@@ -69,16 +77,27 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--cpus-per-client", type=float, default=D.cpus_per_client, help="CPU cores per client")
     run.add_argument("--gpus-per-client", type=float, default=D.gpus_per_client, help="GPU share per client")
     run.add_argument("--overwrite", action="store_true", help="reuse a non-empty --out directory")
+    atk = p.add_argument_group("attack (the curious server)")
+    atk.add_argument("--skip-attack", action="store_true", help="train only; attack later with python -m attack")
+    atk.add_argument("--attack-epochs", type=int, default=100, help="decoder training epochs on small1")
     run.add_argument("--dry-run", action="store_true", help="load data, build shards, print them; no training")
     return p
 
 
 def parse_config(argv: Sequence[str] | None = None) -> tuple[RunConfig, argparse.Namespace]:
-    """Flags -> validated RunConfig (raises UserError on the first bad value)."""
+    """Flags -> validated RunConfig for the first --noise value (raises UserError on the first bad value)."""
     args = build_parser().parse_args(argv)
     fields = RunConfig.__dataclass_fields__
-    cfg = RunConfig(**{k: v for k, v in vars(args).items() if k in fields})
-    return cfg.validate(), args
+    values = {k: v for k, v in vars(args).items() if k in fields and k != "noise"}
+    for sigma in args.noise:  # each value must be valid on its own
+        RunConfig(**values, noise=sigma).validate()
+    if len(args.noise) != len(set(args.noise)):
+        raise UserError(f"--noise has repeated values: {args.noise}")
+    if len(args.noise) > 1 and args.target_epsilon:
+        raise UserError("--target-epsilon picks one noise value; do not combine it with several --noise values")
+    if args.attack_epochs < 1:
+        raise UserError(f"--attack-epochs must be a positive integer, got {args.attack_epochs}")
+    return RunConfig(**values, noise=args.noise[0]).validate(), args
 
 
 def dry_run(cfg: RunConfig, download: bool) -> None:
@@ -136,23 +155,48 @@ def plan_privacy(cfg: RunConfig) -> dict:
     return {"noise_from_target_epsilon": cfg.noise}
 
 
-def train(cfg: RunConfig, overwrite: bool) -> None:
-    """Train with Flower into the run directory and print where everything is."""
+def train(cfg: RunConfig, run_dir: Path, overwrite: bool) -> Path:
+    """Train with Flower into ``run_dir`` (created here) and print a one-line result."""
     from clients.data import resolve_root
-    from strategy.server_app import default_run_dir, prepare_run_dir, write_config
+    from strategy.server_app import prepare_run_dir, write_config
     from strategy.simulation import run_training
 
     chosen = plan_privacy(cfg)  # also fails fast on missing data and builds the cache before workers start
     cfg.data_dir = str(resolve_root(cfg.data_dir).resolve())  # workers may start elsewhere
-    run_dir = prepare_run_dir(Path(cfg.out) if cfg.out else default_run_dir(cfg), overwrite)
+    prepare_run_dir(run_dir, overwrite)
     cfg.out = str(run_dir)
     write_config(run_dir, cfg, chosen)
     rows = run_training(cfg, run_dir)
     last = rows[-1]
     print(
-        f"done: {len(rows)} rounds, val acc {last['val_acc']:.3f}, epsilon {last['epsilon_min']:.3g}..."
+        f"trained: {len(rows)} rounds, val acc {last['val_acc']:.3f}, epsilon {last['epsilon_min']:.3g}..."
         f"{last['epsilon_max']:.3g} ({cfg.accountant}, delta={cfg.delta:g}); run directory {run_dir}"
     )
+    return run_dir
+
+
+def run_all(cfg: RunConfig, args: argparse.Namespace) -> None:
+    """One training (and attack) per --noise value with the same seed and shards, then the report."""
+    from strategy.server_app import default_run_dir, prepare_run_dir
+
+    noises = list(args.noise)
+    if len(noises) == 1:
+        out = Path(cfg.out) if cfg.out else default_run_dir(cfg)
+        run_dirs, report_dir = [out], out
+    else:
+        report_dir = Path(cfg.out) if cfg.out else default_run_dir(cfg, label="sweep")
+        prepare_run_dir(report_dir, args.overwrite)
+        run_dirs = [report_dir / f"s{sigma:g}" for sigma in noises]
+    for sigma, run_dir in zip(noises, run_dirs, strict=True):
+        train(dataclasses.replace(cfg, noise=sigma), run_dir, args.overwrite)
+        if not args.skip_attack:
+            from attack.run import run_attack
+
+            run_attack(run_dir, cfg.data_dir or None, epochs=args.attack_epochs, seed=cfg.seed)
+    if not args.skip_attack:
+        from attack.report import write_report
+
+        print(f"report: {write_report(report_dir, run_dirs)}")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -161,7 +205,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.dry_run:
             dry_run(cfg, args.download)
         else:
-            train(cfg, args.overwrite)
+            run_all(cfg, args)
         return 0
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -60,7 +60,13 @@ def _plot_accuracy(run_dir: Path, metrics: list[dict], clients: list[dict]) -> P
         ax.plot(rounds, acc, color="grey", alpha=0.3, linewidth=0.8, label="val acc, one client" if i == 0 else None)
     rounds = [int(r["round"]) for r in metrics]
     ax.plot(rounds, [float(r["val_acc"]) for r in metrics], marker="o", linewidth=2, label="val acc (weighted)")
-    ax.plot(rounds, [float(r["train_acc"]) for r in metrics], marker="s", linewidth=1.5, label="train acc (weighted)")
+    ax.plot(
+        rounds,
+        [float(r["train_acc"]) for r in metrics],
+        marker="s",
+        linewidth=1.5,
+        label="train acc (local models, during training)",
+    )
     ax.axhline(1 / 20, color="black", linestyle=":", linewidth=1, label="chance (1/20)")
     ax.set(xlabel="round", ylabel="accuracy (20 alphabets)", ylim=(0, 1), title="Task accuracy per round")
     ax.grid(alpha=0.3)

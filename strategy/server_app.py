@@ -32,9 +32,9 @@ from strategy.splitfed import SplitFedAvg
 PACKAGES = ("torch", "opacus", "flwr", "flwr-datasets", "numpy", "matplotlib", "pillow", "rich")
 
 
-def default_run_dir(cfg: RunConfig) -> Path:
-    """``runs/<timestamp>-c<clients>-s<noise>``."""
-    return Path("runs") / f"{time.strftime('%Y%m%d-%H%M%S')}-c{cfg.clients}-s{cfg.noise:g}"
+def default_run_dir(cfg: RunConfig, label: str | None = None) -> Path:
+    """``runs/<timestamp>-c<clients>-s<noise>`` (or ``-<label>`` instead of ``-s<noise>``)."""
+    return Path("runs") / f"{time.strftime('%Y%m%d-%H%M%S')}-c{cfg.clients}-{label or f's{cfg.noise:g}'}"
 
 
 def prepare_run_dir(path: Path, overwrite: bool = False) -> Path:

@@ -1,4 +1,4 @@
-"""End-to-end: sim.py trains 3 clients for 2 rounds in Flower's simulation engine and writes a complete run."""
+"""End-to-end: sim.py trains 3 clients for 2 rounds in the Flower simulation, attacks, writes a complete run."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import sys
 from collections import defaultdict
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -27,9 +28,10 @@ def _rows(path: Path) -> list[dict]:
 def run_dir(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("run") / "e2e"
     cmd = [sys.executable, "sim.py", "--clients", "3", "--rounds", "2", "--limit-per-client", "64", "--out", str(out)]
+    cmd += ["--attack-epochs", "1"]
     done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
-    assert "done: 2 rounds" in done.stdout
+    assert "trained: 2 rounds" in done.stdout
     return out
 
 
@@ -65,3 +67,54 @@ def test_ledger_is_complete_and_composed(run_dir):
     metrics = _rows(run_dir / "metrics.csv")
     assert [int(r["round"]) for r in metrics] == [1, 2]
     assert all(0.0 <= float(r["val_acc"]) <= 1.0 for r in metrics)
+
+
+SETS = ["unseen", "seen", "clients_inference", "clients_train"]
+SETS += [f"client_{k}_{point}" for k in range(3) for point in ("inference", "train")]
+KEYS = {"n", "mse", "psnr", "ssim", "reid_top1", "reid_chance"}
+
+
+@pytest.mark.slow
+def test_attack_writes_every_set_and_key(run_dir):
+    leakage = json.loads((run_dir / "leakage.json").read_text())
+    assert set(leakage) == set(SETS)
+    for methods in leakage.values():
+        assert set(methods) == {"seed", "up", "baseline"}
+        for metrics in methods.values():
+            assert set(metrics) == KEYS
+    assert leakage["unseen"]["seed"]["n"] == 2120 and leakage["seen"]["seed"]["n"] == 1000
+    assert leakage["client_0_inference"]["up"]["n"] == 64  # every image of the client (train + validation)
+    assert leakage["unseen"]["baseline"]["reid_chance"] == pytest.approx(1 / 2120)
+    with np.load(run_dir / "reconstructions_unseen.npz") as z:
+        assert z["originals"].shape == z["reconstructions"].shape == (2120, 1, 105, 105)
+        assert float(z["reconstructions"].min()) >= 0.0 and float(z["reconstructions"].max()) <= 1.0
+        assert len(z["files"]) == 2120
+    for k in range(3):
+        assert (run_dir / f"reconstructions_client_{k}.png").read_bytes()[:4] == b"\x89PNG"
+    report = (run_dir / "report.md").read_text()
+    assert "leakage_vs_epsilon.png" in report and "reconstructions_client_2.png" in report
+
+
+@pytest.mark.slow
+def test_attack_reruns_alone(run_dir):
+    cmd = [sys.executable, "-m", "attack", str(run_dir), "--attack-epochs", "1", "--decoders", "seed"]
+    done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    leakage = json.loads((run_dir / "leakage.json").read_text())
+    assert set(leakage["unseen"]) == {"seed", "baseline"}
+
+
+@pytest.mark.slow
+def test_noise_sweep_reports_leakage_per_epsilon(tmp_path):
+    out = tmp_path / "sweep"
+    cmd = [sys.executable, "sim.py", "--clients", "2", "--rounds", "1", "--limit-per-client", "32", "--out", str(out)]
+    cmd += ["--noise", "0", "0.8", "--attack-epochs", "1"]
+    done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    rows = _rows(out / "leakage_vs_epsilon.csv")
+    noises = {float(r["noise"]): float(r["epsilon_median"]) for r in rows}
+    assert set(noises) == {0.0, 0.8}
+    assert math.isinf(noises[0.0]) and math.isfinite(noises[0.8])
+    assert {r["set"] for r in rows} == {"unseen", "clients_inference", "clients_train"}
+    assert (out / "leakage_vs_epsilon.png").read_bytes()[:4] == b"\x89PNG"
+    assert "s0/" in (out / "report.md").read_text() and (out / "s0.8" / "leakage.json").exists()

@@ -1,0 +1,194 @@
+"""Decoders that invert the device model: activations [B,32,1,1] -> images [B,1,105,105].
+
+The attacker queries the (aggregated) device model with its own surrogate images, trains a decoder on the
+(activation, image) pairs, then applies it to intercepted activations (shared/docs/EXPERIMENT.md, "The attack").
+
+- ``SeedDecoder`` ("seed"): the 2020 experiment's decoder, four valid transposed convolutions, all ReLU.
+- ``UpDecoder`` ("up"): a linear map to a 64x7x7 feature grid, transposed-convolution upsampling blocks with
+  GroupNorm (7 -> 14 -> 27 -> 53), bilinear to 105, and a sigmoid, so its output is already in [0,1].
+
+Activations are computed once (``device_activations``) and reused every epoch: the device model is frozen during
+the attack, so an epoch of decoder training costs only the decoder.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import numpy as np
+import torch
+from torch import nn
+
+from split.model import CUT_CHANNELS, IMAGE_SIDE
+
+# About 92 % of Omniglot pixels are white: starting the sigmoid there skips the epochs spent learning the background.
+_BACKGROUND_START = 0.9
+
+
+class SeedDecoder(nn.Sequential):
+    """The original decoder. activations float32 [B,32,1,1] -> images float32 [B,1,105,105], >= 0, not clipped.
+
+    Valid transposed convolutions, each followed by ReLU: 1 -> 9 (k9 s1) -> 23 (k7 s2) -> 51 (k7 s2) -> 105 (k5 s2).
+    Its output can exceed 1; ``reconstruct`` clips to [0,1].
+    Initialised as Keras did in the original (Glorot-uniform kernels, zero biases). With PyTorch's default init
+    (uniform biases) the two 1-channel layers start dead behind their ReLU for 6 of 10 seeds: output 0 everywhere,
+    zero gradient, and the decoder never trains.
+    """
+
+    def __init__(self) -> None:
+        super().__init__(
+            nn.ConvTranspose2d(CUT_CHANNELS, 32, kernel_size=9, stride=1),
+            nn.ReLU(),
+            nn.ConvTranspose2d(32, 32, kernel_size=7, stride=2),
+            nn.ReLU(),
+            nn.ConvTranspose2d(32, 1, kernel_size=7, stride=2),
+            nn.ReLU(),
+            nn.ConvTranspose2d(1, 1, kernel_size=5, stride=2),
+            nn.ReLU(),
+        )
+        for layer in self:
+            if isinstance(layer, nn.ConvTranspose2d):
+                nn.init.xavier_uniform_(layer.weight)
+                nn.init.zeros_(layer.bias)
+
+
+def _up_block(c_in: int, c_out: int, kernel: int) -> nn.Sequential:
+    """Transposed conv (stride 2, padding 1), GroupNorm, ReLU. Side n -> 2n + kernel - 4 (k4: 2n, k3: 2n - 1)."""
+    return nn.Sequential(
+        nn.ConvTranspose2d(c_in, c_out, kernel_size=kernel, stride=2, padding=1),
+        # Groups of 8 channels (at least one group): per-sample normalisation that trains fast at batch 32.
+        nn.GroupNorm(max(1, c_out // 8), c_out),
+        nn.ReLU(),
+    )
+
+
+class UpDecoder(nn.Module):
+    """A stronger decoder. activations float32 [B,32,1,1] -> images float32 [B,1,105,105] in [0,1].
+
+    Linear 32 -> 64x7x7, upsampling blocks 7 -> 14 (k4) -> 27 -> 53 (k3) with 64 -> 32 -> 16 -> 8 channels, a 3x3
+    conv to one channel of logits, bilinear upsampling 53 -> 105, and a sigmoid (started at the white background).
+    Why it is shaped so: 32 numbers carry no 105x105 detail, so full-resolution layers cost most of the time and
+    add nothing measurable (see the report of the decoder comparison); the last doubling is a fixed interpolation.
+    Upsampling logits rather than intensities keeps stroke edges sharp after the sigmoid.
+    """
+
+    def __init__(self, widths: tuple[int, ...] = (64, 32, 16, 8), base: int = 7) -> None:
+        super().__init__()
+        if not 2 <= len(widths) <= 5:
+            # 2 widths: one block (output 14x14) ... 5 widths: four blocks (output 105x105, no interpolation).
+            raise ValueError(f"UpDecoder needs 2 to 5 widths (the grid, then 1 to 4 upsampling blocks), got {widths}")
+        self.base, self.width0 = base, widths[0]
+        self.stem = nn.Sequential(nn.Linear(CUT_CHANNELS, widths[0] * base * base), nn.ReLU())
+        # First block doubles exactly (7 -> 14); the others give odd sides 27, 53 whose double minus one is 105.
+        kernels = [4] + [3] * (len(widths) - 2)
+        self.blocks = nn.Sequential(
+            *(_up_block(a, b, k) for a, b, k in zip(widths[:-1], widths[1:], kernels, strict=True))
+        )
+        self.head = nn.Conv2d(widths[-1], 1, kernel_size=3, padding=1)
+        nn.init.constant_(self.head.bias, math.log(_BACKGROUND_START / (1 - _BACKGROUND_START)))
+
+    def forward(self, activations: torch.Tensor) -> torch.Tensor:
+        grid = self.stem(activations.flatten(1)).view(-1, self.width0, self.base, self.base)
+        logits = self.head(self.blocks(grid))
+        logits = nn.functional.interpolate(logits, size=(IMAGE_SIDE, IMAGE_SIDE), mode="bilinear", align_corners=False)
+        return torch.sigmoid(logits)
+
+
+DECODERS: dict[str, type[nn.Module]] = {"seed": SeedDecoder, "up": UpDecoder}
+
+
+def build_decoder(name: str) -> nn.Module:
+    """A fresh decoder by registry name ("seed" or "up"); seed torch beforehand for reproducible weights."""
+    if name not in DECODERS:
+        raise ValueError(f"unknown decoder {name!r}; choose from {', '.join(DECODERS)}")
+    return DECODERS[name]()
+
+
+def _module_device(module: nn.Module) -> torch.device:
+    return next(module.parameters()).device
+
+
+def _as_float_tensor(array: np.ndarray | torch.Tensor) -> torch.Tensor:
+    """float32 tensor sharing memory with ``array`` where possible (read-only arrays, e.g. memory maps, are copied)."""
+    if isinstance(array, torch.Tensor):
+        return array.float()
+    array = np.asarray(array, dtype=np.float32)
+    return torch.from_numpy(array if array.flags.writeable else array.copy())
+
+
+def train_decoder(
+    decoder: nn.Module,
+    activations: np.ndarray | torch.Tensor,
+    images: np.ndarray | torch.Tensor,
+    epochs: int = 100,
+    batch_size: int = 32,
+    lr: float = 1e-3,
+    seed: int = 0,
+    progress: Callable[[int, float], None] | None = None,
+) -> list[float]:
+    """Fit ``decoder`` in place to map ``activations`` back to ``images`` (Adam, pixel MSE).
+
+    activations: float32 [N,32,1,1] (from ``device_activations``); images: float32 [N,1,105,105] in [0,1].
+    Batches are reshuffled each epoch by a ``torch.Generator`` seeded with ``seed`` (initial weights come from the
+    caller's torch seed). ``progress(epoch, loss)`` is called after each epoch, epoch counted from 1.
+    Returns the mean training loss (per-pixel MSE, averaged over samples) of each epoch.
+    Runs on the decoder's device; inputs may live on the CPU.
+    """
+    x, y = _as_float_tensor(activations), _as_float_tensor(images)
+    if len(x) != len(y):
+        raise ValueError(f"{len(x)} activations but {len(y)} images")
+    device = _module_device(decoder)
+    optimizer = torch.optim.Adam(decoder.parameters(), lr=lr)
+    generator = torch.Generator().manual_seed(seed)
+    decoder.train()
+    losses: list[float] = []
+    for epoch in range(1, epochs + 1):
+        total = 0.0
+        for batch in torch.randperm(len(x), generator=generator).split(batch_size):
+            xb, yb = x[batch].to(device), y[batch].to(device)
+            loss = nn.functional.mse_loss(decoder(xb), yb)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            total += loss.item() * len(batch)
+        losses.append(total / len(x))
+        if progress is not None:
+            progress(epoch, losses[-1])
+    decoder.eval()
+    return losses
+
+
+@torch.no_grad()
+def _batched_eval(
+    model: nn.Module, inputs: np.ndarray | torch.Tensor, batch_size: int, item_shape: tuple[int, ...]
+) -> torch.Tensor:
+    """Run ``model`` in eval mode over ``inputs`` in batches: float32 [N, *item_shape] on the CPU.
+
+    The model's train/eval mode is restored afterwards (it may be a model the caller is still training).
+    """
+    x = _as_float_tensor(inputs)
+    if len(x) == 0:
+        return torch.empty(0, *item_shape)
+    was_training = model.training
+    model.eval()
+    device = _module_device(model)
+    try:
+        return torch.cat([model(chunk.to(device)).cpu() for chunk in x.split(batch_size)])
+    finally:
+        model.train(was_training)
+
+
+def reconstruct(decoder: nn.Module, activations: np.ndarray | torch.Tensor, batch_size: int = 512) -> np.ndarray:
+    """activations float32 [N,32,1,1] -> reconstructions float32 [N,1,105,105] clipped to [0,1] (eval, no grad)."""
+    return _batched_eval(decoder, activations, batch_size, (1, IMAGE_SIDE, IMAGE_SIDE)).clamp_(0.0, 1.0).numpy()
+
+
+def device_activations(
+    device_model: nn.Module, images: np.ndarray | torch.Tensor, batch_size: int = 512
+) -> torch.Tensor:
+    """images float32 [N,1,105,105] in [0,1] -> the activations the device sends, float32 [N,32,1,1] on the CPU.
+
+    Eval mode (no dropout) and no grad; the model's train/eval mode is restored afterwards.
+    """
+    return _batched_eval(device_model, images, batch_size, (CUT_CHANNELS, 1, 1))

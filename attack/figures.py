@@ -1,0 +1,71 @@
+"""Figures: originals above their reconstructions, as one PNG per set.
+
+Uses matplotlib's object API with the Agg canvas (no pyplot): no global figure state, safe in worker processes
+and without a display.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+_PANEL_INCHES = 1.1
+
+
+def pick(n_total: int, n: int, seed: int) -> np.ndarray:
+    """Sorted indices of ``min(n, n_total)`` distinct images out of ``n_total``, chosen by ``seed``: int64 [k]."""
+    if n_total < 0 or n < 0:
+        raise ValueError(f"pick needs non-negative sizes, got n_total={n_total}, n={n}")
+    rng = np.random.default_rng(seed)
+    return np.sort(rng.choice(n_total, size=min(n, n_total), replace=False)).astype(np.int64)
+
+
+def save_grid(
+    originals: np.ndarray, reconstructions: np.ndarray, path: str | os.PathLike, title: str, n: int = 10
+) -> Path:
+    """Write a PNG with the first ``n`` originals (top row) above their reconstructions (bottom row).
+
+    originals, reconstructions: aligned [k,1,H,W] or [k,H,W] in [0,1] (already selected by the caller, e.g. with
+    ``pick``); grey colormap with 0 = black and 1 = white, values outside [0,1] saturate. The file appears
+    atomically (written beside ``path``, then renamed), so a reader never sees half a PNG. Returns the path.
+    """
+    if originals.shape != reconstructions.shape:
+        raise ValueError(f"originals {originals.shape} and reconstructions {reconstructions.shape} differ in shape")
+    k = min(n, len(originals))
+    if k == 0:
+        raise ValueError("no images to draw")
+    path = Path(path)
+    side = originals.shape[-2:]
+    rows = (
+        ("original", np.asarray(originals[:k], dtype=np.float32).reshape(k, *side)),
+        ("reconstruction", np.asarray(reconstructions[:k], dtype=np.float32).reshape(k, *side)),
+    )
+
+    fig = Figure(figsize=(_PANEL_INCHES * k, _PANEL_INCHES * 2 + 0.4), dpi=100)
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(2, k, squeeze=False)
+    for row, (label, images) in enumerate(rows):
+        for col in range(k):
+            ax = axes[row, col]
+            ax.imshow(images[col], cmap="gray", vmin=0.0, vmax=1.0, interpolation="nearest")
+            ax.set_xticks([])
+            ax.set_yticks([])
+        axes[row, 0].set_ylabel(label, fontsize=8)
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fig.savefig(fh, format="png", dpi=100)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path

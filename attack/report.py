@@ -1,0 +1,197 @@
+"""Leakage per privacy budget: one row per (run, decoder, set) in ``leakage_vs_epsilon.csv``, a figure, ``report.md``.
+
+Reads only what training and the attack wrote (metrics.csv, ledger.csv, config.json, leakage.json, attack.json).
+epsilon on the x axis is the median client's final epsilon (inf for noise 0), with its accountant and delta.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import statistics
+import tempfile
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+SETS = ("unseen", "clients_inference", "clients_train")
+COLUMNS = (
+    "noise",
+    "epsilon_median",
+    "epsilon_min",
+    "epsilon_max",
+    "accountant",
+    "delta",
+    "val_acc",
+    "decoder",
+    "set",
+    "mse",
+    "psnr",
+    "ssim",
+    "reid_top1",
+    "reid_chance",
+    "baseline_mse",
+    "baseline_ssim",
+    "baseline_reid_top1",
+    "run_dir",
+)
+
+
+def _csv_rows(path: Path) -> list[dict]:
+    with path.open(newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
+def run_summary(run_dir: Path) -> dict:
+    """Final-round privacy and accuracy of one run: noise, epsilon median/min/max, accountant, delta, val_acc."""
+    settings = json.loads((run_dir / "config.json").read_text())["settings"]
+    ledger = _csv_rows(run_dir / "ledger.csv")
+    last_eps: dict[str, float] = {}
+    for row in ledger:  # rows are in round order: the last one per client is its final spend
+        last_eps[row["partition_id"]] = float(row["epsilon"])
+    eps = sorted(last_eps.values()) or [math.nan]
+    metrics = _csv_rows(run_dir / "metrics.csv")
+    return {
+        "noise": float(settings["noise"]),
+        "epsilon_median": statistics.median(eps),
+        "epsilon_min": eps[0],
+        "epsilon_max": eps[-1],
+        "accountant": settings["accountant"],
+        "delta": float(settings["delta"]),
+        "val_acc": float(metrics[-1]["val_acc"]) if metrics else math.nan,
+    }
+
+
+def leakage_rows(run_dirs: list[Path]) -> list[dict]:
+    rows = []
+    for run_dir in run_dirs:
+        summary = run_summary(run_dir)
+        leakage = json.loads((run_dir / "leakage.json").read_text())
+        decoders = json.loads((run_dir / "attack.json").read_text())["decoders"]
+        for decoder in decoders:
+            for set_name in SETS:
+                if set_name not in leakage:
+                    continue
+                m, base = leakage[set_name][decoder], leakage[set_name]["baseline"]
+                rows.append(
+                    {
+                        **summary,
+                        "decoder": decoder,
+                        "set": set_name,
+                        **{k: m[k] for k in ("mse", "psnr", "ssim", "reid_top1", "reid_chance")},
+                        "baseline_mse": base["mse"],
+                        "baseline_ssim": base["ssim"],
+                        "baseline_reid_top1": base["reid_top1"],
+                        "run_dir": str(run_dir),
+                    }
+                )
+    return sorted(rows, key=lambda r: (r["decoder"], r["set"], -r["noise"] if r["noise"] else -math.inf))
+
+
+def _x(eps: float, finite_max: float) -> float:
+    """Where to draw an epsilon on a log axis: inf goes one decade right of the largest finite value."""
+    return eps if math.isfinite(eps) else finite_max * 10
+
+
+def plot_leakage(rows: list[dict], path: Path) -> None:
+    finite = [r["epsilon_median"] for r in rows if math.isfinite(r["epsilon_median"])]
+    finite_max = max(finite) if finite else 1.0
+    fig, axes = plt.subplots(2, 2, figsize=(11, 8))
+    panels = (("ssim", "SSIM (higher = more leakage)"), ("reid_top1", "re-identification top-1"), ("mse", "MSE"))
+    for ax, (key, label) in zip(axes.flat, panels, strict=False):
+        for (decoder, set_name), series in _group(rows).items():
+            xs = [_x(r["epsilon_median"], finite_max) for r in series]
+            ax.plot(xs, [r[key] for r in series], marker="o", label=f"{decoder} / {set_name}")
+        base_key = {"ssim": "baseline_ssim", "reid_top1": "baseline_reid_top1", "mse": "baseline_mse"}[key]
+        for set_name in SETS:
+            values = [r[base_key] for r in rows if r["set"] == set_name]
+            if values:
+                ax.axhline(statistics.mean(values), color="grey", linestyle=":", linewidth=1)
+        ax.set(ylabel=label)
+    acc_ax = axes.flat[3]
+    runs = sorted({(r["epsilon_median"], r["val_acc"]) for r in rows}, key=lambda t: _x(t[0], finite_max))
+    acc_ax.plot([_x(e, finite_max) for e, _ in runs], [a for _, a in runs], marker="s", color="black")
+    acc_ax.set(ylabel="validation accuracy (20 alphabets)", ylim=(0, 1))
+    accountant = rows[0]["accountant"] if rows else "?"
+    for ax in axes.flat:
+        ax.set_xscale("log")
+        ax.set_xlabel(f"median client epsilon ({accountant}); rightmost = inf (no DP)")
+        ax.grid(alpha=0.3)
+    axes.flat[0].legend(fontsize=7)
+    fig.suptitle("Leakage vs privacy budget (dotted: mean-image baseline)")
+    fig.tight_layout()
+    tmp = path.with_suffix(".tmp.png")
+    fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+    os.replace(tmp, path)
+
+
+def _group(rows: list[dict]) -> dict[tuple[str, str], list[dict]]:
+    groups: dict[tuple[str, str], list[dict]] = {}
+    for row in rows:
+        groups.setdefault((row["decoder"], row["set"]), []).append(row)
+    return groups
+
+
+def write_report(out_dir: Path, run_dirs: list[Path]) -> Path:
+    """Write leakage_vs_epsilon.csv / .png and report.md into ``out_dir``; returns the report's path."""
+    rows = leakage_rows(run_dirs)
+    with tempfile.NamedTemporaryFile("w", dir=out_dir, suffix=".tmp", delete=False, newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=COLUMNS)
+        writer.writeheader()
+        writer.writerows(rows)
+    os.replace(fh.name, out_dir / "leakage_vs_epsilon.csv")
+    plot_leakage(rows, out_dir / "leakage_vs_epsilon.png")
+    report = out_dir / "report.md"
+    tmp = report.with_suffix(".md.tmp")
+    tmp.write_text(_markdown(out_dir, run_dirs, rows))
+    os.replace(tmp, report)
+    return report
+
+
+def _fmt(value: float, digits: int = 3) -> str:
+    return "inf" if isinstance(value, float) and math.isinf(value) else f"{value:.{digits}f}"
+
+
+def _markdown(out_dir: Path, run_dirs: list[Path], rows: list[dict]) -> str:
+    def rel(path: Path) -> str:
+        return os.path.relpath(path, out_dir)
+
+    lines = [
+        "# Leakage per privacy budget",
+        "",
+        "How well a curious server reconstructs clients' images from the activations it receives, per epsilon.",
+        "`unseen`: small2 images the attacker never saw; `clients_inference` / `clients_train`: clients' private",
+        "images from intercepted activations (mean over clients). Baseline: small1's mean image.",
+        "",
+        "![leakage vs epsilon](leakage_vs_epsilon.png)",
+        "",
+        "Table: [leakage_vs_epsilon.csv](leakage_vs_epsilon.csv)",
+        "",
+        "| noise | epsilon (median) | val acc | decoder | set | MSE | PSNR | SSIM | re-id "
+        "| baseline MSE | baseline SSIM |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['noise']:g} | {_fmt(r['epsilon_median'], 2)} | {r['val_acc']:.3f} | {r['decoder']} | {r['set']} | "
+            f"{r['mse']:.4f} | {_fmt(r['psnr'], 2)} | {r['ssim']:.3f} | {r['reid_top1']:.3f} | "
+            f"{r['baseline_mse']:.4f} | {r['baseline_ssim']:.3f} |"
+        )
+    for run_dir in run_dirs:
+        lines += ["", f"## Run `{rel(run_dir)}`", ""]
+        for name in ("epsilon_per_round.png", "accuracy_per_round.png", "reconstructions_unseen.png"):
+            if (run_dir / name).exists():
+                lines.append(f"![{name}]({rel(run_dir / name)})")
+        tables = ("ledger.csv", "metrics.csv", "client_metrics.csv", "leakage.csv", "leakage.json", "config.json")
+        lines += ["", "Tables: " + ", ".join(f"[{t}]({rel(run_dir / t)})" for t in tables if (run_dir / t).exists())]
+        clients = sorted(run_dir.glob("reconstructions_client_*.png"), key=lambda p: int(p.stem.split("_")[-1]))
+        if clients:
+            links = ", ".join(f"[{p.stem[16:]}]({rel(p)})" for p in clients)
+            lines += ["", f"Reconstructions per client: {links}"]
+    return "\n".join(lines) + "\n"
