@@ -43,11 +43,7 @@ def _plot_epsilon(run_dir: Path, ledger: list[dict]) -> Path:
     delta = ledger[0]["delta"] if ledger else "?"
     ax.set(xlabel="round", ylabel=f"epsilon (delta={delta}, {accountant})", title="Privacy spent per client")
     ax.grid(alpha=0.3)
-    path = run_dir / "epsilon_per_round.png"
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return _save(fig, run_dir / "epsilon_per_round.png")
 
 
 def _plot_accuracy(run_dir: Path, metrics: list[dict], clients: list[dict]) -> Path:
@@ -71,7 +67,10 @@ def _plot_accuracy(run_dir: Path, metrics: list[dict], clients: list[dict]) -> P
     ax.set(xlabel="round", ylabel="accuracy (20 alphabets)", ylim=(0, 1), title="Task accuracy per round")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    path = run_dir / "accuracy_per_round.png"
+    return _save(fig, run_dir / "accuracy_per_round.png")
+
+
+def _save(fig: plt.Figure, path: Path) -> Path:
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
