@@ -29,7 +29,7 @@ def run_dir(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("run") / "e2e"
     cmd = [sys.executable, "sim.py", "--clients", "3", "--rounds", "2", "--limit-per-client", "64", "--out", str(out)]
     cmd += ["--attack-epochs", "1"]
-    done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=2400)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "trained: 2 rounds" in done.stdout
     return out
@@ -98,7 +98,7 @@ def test_attack_writes_every_set_and_key(run_dir):
 @pytest.mark.slow
 def test_attack_reruns_alone(run_dir):
     cmd = [sys.executable, "-m", "attack", str(run_dir), "--attack-epochs", "1", "--decoders", "seed"]
-    done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=2400)
     assert done.returncode == 0, done.stderr[-3000:]
     leakage = json.loads((run_dir / "leakage.json").read_text())
     assert set(leakage["unseen"]) == {"seed", "baseline"}
@@ -109,7 +109,7 @@ def test_noise_sweep_reports_leakage_per_epsilon(tmp_path):
     out = tmp_path / "sweep"
     cmd = [sys.executable, "sim.py", "--clients", "2", "--rounds", "1", "--limit-per-client", "32", "--out", str(out)]
     cmd += ["--noise", "0", "0.8", "--attack-epochs", "1"]
-    done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=2400)
     assert done.returncode == 0, done.stderr[-3000:]
     rows = _rows(out / "leakage_vs_epsilon.csv")
     noises = {float(r["noise"]): float(r["epsilon_median"]) for r in rows}
