@@ -7,6 +7,7 @@ Opacus's ``ModuleValidator.fix`` would pick stop the model learning), and non-in
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -80,9 +81,20 @@ def load_joined(device: nn.Module, head: nn.Module, state: dict[str, torch.Tenso
 
 
 @torch.no_grad()
-def device_activations(device: nn.Module, images: torch.Tensor, batch_size: int = 512) -> torch.Tensor:
-    """What the device sends at inference: activations float32 [N,32,1,1] (eval mode) of images [N,1,105,105]."""
+def device_activations(device: nn.Module, images: np.ndarray | torch.Tensor, batch_size: int = 512) -> torch.Tensor:
+    """What the device sends at inference: activations float32 [N,32,1,1] on the CPU of images [N,1,105,105].
+
+    Eval mode (no dropout), no grad, in batches on the model's device; its train/eval mode is restored afterwards.
+    ``images`` may be a (read-only, e.g. memory-mapped) numpy array or a tensor, float in [0,1].
+    """
+    if isinstance(images, np.ndarray):
+        array = np.asarray(images, dtype=np.float32)
+        images = torch.from_numpy(array if array.flags.writeable else array.copy())
+    was_training = device.training
     device.eval()
     param = next(device.parameters())
-    chunks = [device(images[i : i + batch_size].to(param.device)).cpu() for i in range(0, len(images), batch_size)]
+    try:
+        chunks = [device(chunk.float().to(param.device)).cpu() for chunk in images.split(batch_size)]
+    finally:
+        device.train(was_training)
     return torch.cat(chunks) if chunks else torch.empty(0, CUT_CHANNELS, 1, 1)

@@ -11,13 +11,12 @@ from attack.decoders import (
     SeedDecoder,
     UpDecoder,
     build_decoder,
-    device_activations,
     reconstruct,
     train_decoder,
 )
 from attack.metrics import mean_image_baseline, mse
 from clients.data import OmniglotSet, shared_files
-from split.model import DeviceNet
+from split.model import DeviceNet, device_activations
 
 OVERLAP_ALPHABETS = {"Greek", "Latin"}  # in both small1 and small2 (shared/docs/EXPERIMENT.md, the pitfall)
 
