@@ -65,6 +65,11 @@ def build_parser() -> argparse.ArgumentParser:
     dp.add_argument("--optimizer", default=D.optimizer, help=f"optimizer: {', '.join(OPTIMIZERS)}")
     dp.add_argument("--dropout", type=float, default=D.dropout, help="dropout in device and head (0 as in the DP runs)")
     dp.add_argument("--norm-groups", type=int, default=D.norm_groups, help="GroupNorm groups (1 learns best)")
+    dp.add_argument(
+        "--grad-sampler",
+        default=D.grad_sampler,
+        help="per-sample conv gradients: fast (own, clients/grad_samplers.py) or opacus",
+    )
 
     run = p.add_argument_group("run")
     run.add_argument(

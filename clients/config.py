@@ -17,6 +17,7 @@ PARTITIONS = ("shards", "alphabet", "dirichlet", "iid")
 OPTIMIZERS = ("adam", "sgd")
 ACCOUNTANTS = ("rdp", "prv", "rdp-classic")
 DEVICES = ("auto", "cpu", "cuda")
+GRAD_SAMPLERS = ("fast", "opacus")  # Conv2d per-sample gradients: clients/grad_samplers.py or Opacus's own
 N_ALPHABETS = 20
 
 
@@ -43,6 +44,7 @@ class RunConfig:
     val_fraction: float = 0.1
     dropout: float = 0.0
     norm_groups: int = 1
+    grad_sampler: str = "fast"
     seed: int = 0
     data_dir: str = ""
     out: str = ""
@@ -81,6 +83,7 @@ class RunConfig:
         _choice(self, "optimizer", OPTIMIZERS)
         _choice(self, "accountant", ACCOUNTANTS)
         _choice(self, "device", DEVICES)
+        _choice(self, "grad_sampler", GRAD_SAMPLERS)
         if self.partition == "alphabet" and self.clients > N_ALPHABETS:
             raise UserError(
                 f"--partition alphabet gives each client whole alphabets, so --clients must be <= {N_ALPHABETS}, "

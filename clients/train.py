@@ -16,6 +16,7 @@ from opacus import PrivacyEngine
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
+from clients import grad_samplers
 from clients.config import RunConfig
 from clients.privacy import History, make_accountant, sample_rate, total_steps
 
@@ -105,6 +106,7 @@ def train_local(
             poisson_sampling=True,
             noise_generator=torch.Generator(device=torch_device).manual_seed(seed + 1),
         )
+        grad_samplers.install(model, cfg.grad_sampler)
     loss_sum, correct, seen, steps = 0.0, 0, 0, 0
     sent, positions = [], []
     for _ in range(cfg.local_epochs):
