@@ -155,7 +155,8 @@ def run_attack(
         "timings": timings,
     }
     _atomic_text(run_dir / "attack.json", json.dumps(meta, indent=2) + "\n")
-    console.print(summary_table(results, decoders))
+    # Redirected to a file, rich would use 80 columns and cut the numbers.
+    console.print(summary_table(results, decoders), width=None if console.is_terminal else 120)
     return results
 
 

@@ -55,7 +55,8 @@ def test_fast_conv_sampler_on_deep_layer(images: torch.Tensor) -> None:
     torch.manual_seed(0)
     device, _ = build_split()
     device = device.double()
-    features = nn.Sequential(*list(device)[:4])(images.double()).detach()  # [12,32,33,33], the input of the second convolution
+    first_block = nn.Sequential(*list(device)[:4])  # conv, ReLU, GroupNorm, max-pool
+    features = first_block(images.double()).detach()  # [12,32,33,33]: the second convolution's input
     layer = device[5]
     ours = _per_sample(grad_samplers.conv2d_per_sample, layer, features)
     theirs = _per_sample(compute_conv_grad_sample, layer, features)

@@ -1,0 +1,329 @@
+"""Performance benchmarks that print ratios: ``python benchmarks/run.py [--quick] [--json FILE]``.
+
+Every target is a ratio of two things measured side by side in this one run, so it holds on any machine:
+
+- ``dp_step_ratio``: DP-SGD split step / plain split step (device convnet + head, batch 32), timed interleaved.
+- ``sim_overhead_ratio``: Flower simulation wall time / the same client work in a plain Python loop.
+- ``gemm_fraction``: DP training images/s / the images/s this machine's fp32 matrix multiply would allow for the
+  model's training FLOPs per image (counted from the architecture).
+- ``attack_seconds``: training the seed decoder for 100 epochs on small1 (``--quick``: extrapolated from fewer).
+- ``per_client_round_overhead_s``: (simulation - plain loop) / (clients x rounds), 100 clients with tiny shards.
+
+The levers behind each figure are measured too and reported under ``levers``. Benchmarks are not tests: nothing here
+asserts a time. Needs the Omniglot data (``--data-dir`` or ``$OMNIGLOT_ROOT``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+from opacus.grad_sample import wrap_model
+from opacus.optimizers import DPOptimizer
+from rich.console import Console
+from rich.table import Table
+from torch import nn
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a script from anywhere
+
+from attack.decoders import build_decoder, train_decoder  # noqa: E402
+from clients import grad_samplers  # noqa: E402
+from clients.client_app import client_split  # noqa: E402
+from clients.config import RunConfig  # noqa: E402
+from clients.data import EVALUATION, SMALL1, load_set  # noqa: E402
+from clients.errors import UserError  # noqa: E402
+from clients.train import evaluate, split_step, train_local  # noqa: E402
+from split.model import build_split, device_activations, joined_state, load_joined  # noqa: E402
+
+TARGETS = {  # metric -> (comparison, target)
+    "dp_step_ratio": ("<=", 1.25),
+    "sim_overhead_ratio": ("<=", 1.10),
+    "gemm_fraction": (">=", 0.50),
+    "attack_seconds": ("<=", 60.0),
+    "per_client_round_overhead_s": ("<=", 0.2),
+}
+BATCH = 32
+
+
+def interleaved_ms(fns: dict[str, Callable[[], object]], repeats: int, warmup: int = 2) -> dict[str, float]:
+    """Median milliseconds per call of each function, calling them round-robin so that load hits all alike."""
+    for _ in range(warmup):
+        for fn in fns.values():
+            fn()
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            started = time.perf_counter()
+            fn()
+            times[name].append((time.perf_counter() - started) * 1e3)
+    return {name: statistics.median(t) for name, t in times.items()}
+
+
+def _real_batch(n: int = BATCH) -> tuple[torch.Tensor, torch.Tensor]:
+    data = load_set(EVALUATION)
+    idx = np.linspace(0, len(data) - 1, n).astype(np.int64)
+    return torch.from_numpy(data.as_float(idx)), torch.from_numpy(data.alphabet[idx])
+
+
+def _synced(fn: Callable[[], object], device: str) -> Callable[[], object]:
+    """``fn`` followed by a CUDA synchronize when timing on the GPU (kernels run asynchronously)."""
+    if device == "cpu":
+        return fn
+    return lambda: (fn(), torch.cuda.synchronize())
+
+
+def _step_fn(kind: str, images: torch.Tensor, labels: torch.Tensor, on: str = "cpu") -> Callable[[], object]:
+    """One split step of ``kind``: plain, or DP-SGD with a per-sample-gradient method (fast, opacus, functorch)."""
+    torch.manual_seed(0)
+    device, head = (m.to(on) for m in build_split())
+    images, labels = images.to(on), labels.to(on)
+    head_opt = torch.optim.Adam(head.parameters(), lr=1e-3)
+    device_opt = torch.optim.Adam(device.parameters(), lr=1e-3)
+    model: nn.Module = device
+    if kind != "plain":
+        model = wrap_model(device, grad_sample_mode="functorch" if kind == "functorch" else "hooks")
+        if kind == "fast":
+            grad_samplers.install(model, "fast")
+        device_opt = DPOptimizer(device_opt, noise_multiplier=0.5, max_grad_norm=1.0, expected_batch_size=BATCH)
+    return _synced(lambda: split_step(model, head, device_opt, head_opt, images, labels), on)
+
+
+def bench_dp_step(repeats: int) -> dict:
+    images, labels = _real_batch()
+    kinds = ("plain", "fast", "opacus", "functorch")
+    threads = {}
+    for n in sorted({1, torch.get_num_threads()}):
+        torch.set_num_threads(n)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            threads[n] = interleaved_ms({k: _step_fn(k, images, labels) for k in kinds}, repeats)
+    torch.set_num_threads(max(threads))
+    main = threads[max(threads)]
+    levers = {f"step_ms_threads{n}_{k}": ms for n, by_kind in threads.items() for k, ms in by_kind.items()}
+    levers |= {f"dp_step_ratio_{k}": main[k] / main["plain"] for k in kinds[1:]}
+    if torch.cuda.is_available():
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            gpu = interleaved_ms({k: _step_fn(k, images, labels, "cuda") for k in kinds}, repeats)
+        levers |= {f"step_ms_cuda_{k}": ms for k, ms in gpu.items()}
+        levers |= {f"dp_step_ratio_cuda_{k}": gpu[k] / gpu["plain"] for k in kinds[1:]}
+    return {"dp_step_ratio": main["fast"] / main["plain"], "levers": levers}
+
+
+def training_flops_per_image(device: nn.Module, head: nn.Module) -> int:
+    """FLOPs of one training image: 2 per multiply-add, for the forward pass, the weight gradient and (except the
+    first layer, whose input is the image) the input gradient, of every Conv2d and Linear. Elementwise ops excluded.
+    """
+    macs: list[int] = []
+
+    def count(module: nn.Module, inputs: tuple[torch.Tensor], output: torch.Tensor) -> None:
+        if isinstance(module, nn.Conv2d):
+            k = module.kernel_size[0] * module.kernel_size[1] * module.in_channels // module.groups
+            macs.append(output[0].numel() * k)
+        elif isinstance(module, nn.Linear):
+            macs.append(module.in_features * module.out_features)
+
+    hooks = [m.register_forward_hook(count) for m in (*device.modules(), *head.modules())]
+    with torch.no_grad():
+        head(device(torch.zeros(1, 1, 105, 105)))
+    for h in hooks:
+        h.remove()
+    return sum(2 * m * (2 if i == 0 else 3) for i, m in enumerate(macs))
+
+
+def matmul_flops_per_s(side: int = 1024, repeats: int = 10) -> float:
+    a, b = torch.randn(side, side), torch.randn(side, side)
+    ms = interleaved_ms({"mm": lambda: torch.mm(a, b)}, repeats)["mm"]
+    return 2 * side**3 / (ms / 1e3)
+
+
+def bench_gemm_fraction(n_images: int) -> dict:
+    """DP training throughput of ``train_local`` (data loading, Poisson batches, clipping, noise included)."""
+    data = load_set(EVALUATION)
+    idx = np.linspace(0, len(data) - 1, n_images).astype(np.int64)
+    images, labels = torch.from_numpy(data.as_float(idx)), torch.from_numpy(data.alphabet[idx])
+    flops = training_flops_per_image(*build_split())
+    peak = matmul_flops_per_s()
+    out = {"training_mflop_per_image": flops / 1e6, "matmul_gflop_per_s": peak / 1e9}
+    for sampler in grad_samplers.GRAD_SAMPLERS:
+        torch.manual_seed(0)
+        device, head = build_split()
+        cfg = RunConfig(noise=0.5, grad_sampler=sampler)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            started = time.perf_counter()
+            result = train_local(device, head, images, labels, cfg, [], seed=0)
+        seconds = time.perf_counter() - started
+        images_per_s = result.steps * BATCH / seconds  # expected images per Poisson batch
+        out[f"dp_images_per_s_{sampler}"] = images_per_s
+    out["gemm_fraction"] = out["dp_images_per_s_fast"] / (peak / flops)
+    out["gemm_fraction_opacus"] = out["dp_images_per_s_opacus"] / (peak / flops)
+    return {"gemm_fraction": out.pop("gemm_fraction"), "levers": out}
+
+
+def bench_attack(epochs: int) -> dict:
+    small1 = load_set(SMALL1)
+    images = torch.from_numpy(small1.as_float())
+    torch.manual_seed(0)
+    activations = device_activations(build_split()[0], images)
+    seconds = {}
+    for on in ("cpu", "cuda") if torch.cuda.is_available() else ("cpu",):
+        torch.manual_seed(0)
+        decoder = build_decoder("seed").to(on)
+        started = time.perf_counter()
+        train_decoder(decoder, activations, images, epochs=epochs)
+        seconds[on] = time.perf_counter() - started
+    levers = {"attack_epochs_measured": epochs, "attack_seconds_per_epoch": seconds["cpu"] / epochs}
+    if "cuda" in seconds:
+        levers["attack_seconds_cuda"] = seconds["cuda"] * 100 / epochs
+    return {"attack_seconds": seconds["cpu"] * 100 / epochs, "levers": levers}
+
+
+def _fedavg(states: list[dict[str, torch.Tensor]], weights: list[int]) -> dict[str, torch.Tensor]:
+    total = sum(weights)
+    return {k: sum(s[k] * (w / total) for s, w in zip(states, weights, strict=True)) for k in states[0]}
+
+
+def plain_loop(cfg: RunConfig) -> float:
+    """Seconds for the simulation's client work without Flower: per round every client trains (same seeds) and
+    validates, FedAvg in between, then the final inference query. All cores to one process."""
+    torch.set_num_threads(os.cpu_count() or 1)
+    started = time.perf_counter()
+    torch.manual_seed(cfg.seed)
+    state = joined_state(*build_split(cfg.dropout, cfg.norm_groups))
+    for server_round in range(1, cfg.rounds + 1):
+        states, weights = [], []
+        for pid in range(cfg.clients):
+            device, head = build_split(cfg.dropout, cfg.norm_groups)
+            load_joined(device, head, state)
+            images, labels, _ = client_split(cfg, pid, "train")
+            seed = int(np.random.SeedSequence([cfg.seed, pid, server_round]).generate_state(1)[0])
+            torch.manual_seed(seed)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                result = train_local(device, head, images, labels, cfg, [], seed, record_cut=server_round == cfg.rounds)
+            states.append(joined_state(device, head))
+            weights.append(result.n_train)
+        state = _fedavg(states, weights)
+        for pid in range(cfg.clients):
+            device, head = build_split(cfg.dropout, cfg.norm_groups)
+            load_joined(device, head, state)
+            evaluate(device, head, *client_split(cfg, pid, "val")[:2])
+    device, head = build_split(cfg.dropout, cfg.norm_groups)
+    load_joined(device, head, state)
+    for pid in range(cfg.clients):
+        device_activations(device, torch.cat([client_split(cfg, pid, p)[0] for p in ("train", "val")]))
+    return time.perf_counter() - started
+
+
+def simulation_seconds(cfg: RunConfig) -> float:
+    """Wall time of a full ``sim.py`` training run (Ray start, rounds, query, ledger and figures), no attack."""
+    from strategy.simulation import run_training
+
+    with tempfile.TemporaryDirectory() as tmp:
+        started = time.perf_counter()
+        run_training(cfg, Path(tmp))
+        return time.perf_counter() - started
+
+
+def bench_simulation(clients: int, rounds: int, limit: int) -> dict:
+    cfg = RunConfig(clients=clients, rounds=rounds, limit_per_client=limit)
+    loop = plain_loop(cfg)
+    sim = simulation_seconds(cfg)
+    return {"clients": clients, "rounds": rounds, "limit_per_client": limit, "sim_s": sim, "loop_s": loop}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="smaller workloads: a few minutes on 2 cores")
+    parser.add_argument("--json", type=Path, help="also write the results here")
+    parser.add_argument("--data-dir", help="Omniglot root (default $OMNIGLOT_ROOT)")
+    parser.add_argument("--only", nargs="+", choices=("dp", "gemm", "attack", "sim", "overhead"), help="a subset")
+    args = parser.parse_args(argv)
+    if args.data_dir:
+        os.environ["OMNIGLOT_ROOT"] = args.data_dir
+    console = Console()
+    quick = args.quick
+    parts = args.only or ("dp", "gemm", "attack", "sim", "overhead")
+    results: dict = {"levers": {}}
+    try:
+        load_set(EVALUATION)
+        if "dp" in parts:
+            results |= _merge(results, bench_dp_step(repeats=10 if quick else 30))
+        if "gemm" in parts:
+            results |= _merge(results, bench_gemm_fraction(n_images=320 if quick else 1280))
+        if "attack" in parts:
+            results |= _merge(results, bench_attack(epochs=3 if quick else 100))
+        if "sim" in parts:
+            sim = bench_simulation(clients=20, rounds=1 if quick else 2, limit=64 if quick else 0)
+            results["sim_overhead_ratio"] = sim["sim_s"] / sim["loop_s"]
+            results["levers"] |= {f"sim20_{k}": v for k, v in sim.items()}
+        if "overhead" in parts:
+            sim = bench_simulation(clients=100, rounds=1 if quick else 3, limit=4)
+            results["per_client_round_overhead_s"] = (sim["sim_s"] - sim["loop_s"]) / (sim["clients"] * sim["rounds"])
+            results["levers"] |= {f"sim100_{k}": v for k, v in sim.items()}
+    except UserError as exc:
+        console.print(f"error: {exc}", markup=False, highlight=False)
+        return 2
+    results["machine"] = {
+        "cores": os.cpu_count(),
+        "cpu": _cpu_model(),
+        "torch_threads": torch.get_num_threads(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "quick": quick,
+        "cuda": torch.cuda.is_available(),
+    }
+    console.print(_table(results))
+    if args.json:
+        tmp = args.json.with_suffix(args.json.suffix + ".tmp")
+        tmp.write_text(json.dumps(results, indent=2) + "\n")
+        tmp.replace(args.json)
+    return 0
+
+
+def _merge(results: dict, part: dict) -> dict:
+    levers = part.pop("levers", {})
+    results["levers"] |= levers
+    return part
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def _table(results: dict) -> Table:
+    table = Table(title="Benchmarks (ratios measured side by side in this run)")
+    for column in ("metric", "value", "target", "met"):
+        table.add_column(column, justify="left" if column == "metric" else "right")
+    for name, (op, target) in TARGETS.items():
+        if name not in results:
+            continue
+        value = results[name]
+        met = value <= target if op == "<=" else value >= target
+        table.add_row(name, f"{value:.3g}", f"{op} {target:g}", "yes" if met else "no")
+    table.add_section()
+    for name, value in results["levers"].items():
+        table.add_row(name, f"{value:.4g}" if isinstance(value, float) else str(value), "", "")
+    return table
+
+
+if __name__ == "__main__":
+    sys.exit(main())
