@@ -118,9 +118,14 @@ def plot_leakage(rows: list[dict], path: Path) -> None:
     acc_ax.plot([_x(e, finite_max) for e, _ in runs], [a for _, a in runs], marker="s", color="black")
     acc_ax.set(ylabel="validation accuracy (20 alphabets)", ylim=(0, 1))
     accountant = rows[0]["accountant"] if rows else "?"
+    # One tick per run, labelled with its epsilon ("inf" for no DP): log-axis minor labels would overlap.
+    ticks = sorted({_x(r["epsilon_median"], finite_max) for r in rows})
+    labels = [f"{t:.3g}" if t in finite else "inf" for t in ticks]
     for ax in axes.flat:
         ax.set_xscale("log")
-        ax.set_xlabel(f"median client epsilon ({accountant}); rightmost = inf (no DP)")
+        ax.set_xticks(ticks, labels)
+        ax.minorticks_off()
+        ax.set_xlabel(f"median client epsilon ({accountant}, delta {rows[0]['delta'] if rows else '?':g})")
         ax.grid(alpha=0.3)
     axes.flat[0].legend(fontsize=7)
     fig.suptitle("Leakage vs privacy budget (dotted: mean-image baseline)")
