@@ -122,10 +122,8 @@ def train(msg: Message, context: Context) -> Message:
     _injected_crash(pid, server_round)
     images, labels, indices = client_split(cfg, pid, "train")
     history = _history(msg, context)
-    q, planned = (
-        sample_rate(len(labels), cfg.batch_size),
-        cfg.local_epochs * steps_per_epoch(len(labels), cfg.batch_size),
-    )
+    q = sample_rate(len(labels), cfg.batch_size)
+    planned = cfg.local_epochs * steps_per_epoch(len(labels), cfg.batch_size)
     if cfg.max_epsilon and epsilon(history + [(cfg.noise, q, planned)], cfg.delta, cfg.accountant) > cfg.max_epsilon:
         message = f"not trained: {planned} more steps would take epsilon past --max-epsilon {cfg.max_epsilon:g}"
         return _train_reply(msg, cfg, pid, history, len(labels), 0, "over-budget", message, started, q)
@@ -135,7 +133,10 @@ def train(msg: Message, context: Context) -> Message:
     max_steps = int(fail_rng.integers(1, max(2, planned))) if fails else None  # part-way through the round
     seed = int(np.random.SeedSequence([cfg.seed, pid, server_round]).generate_state(1)[0])
     torch.manual_seed(seed)
-    last_round = server_round == cfg.rounds and not fails
+    # This client's last training round: the final round, or the last one its --max-epsilon budget allows.
+    two_more = history + [(cfg.noise, q, 2 * planned)]
+    budget_ends = bool(cfg.max_epsilon) and epsilon(two_more, cfg.delta, cfg.accountant) > cfg.max_epsilon
+    last_round = (server_round == cfg.rounds or budget_ends) and not fails
     with warnings.catch_warnings():  # Opacus warns about secure RNG and the optimizer's closure: known, harmless
         warnings.simplefilter("ignore")
         result = train_local(
@@ -148,7 +149,7 @@ def train(msg: Message, context: Context) -> Message:
         return _train_reply(msg, cfg, pid, result.history, result.n_train, result.steps, "failed", message, started, q)
     reply = _train_reply(msg, cfg, pid, result.history, result.n_train, result.steps, "trained", "", started, q, result)
     reply.content["arrays"] = ArrayRecord(joined_state(device, head))
-    if last_round:  # the activations this client sent across the cut in the final round, with their image ids
+    if last_round:  # the activations this client sent across the cut in its last round, with their image ids
         reply.content[INTERCEPTED_KEY] = ArrayRecord(
             {
                 "activations": Array(result.cut_activations.numpy()),

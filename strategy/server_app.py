@@ -28,7 +28,7 @@ from strategy.checkpoint import Checkpoint, mark_complete, mark_incomplete, save
 from strategy.figures import plot_run
 from strategy.interception import query_activations, save_intercepted
 from strategy.recorder import RunRecorder
-from strategy.splitfed import SplitFedAvg
+from strategy.splitfed import ClientFailed, SplitFedAvg
 
 PACKAGES = ("torch", "opacus", "flwr", "flwr-datasets", "numpy", "matplotlib", "pillow", "rich")
 
@@ -155,7 +155,8 @@ def run_server(
         )
         plot_run(run_dir)
     except BaseException as exc:
-        mark_incomplete(run_dir, f"training stopped: {type(exc).__name__}: {exc}\n{_resume_hint(run_dir)}")
+        details = f"\n\n{exc.details}" if isinstance(exc, ClientFailed) else ""
+        mark_incomplete(run_dir, f"training stopped: {type(exc).__name__}: {exc}\n{_resume_hint(run_dir)}{details}")
         raise
     mark_complete(run_dir)
     return recorder.rounds

@@ -36,17 +36,32 @@ STATUS_KEY = "status"
 
 
 class ClientFailed(RuntimeError):
-    """A client's reply carried an error instead of a result."""
+    """A client's reply carried an error instead of a result. ``details``: the error as Flower reported it."""
+
+    def __init__(self, message: str, details: str) -> None:
+        super().__init__(message)
+        self.details = details
 
 
 def _metrics(msg: Message) -> dict:
     return dict(next(iter(msg.content.metric_records.values())))
 
 
-def _raise_on_errors(replies: list[Message], phase: str) -> None:
+def error_line(reason: str) -> str:
+    """The client's own exception message out of Flower's error reason (which wraps Ray's remote traceback)."""
+    lines = [line.strip() for line in reason.strip().splitlines() if line.strip()]
+    for line in reversed(lines):
+        if "Message:" in line:  # "Exception ClientAppException occurred. Message: <the client's message>"
+            return line.split("Message:", 1)[1].strip().removesuffix("'>").strip()
+    return lines[-1] if lines else "(no reason given)"
+
+
+def _raise_on_errors(replies: list[Message], phase: str, partition_of: dict[int, int] | None = None) -> None:
     for msg in replies:
         if msg.has_error():
-            raise ClientFailed(f"client on node {msg.metadata.src_node_id} failed during {phase}: {msg.error.reason}")
+            node = msg.metadata.src_node_id
+            who = f"client {partition_of[node]}" if partition_of and node in partition_of else f"client on node {node}"
+            raise ClientFailed(f"{who} failed during {phase}: {error_line(msg.error.reason)}", msg.error.reason)
 
 
 def _status(msg: Message) -> tuple[str, str]:
@@ -68,7 +83,8 @@ class SplitFedAvg(FedAvg):
         self.partition_of: dict[int, int] = {}  # Flower node id -> partition id
         self.histories: dict[int, History] = {}  # partition id -> accountant history (the server's copy)
         self.over_budget: set[int] = set()  # partitions whose next round would pass --max-epsilon
-        self.intercepted_training: list = []  # (partition, activations, index) sent in the last round
+        self.asked: list[int] = []  # partitions sent a train message this round
+        self.intercepted_training: list = []  # (partition, activations, index) sent in each client's last round
 
     # --- who is who ------------------------------------------------------------------------------------------
 
@@ -104,7 +120,8 @@ class SplitFedAvg(FedAvg):
         node_of = {pid: node for node, pid in self.partition_of.items()}
         config = ConfigRecord({**config, "server-round": server_round})
         messages = []
-        for pid in self.sample(server_round):
+        self.asked = self.sample(server_round)
+        for pid in self.asked:
             content = RecordDict({"arrays": arrays, "config": config})
             if self.histories.get(pid):
                 content[PRIVACY_KEY] = ConfigRecord(history_to_lists(self.histories[pid]))
@@ -115,11 +132,14 @@ class SplitFedAvg(FedAvg):
         self, server_round: int, replies: Iterable[Message]
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
         replies = list(replies)
-        _raise_on_errors(replies, f"training in round {server_round}")
+        _raise_on_errors(replies, f"training in round {server_round}", self.partition_of)
         replies.sort(key=lambda m: _metrics(m)["partition-id"])  # float sums in a fixed order: same seed, same bits
-        taken = [t for t in map(take_intercepted, replies) if t is not None]
-        if taken:
-            self.intercepted_training = taken
+        missing = sorted(set(self.asked) - {int(_metrics(m)["partition-id"]) for m in replies})
+        if missing:  # Flower drops replies that time out; their steps would be missing from the ledger
+            raise ClientFailed(f"client(s) {missing} sent no reply in round {server_round} (timed out)", "")
+        latest = {t[0]: t for t in self.intercepted_training}  # each client's last training round
+        latest.update({t[0]: t for t in map(take_intercepted, replies) if t is not None})
+        self.intercepted_training = [latest[pid] for pid in sorted(latest)]
         rows = []
         for msg in replies:
             metrics, (status, message) = _metrics(msg), _status(msg)
@@ -133,12 +153,14 @@ class SplitFedAvg(FedAvg):
         self.recorder.record_train(server_round, rows)
         trained = [m for m in replies if _status(m)[0] == "trained"]
         for msg in trained:  # FedAvg wants exactly one ArrayRecord and one MetricRecord per reply
-            del msg.content[PRIVACY_KEY], msg.content[STATUS_KEY]
+            for key in (PRIVACY_KEY, STATUS_KEY):
+                if key in msg.content:
+                    del msg.content[key]
         return super().aggregate_train(server_round, trained)
 
     def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
         replies = list(replies)
-        _raise_on_errors(replies, f"evaluation in round {server_round}")
+        _raise_on_errors(replies, f"evaluation in round {server_round}", self.partition_of)
         self.recorder.record_evaluate(server_round, [(m.metadata.src_node_id, _metrics(m)) for m in replies])
         return super().aggregate_evaluate(server_round, replies)
 
