@@ -142,11 +142,14 @@ def run_server(
 
             try:
                 strategy.identify(grid, config)
-                arrays, stopped = strategy.run_rounds(grid, arrays, first_round, cfg.rounds, config, checkpoint)
+                arrays, last = strategy.run_rounds(grid, arrays, first_round, cfg.rounds, config, checkpoint)
             finally:
                 recorder.close()
-        if stopped:
-            console.print(f"[bold yellow]{stopped} {cfg.max_epsilon:g}")
+        if last < cfg.rounds:
+            console.print(
+                f"[bold yellow]stopped after round {last} of {cfg.rounds}: no client can train another round "
+                f"without passing --max-epsilon {cfg.max_epsilon:g}"
+            )
         inference = query_activations(grid, arrays, config)
         save_intercepted(run_dir, inference, strategy.intercepted_training)
         load_joined(device, head, arrays.to_torch_state_dict())

@@ -175,15 +175,15 @@ class SplitFedAvg(FedAvg):
         config: ConfigRecord,
         on_round_end: Callable[[int, ArrayRecord], None],
         timeout: float = 3600,
-    ) -> tuple[ArrayRecord, str]:
-        """Rounds ``first_round..num_rounds`` (train, then evaluate every client); returns (arrays, why it stopped).
+    ) -> tuple[ArrayRecord, int]:
+        """Rounds ``first_round..num_rounds`` (train, then evaluate every client); returns (arrays, last round run).
 
-        ``on_round_end(round, arrays)`` runs after each complete round (the checkpoint). Stops early, with a reason,
-        once every client is over its ``--max-epsilon`` budget.
+        ``on_round_end(round, arrays)`` runs after each complete round (the checkpoint). Stops early, before
+        ``num_rounds``, once every client has answered ``over-budget``: none of them can train any more.
         """
         for server_round in range(first_round, num_rounds + 1):
             if len(self.over_budget) == self.clients:  # a resumed run that had already stopped
-                return arrays, self._stop_message(server_round - 1, num_rounds)
+                return arrays, server_round - 1
             replies = grid.send_and_receive(self.configure_train(server_round, arrays, config, grid), timeout=timeout)
             new_arrays, _ = self.aggregate_train(server_round, replies)
             arrays = new_arrays if new_arrays is not None else arrays
@@ -192,12 +192,6 @@ class SplitFedAvg(FedAvg):
             )
             self.aggregate_evaluate(server_round, replies)
             on_round_end(server_round, arrays)
-            if len(self.over_budget) == self.clients and server_round < num_rounds:
-                return arrays, self._stop_message(server_round, num_rounds)
-        return arrays, ""
-
-    def _stop_message(self, server_round: int, num_rounds: int) -> str:
-        return (
-            f"stopped after round {server_round} of {num_rounds}: no client can train another round "
-            "without passing --max-epsilon"
-        )
+            if len(self.over_budget) == self.clients:
+                return arrays, server_round
+        return arrays, num_rounds
