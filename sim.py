@@ -61,6 +61,13 @@ def build_parser() -> argparse.ArgumentParser:
         "same seed and shards, then a leakage-per-epsilon report",
     )
     dp.add_argument("--target-epsilon", type=float, default=D.target_epsilon, help="pick sigma for this epsilon; 0=off")
+    dp.add_argument(
+        "--max-epsilon",
+        type=float,
+        default=D.max_epsilon,
+        help="budget cap: a client whose next round would pass this epsilon does not train; the run stops when "
+        "no client can train; 0 = no cap",
+    )
     dp.add_argument("--clip", type=float, default=D.clip, help="per-sample gradient L2 clipping bound")
     dp.add_argument("--delta", type=float, default=D.delta, help="delta of the (epsilon, delta) guarantee")
     dp.add_argument("--accountant", default=D.accountant, help=f"privacy accountant: {', '.join(ACCOUNTANTS)}")
@@ -70,13 +77,6 @@ def build_parser() -> argparse.ArgumentParser:
     dp.add_argument("--optimizer", default=D.optimizer, help=f"optimizer: {', '.join(OPTIMIZERS)}")
     dp.add_argument("--dropout", type=float, default=D.dropout, help="dropout in device and head (0 as in the DP runs)")
     dp.add_argument("--norm-groups", type=int, default=D.norm_groups, help="GroupNorm groups (1 learns best)")
-    dp.add_argument(
-        "--max-epsilon",
-        type=float,
-        default=D.max_epsilon,
-        help="budget cap: a client whose next round would pass this epsilon does not train; the run stops when "
-        "no client can train; 0 = no cap",
-    )
 
     run = p.add_argument_group("run")
     run.add_argument(
