@@ -8,12 +8,17 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from clients.config import ACCOUNTANTS, DEVICES, OPTIMIZERS, PARTITIONS, RunConfig
 from clients.errors import UserError
+
+if TYPE_CHECKING:
+    from strategy.checkpoint import Checkpoint
 
 D = RunConfig()
 
@@ -56,6 +61,13 @@ def build_parser() -> argparse.ArgumentParser:
         "same seed and shards, then a leakage-per-epsilon report",
     )
     dp.add_argument("--target-epsilon", type=float, default=D.target_epsilon, help="pick sigma for this epsilon; 0=off")
+    dp.add_argument(
+        "--max-epsilon",
+        type=float,
+        default=D.max_epsilon,
+        help="budget cap: a client whose next round would pass this epsilon does not train; the run stops when "
+        "no client can train; 0 = no cap",
+    )
     dp.add_argument("--clip", type=float, default=D.clip, help="per-sample gradient L2 clipping bound")
     dp.add_argument("--delta", type=float, default=D.delta, help="delta of the (epsilon, delta) guarantee")
     dp.add_argument("--accountant", default=D.accountant, help=f"privacy accountant: {', '.join(ACCOUNTANTS)}")
@@ -82,6 +94,19 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--cpus-per-client", type=float, default=D.cpus_per_client, help="CPU cores per client")
     run.add_argument("--gpus-per-client", type=float, default=D.gpus_per_client, help="GPU share per client")
     run.add_argument("--overwrite", action="store_true", help="reuse a non-empty --out directory")
+    run.add_argument(
+        "--resume",
+        metavar="RUN_DIR",
+        default=None,
+        help="continue an unfinished run from its last checkpoint, with its saved settings (flags given must agree)",
+    )
+    run.add_argument(
+        "--fail-rate",
+        type=float,
+        default=D.fail_rate,
+        help="testing: each client training call fails after some steps with this probability (seeded); the round "
+        "goes on with the others and the ledger marks it failed",
+    )
     atk = p.add_argument_group("attack (the curious server)")
     atk.add_argument("--skip-attack", action="store_true", help="train only; attack later with python -m attack")
     atk.add_argument("--attack-epochs", type=int, default=100, help="decoder training epochs on small1")
@@ -89,9 +114,57 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+# Settings a resumed run may change: where the data is and what hardware runs it, not what is computed.
+RESUME_MAY_CHANGE = ("data_dir", "device", "cpus_per_client", "gpus_per_client")
+
+
+def explicit_flags(argv: Sequence[str] | None) -> set[str]:
+    """The RunConfig / flag names (``local_epochs``) given on the command line, as opposed to defaulted."""
+    parser = build_parser()
+    for action in parser._actions:  # a default of SUPPRESS leaves unset flags out of the namespace
+        action.default = argparse.SUPPRESS
+    return set(vars(parser.parse_args(argv)))
+
+
+def resume_config(args: argparse.Namespace, argv: Sequence[str] | None) -> RunConfig:
+    """The saved settings of ``--resume RUN_DIR``, with the flags that may change applied; UserError if a flag given
+    on the command line disagrees with the run's config.json."""
+    run_dir = Path(args.resume)
+    if args.overwrite:
+        raise UserError("--resume continues a run and --overwrite replaces one; pass only one of them")
+    if len(args.noise) > 1:
+        raise UserError("--resume continues one training; do not give several --noise values")
+    try:
+        settings = json.loads((run_dir / "config.json").read_text())["settings"]
+    except FileNotFoundError:
+        raise UserError(f"--resume {run_dir}: no config.json there; is it a run directory?") from None
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise UserError(f"--resume {run_dir}: config.json is unreadable ({type(exc).__name__})") from None
+    given = explicit_flags(argv)
+    if "out" in given and Path(args.out).resolve() != run_dir.resolve():
+        raise UserError(f"--resume {run_dir} writes into that run directory; --out {args.out} differs")
+    values = {k: v for k, v in settings.items() if k in RunConfig.__dataclass_fields__ and k != "extra"}
+    for name in sorted(given & set(RunConfig.__dataclass_fields__) - {"out"}):
+        value = args.noise[0] if name == "noise" else getattr(args, name)
+        if name in RESUME_MAY_CHANGE:
+            values[name] = value
+        elif value != values.get(name, getattr(D, name)):
+            raise UserError(
+                f"--resume {run_dir}: --{name.replace('_', '-')} {value} differs from the run's "
+                f"{values.get(name, getattr(D, name))} (config.json); a resumed run keeps its settings"
+            )
+    values["out"] = str(run_dir)
+    try:
+        return RunConfig(**values).validate()
+    except TypeError as exc:
+        raise UserError(f"--resume {run_dir}: config.json has unexpected settings ({exc})") from None
+
+
 def parse_config(argv: Sequence[str] | None = None) -> tuple[RunConfig, argparse.Namespace]:
     """Flags -> validated RunConfig for the first --noise value (raises UserError on the first bad value)."""
     args = build_parser().parse_args(argv)
+    if args.resume:
+        return resume_config(args, argv), args
     fields = RunConfig.__dataclass_fields__
     values = {k: v for k, v in vars(args).items() if k in fields and k != "noise"}
     for sigma in args.noise:  # each value must be valid on its own
@@ -160,18 +233,19 @@ def plan_privacy(cfg: RunConfig) -> dict:
     return {"noise_from_target_epsilon": cfg.noise}
 
 
-def train(cfg: RunConfig, run_dir: Path, overwrite: bool) -> Path:
-    """Train with Flower into ``run_dir`` (created here) and print a one-line result."""
-    from clients.data import resolve_root
+def train(cfg: RunConfig, run_dir: Path, chosen: dict, resume: Checkpoint | None = None) -> Path:
+    """Train with Flower into ``run_dir`` (created here, or continued from ``resume``); print a one-line result.
+
+    ``chosen``: what ``plan_privacy`` resolved, for config.json.
+    """
     from strategy.server_app import prepare_run_dir, write_config
     from strategy.simulation import run_training
 
-    chosen = plan_privacy(cfg)  # also fails fast on missing data and builds the cache before workers start
-    cfg.data_dir = str(resolve_root(cfg.data_dir).resolve())  # workers may start elsewhere
-    prepare_run_dir(run_dir, overwrite)
-    cfg.out = str(run_dir)
-    write_config(run_dir, cfg, chosen)
-    rows = run_training(cfg, run_dir)
+    if resume is None:
+        prepare_run_dir(run_dir, overwrite=True)  # checked free (or --overwrite) before anything was created
+        cfg.out = str(run_dir)
+        write_config(run_dir, cfg, chosen)
+    rows = run_training(cfg, run_dir, resume)
     last = rows[-1]
     print(
         f"trained: {len(rows)} rounds, val acc {last['val_acc']:.3f}, epsilon {last['epsilon_min']:.3g}..."
@@ -180,20 +254,56 @@ def train(cfg: RunConfig, run_dir: Path, overwrite: bool) -> Path:
     return run_dir
 
 
+def check_resume(cfg: RunConfig, run_dir: Path) -> Checkpoint:
+    """The checkpoint to continue from; UserError if the run has finished or the checkpoint disagrees with ``cfg``."""
+    from strategy.checkpoint import is_incomplete, load_checkpoint
+
+    if not run_dir.is_dir():
+        raise UserError(f"--resume {run_dir}: no such run directory")
+    if not is_incomplete(run_dir):
+        raise UserError(f"--resume {run_dir}: that run has finished; nothing to resume")
+    ckpt = load_checkpoint(run_dir)
+    saved = {k: v for k, v in ckpt.settings.items() if k not in RESUME_MAY_CHANGE + ("out",)}
+    current = {k: v for k, v in dataclasses.asdict(cfg).items() if k in saved}
+    if saved != current:
+        differ = sorted(k for k in saved if saved[k] != current.get(k))
+        raise UserError(f"--resume {run_dir}: checkpoint.pt was written with other settings ({', '.join(differ)})")
+    return ckpt
+
+
 def run_all(cfg: RunConfig, args: argparse.Namespace) -> None:
-    """One training (and attack) per --noise value with the same seed and shards, then the report."""
-    from strategy.server_app import default_run_dir, prepare_run_dir
+    """One training (and attack) per --noise value with the same seed and shards, then the report.
+
+    Everything a user can get wrong (data, shards, the output directories) is checked before anything is created,
+    so a bad input leaves no run directory behind.
+    """
+    from clients.data import resolve_root
+    from strategy.server_app import check_run_dir, default_run_dir
 
     noises = list(args.noise)
-    if len(noises) == 1:
-        out = Path(cfg.out) if cfg.out else default_run_dir(cfg)
-        run_dirs, report_dir = [out], out
+    resume = None
+    if args.resume:
+        run_dirs, report_dir = [Path(args.resume)], Path(args.resume)
+        resume = check_resume(cfg, report_dir)
+        plan_privacy(dataclasses.replace(cfg, target_epsilon=0.0))  # the data is still there and still shards
+        configs, chosen = [cfg], [{}]
     else:
-        report_dir = Path(cfg.out) if cfg.out else default_run_dir(cfg, label="sweep")
-        prepare_run_dir(report_dir, args.overwrite)
-        run_dirs = [report_dir / f"s{sigma:g}" for sigma in noises]
-    for sigma, run_dir in zip(noises, run_dirs, strict=True):
-        train(dataclasses.replace(cfg, noise=sigma), run_dir, args.overwrite)
+        if len(noises) == 1:
+            out = Path(cfg.out) if cfg.out else default_run_dir(cfg)
+            run_dirs, report_dir = [out], out
+        else:
+            report_dir = Path(cfg.out) if cfg.out else default_run_dir(cfg, label="sweep")
+            run_dirs = [report_dir / f"s{sigma:g}" for sigma in noises]
+        for run_dir in {report_dir, *run_dirs}:
+            check_run_dir(run_dir, args.overwrite)
+        configs = [dataclasses.replace(cfg, noise=sigma) for sigma in noises]
+        chosen = [plan_privacy(c) for c in configs]  # also fails fast on missing data and builds the cache
+        if len(noises) > 1:
+            report_dir.mkdir(parents=True, exist_ok=True)  # holds the report; each s<sigma>/ run has its marker
+    for run_cfg in configs:
+        run_cfg.data_dir = str(resolve_root(run_cfg.data_dir).resolve())  # workers may start elsewhere
+    for run_cfg, run_dir, plan in zip(configs, run_dirs, chosen, strict=True):
+        train(run_cfg, run_dir, plan, resume)
         if not args.skip_attack:
             from attack.run import run_attack
 

@@ -2,13 +2,16 @@
 
 A train message carries ``arrays`` (the global device convnet and the server's head, keys ``device.*`` / ``head.*``)
 and ``config`` (the RunConfig in kebab-case, plus ``server-round``). The reply carries the updated arrays and a
-MetricRecord with the round's privacy figures. The client's accountant history lives in ``context.state`` so that
-epsilon composes over every round this client ever trained in.
+MetricRecord with the round's privacy figures, a ``status`` ConfigRecord and the client's whole accountant history
+(``privacy``). The history lives in ``context.state`` so that epsilon composes over every round this client ever
+trained in; the server keeps a copy for its checkpoints and sends it back, which restores it after ``--resume``.
 """
 
 from __future__ import annotations
 
 import functools
+import math
+import os
 import time
 import warnings
 
@@ -19,13 +22,23 @@ from flwr.clientapp import ClientApp
 
 from clients.config import RunConfig
 from clients.data import EVALUATION, OmniglotSet, load_set
-from clients.privacy import epsilon, history_from_lists, history_to_lists, total_steps
+from clients.privacy import (
+    History,
+    epsilon,
+    history_from_lists,
+    history_to_lists,
+    sample_rate,
+    steps_per_epoch,
+    total_steps,
+)
 from clients.shards import ClientShard, build_shards
-from clients.train import evaluate, train_local
+from clients.train import LocalResult, evaluate, train_local
 from split.model import build_split, device_activations, joined_state, load_joined
 
 PRIVACY_KEY = "privacy"
 INTERCEPTED_KEY = "intercepted"  # strategy.interception reads it under the same name
+STATUS_KEY = "status"  # strategy.splitfed reads it under the same name
+INJECT_CRASH_ENV = "SPLITFED_INJECT_CRASH"
 
 app = ClientApp()
 
@@ -66,47 +79,124 @@ def _setup(msg: Message, context: Context) -> tuple[RunConfig, int, torch.nn.Mod
     return cfg, partition_id, device, head, torch_device
 
 
+def _history(msg: Message, context: Context) -> History:
+    """This client's accountant history before the round: its own ``context.state``, or the server's copy.
+
+    The node's state is lost when the run restarts (``--resume``), so the server keeps every client's history in
+    its checkpoint and sends it along; the longer of the two is used, so a client never under-counts.
+    """
+    own = context.state.config_records.get(PRIVACY_KEY)
+    mine = history_from_lists(dict(own)) if own else []
+    sent = msg.content.config_records.get(PRIVACY_KEY)
+    theirs = history_from_lists(dict(sent)) if sent else []
+    return theirs if total_steps(theirs) > total_steps(mine) else mine
+
+
+def _injected_crash(pid: int, server_round: int) -> None:
+    """Test hook: ``$SPLITFED_INJECT_CRASH=<raise|exit>:<partition>:<round>`` makes that call crash for real.
+
+    ``raise`` is an unexpected exception (a bug); ``exit`` kills the worker process (as the OOM killer would).
+    """
+    spec = os.environ.get(INJECT_CRASH_ENV, "")
+    if not spec:
+        return
+    mode, target_pid, target_round = spec.split(":")
+    if (int(target_pid), int(target_round)) != (pid, server_round):
+        return
+    if mode == "exit":
+        os._exit(3)
+    raise RuntimeError(f"injected crash in client {pid}, round {server_round}")
+
+
 @app.train()
 def train(msg: Message, context: Context) -> Message:
-    """Local DP-SGD round; reply with updated weights and this client's composed privacy spend."""
+    """Local DP-SGD round; reply with updated weights and this client's composed privacy spend.
+
+    The reply's ``status`` is ``trained``; ``over-budget`` when this round would take the client past
+    ``--max-epsilon`` (nothing is trained); or ``failed`` for a ``--fail-rate`` crash after some steps, whose steps
+    are in the accountant (no weights are returned).
+    """
     started = time.perf_counter()
     cfg, pid, device, head, torch_device = _setup(msg, context)
     server_round = int(msg.content["config"]["server-round"])
+    _injected_crash(pid, server_round)
     images, labels, indices = client_split(cfg, pid, "train")
-    last_round = server_round == cfg.rounds
-    state = context.state.config_records.get(PRIVACY_KEY)
-    history = history_from_lists(dict(state)) if state else []
+    history = _history(msg, context)
+    q = sample_rate(len(labels), cfg.batch_size)
+    planned = cfg.local_epochs * steps_per_epoch(len(labels), cfg.batch_size)
+    if cfg.max_epsilon and epsilon(history + [(cfg.noise, q, planned)], cfg.delta, cfg.accountant) > cfg.max_epsilon:
+        message = f"not trained: {planned} more steps would take epsilon past --max-epsilon {cfg.max_epsilon:g}"
+        return _train_reply(msg, cfg, pid, history, len(labels), 0, "over-budget", message, started, q)
+    # Seeded per (seed, client, round) so that a run and its resumed copy draw the same failures.
+    fail_rng = np.random.default_rng([cfg.seed, pid, server_round, 1])
+    fails = fail_rng.random() < cfg.fail_rate
+    max_steps = int(fail_rng.integers(1, max(2, planned))) if fails else None  # part-way through the round
     seed = int(np.random.SeedSequence([cfg.seed, pid, server_round]).generate_state(1)[0])
     torch.manual_seed(seed)
+    # This client's last training round: the final round, or the last one its --max-epsilon budget allows.
+    two_more = history + [(cfg.noise, q, 2 * planned)]
+    budget_ends = bool(cfg.max_epsilon) and epsilon(two_more, cfg.delta, cfg.accountant) > cfg.max_epsilon
+    last_round = (server_round == cfg.rounds or budget_ends) and not fails
     with warnings.catch_warnings():  # Opacus warns about secure RNG and the optimizer's closure: known, harmless
         warnings.simplefilter("ignore")
-        result = train_local(device, head, images, labels, cfg, history, seed, torch_device, record_cut=last_round)
+        result = train_local(
+            device, head, images, labels, cfg, history, seed, torch_device, record_cut=last_round, max_steps=max_steps
+        )
+    # Persisted before replying: a client that fails mid-round still carries the steps it took.
     context.state.config_records[PRIVACY_KEY] = ConfigRecord(history_to_lists(result.history))
-    last_sigma, last_q, _ = result.history[-1]
-    metrics = MetricRecord(
-        {
-            "num-examples": result.n_train,
-            "partition-id": pid,
-            "train-loss": result.loss,
-            "train-acc": result.accuracy,
-            "epsilon": epsilon(result.history, cfg.delta, cfg.accountant),
-            "delta": cfg.delta,
-            "sample-rate": last_q,
-            "noise-multiplier": last_sigma,
-            "clip": cfg.clip if cfg.noise > 0 else float("inf"),
-            "steps-round": result.steps,
-            "steps-total": total_steps(result.history),
-            "seconds": time.perf_counter() - started,
-        }
-    )
-    content = RecordDict({"arrays": ArrayRecord(joined_state(device, head)), "metrics": metrics})
-    if last_round:  # the activations this client sent across the cut in the final round, with their image ids
-        content[INTERCEPTED_KEY] = ArrayRecord(
+    if fails:
+        message = f"simulated failure (--fail-rate {cfg.fail_rate:g}) after {result.steps} of {planned} steps"
+        return _train_reply(msg, cfg, pid, result.history, result.n_train, result.steps, "failed", message, started, q)
+    reply = _train_reply(msg, cfg, pid, result.history, result.n_train, result.steps, "trained", "", started, q, result)
+    reply.content["arrays"] = ArrayRecord(joined_state(device, head))
+    if last_round:  # the activations this client sent across the cut in its last round, with their image ids
+        reply.content[INTERCEPTED_KEY] = ArrayRecord(
             {
                 "activations": Array(result.cut_activations.numpy()),
                 "index": Array(indices[result.cut_positions.numpy()].astype(np.int64)),
             }
         )
+    return reply
+
+
+def _train_reply(
+    msg: Message,
+    cfg: RunConfig,
+    pid: int,
+    history: History,
+    n_train: int,
+    steps: int,
+    status: str,
+    message: str,
+    started: float,
+    q: float,
+    result: LocalResult | None = None,
+) -> Message:
+    """A train reply: ``metrics`` (privacy figures after the round), ``status`` and the full accountant history."""
+    sigma = history[-1][0] if history else cfg.noise
+    metrics = MetricRecord(
+        {
+            "num-examples": n_train,
+            "partition-id": pid,
+            "train-loss": result.loss if result else math.nan,
+            "train-acc": result.accuracy if result else math.nan,
+            "epsilon": epsilon(history, cfg.delta, cfg.accountant),
+            "delta": cfg.delta,
+            "sample-rate": history[-1][1] if history else q,
+            "noise-multiplier": sigma,
+            "clip": cfg.clip if cfg.noise > 0 else float("inf"),
+            "steps-round": steps,
+            "steps-total": total_steps(history),
+            "seconds": time.perf_counter() - started,
+        }
+    )
+    content = RecordDict(
+        {
+            "metrics": metrics,
+            STATUS_KEY: ConfigRecord({"status": status, "message": message}),
+            PRIVACY_KEY: ConfigRecord(history_to_lists(history)),
+        }
+    )
     return Message(content=content, reply_to=msg)
 
 
@@ -126,7 +216,13 @@ def query(msg: Message, context: Context) -> Message:
 
     The reply is what the server sees when the client uses the deployed model: activations float32 [n,32,1,1] and
     (for the study only) each image's index into the evaluation set, so reconstructions can be scored.
+    A query whose config says ``query = "partition-id"`` only answers with this node's partition id (the server
+    maps Flower's node ids to partitions with it, so sampling and checkpoints do not depend on node ids).
     """
+    if msg.content.config_records.get("config", {}).get("query") == "partition-id":
+        ids = {"partition-id": int(context.node_config["partition-id"])}
+        ids["num-partitions"] = int(context.node_config["num-partitions"])
+        return Message(content=RecordDict({"metrics": MetricRecord(ids)}), reply_to=msg)
     cfg, pid, device, _, torch_device = _setup(msg, context)
     shard_images, _, train_idx = client_split(cfg, pid, "train")
     val_images, _, val_idx = client_split(cfg, pid, "val")

@@ -51,13 +51,17 @@ class RunConfig:
     device: str = "cpu"
     cpus_per_client: float = 1.0
     gpus_per_client: float = 0.0
+    max_epsilon: float = 0.0
+    fail_rate: float = 0.0
     extra: dict = field(default_factory=dict, repr=False)
 
     def validate(self) -> RunConfig:
         """Raise UserError with one line for the first invalid setting; return self."""
         _positive_int(self, "clients", "rounds", "local_epochs", "batch_size", "alphabets_per_client")
         _finite(self, "noise", "lr", "clip", "delta", "alpha", "target_epsilon", "fraction_train", "val_fraction")
-        _finite(self, "dropout", "cpus_per_client", "gpus_per_client")
+        _finite(self, "dropout", "cpus_per_client", "gpus_per_client", "max_epsilon", "fail_rate")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
+            raise UserError(f"--seed must be an integer >= 0, got {self.seed}")
         if self.noise < 0:
             raise UserError(f"--noise must be >= 0 (0 = no DP), got {self.noise}")
         for name in ("lr", "clip", "alpha", "cpus_per_client"):
@@ -67,6 +71,14 @@ class RunConfig:
             raise UserError(f"--delta must be in (0, 1), got {self.delta}")
         if self.target_epsilon < 0:
             raise UserError(f"--target-epsilon must be > 0, got {self.target_epsilon}")
+        if self.max_epsilon < 0:
+            raise UserError(f"--max-epsilon must be > 0 (0 = no cap), got {self.max_epsilon}")
+        if self.max_epsilon and self.noise == 0 and not self.target_epsilon:
+            raise UserError(
+                "--max-epsilon needs --noise > 0: without noise epsilon is infinite, so no client could train"
+            )
+        if not 0 <= self.fail_rate < 1:
+            raise UserError(f"--fail-rate must be in [0, 1), got {self.fail_rate}")
         if not 0 < self.fraction_train <= 1:
             raise UserError(f"--fraction-train must be in (0, 1], got {self.fraction_train}")
         if not 0 < self.val_fraction < 1:

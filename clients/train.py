@@ -74,6 +74,7 @@ def train_local(
     seed: int,
     torch_device: torch.device | str = "cpu",
     record_cut: bool = False,
+    max_steps: int | None = None,
 ) -> LocalResult:
     """Train ``device`` (in place) with DP-SGD and ``head`` (in place) for ``cfg.local_epochs`` epochs.
 
@@ -81,6 +82,7 @@ def train_local(
     history before the round; the result's history includes this round's steps. ``cfg.noise == 0`` trains without
     clipping or noise (shuffled batches) and records the steps with noise 0, i.e. epsilon = inf.
     ``record_cut`` keeps every activation that crossed the cut (what a curious server sees during training).
+    ``max_steps`` stops the round early (``--fail-rate``'s simulated crash); the steps taken are in the history.
     """
     device.to(torch_device).train()
     head.to(torch_device).train()
@@ -111,6 +113,8 @@ def train_local(
     sent, positions = [], []
     for _ in range(cfg.local_epochs):
         for x, y, pos in loader:
+            if steps == max_steps:
+                break
             x, y = x.to(torch_device), y.to(torch_device)
             batch_loss, batch_correct, cut = split_step(model, head, device_opt, head_opt, x, y)
             loss_sum, correct, seen, steps = loss_sum + batch_loss, correct + batch_correct, seen + len(y), steps + 1

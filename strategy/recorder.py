@@ -1,8 +1,10 @@
 """What a run writes as it goes: the privacy ledger, per-round metrics, per-client validation, and the terminal view.
 
 Files in the run directory (each row appended and flushed when its round completes, so a crashed run keeps its
-completed rounds):
-- ``ledger.csv``: one row per (round, client that trained): the client's composed privacy spend after that round.
+completed rounds; ``--resume`` drops the rows after the checkpointed round and appends from there):
+- ``ledger.csv``: one row per (round, client asked to train): the client's composed privacy spend after that round,
+  and its ``status``: ``trained``, ``failed`` (``--fail-rate``; the steps it took are counted) or ``over-budget``
+  (``--max-epsilon``; it did not train).
 - ``metrics.csv``: one row per round: weighted train / validation loss and accuracy, epsilon spread, wall time.
 - ``client_metrics.csv``: one row per (round, client): validation loss and accuracy of the global model.
 """
@@ -34,6 +36,7 @@ LEDGER_COLUMNS = (
     "epsilon",
     "delta",
     "accountant",
+    "status",
 )
 METRICS_COLUMNS = (
     "round",
@@ -57,13 +60,22 @@ def _weighted(rows: list[dict], key: str, weight: str = "num-examples") -> float
 
 
 class _CsvAppender:
-    """A CSV file with a fixed header whose rows are flushed as they are written."""
+    """A CSV file with a fixed header whose rows are flushed as they are written.
 
-    def __init__(self, path: Path, columns: tuple[str, ...]) -> None:
+    ``keep_rounds`` (resuming): keep the existing rows of rounds <= keep_rounds, drop later ones, append after them.
+    """
+
+    def __init__(self, path: Path, columns: tuple[str, ...], keep_rounds: int | None = None) -> None:
+        kept: list[dict] = []
+        if keep_rounds is not None:
+            with path.open(newline="") as fh:
+                kept = [row for row in csv.DictReader(fh) if int(row["round"]) <= keep_rounds]
         self._fh = path.open("w", newline="")
         self._writer = csv.DictWriter(self._fh, fieldnames=columns)
         self._writer.writeheader()
+        self._writer.writerows(kept)
         self._fh.flush()
+        self.kept = kept
 
     def write(self, rows: list[dict]) -> None:
         self._writer.writerows(rows)
@@ -82,23 +94,38 @@ class RunRecorder:
         cfg: RunConfig,
         console: Console | None = None,
         on_round: Callable[[dict], None] | None = None,
+        resume_after: int | None = None,
+        elapsed_before: float = 0.0,
     ) -> None:
+        """``resume_after``: continue a run whose rounds up to this one are done (their rows are kept);
+        ``elapsed_before``: that run's wall time so far (s), so ``elapsed_seconds`` counts on from it."""
         self.cfg = cfg
         self.console = console or Console()
         self.on_round = on_round
-        self.ledger = _CsvAppender(run_dir / "ledger.csv", LEDGER_COLUMNS)
-        self.metrics = _CsvAppender(run_dir / "metrics.csv", METRICS_COLUMNS)
-        self.client_metrics = _CsvAppender(run_dir / "client_metrics.csv", CLIENT_COLUMNS)
-        self.started = self._round_started = time.perf_counter()
+        self.ledger = _CsvAppender(run_dir / "ledger.csv", LEDGER_COLUMNS, resume_after)
+        self.metrics = _CsvAppender(run_dir / "metrics.csv", METRICS_COLUMNS, resume_after)
+        self.client_metrics = _CsvAppender(run_dir / "client_metrics.csv", CLIENT_COLUMNS, resume_after)
+        self.started = self._round_started = time.perf_counter() - elapsed_before
         self._train: list[dict] = []
-        self.rounds: list[dict] = []  # the metrics.csv rows, for the caller
+        self._asked: list[dict] = []
+        # the metrics.csv rows, for the caller (with a resumed run's earlier rounds)
+        self.rounds: list[dict] = [{k: float(v) for k, v in row.items()} for row in self.metrics.kept]
 
     def start_round(self) -> None:
         self._round_started = time.perf_counter()
 
+    def elapsed(self) -> float:
+        """Wall time of the run so far (s), including the time before a resume."""
+        return time.perf_counter() - self.started
+
     def record_train(self, server_round: int, replies: list[tuple[int, dict]]) -> None:
-        """replies: (node id, train MetricRecord as dict) of each client that trained. Appends their ledger rows."""
-        self._train = [dict(m, node=node) for node, m in replies]
+        """replies: (node id, train MetricRecord as dict plus ``status`` and ``message``) of each client asked to
+        train. Appends their ledger rows and prints every failed or over-budget client."""
+        self._asked = [dict(m, node=node) for node, m in replies]
+        self._train = [m for m in self._asked if m["status"] == "trained"]
+        for m in sorted(self._asked, key=lambda m: m["partition-id"]):
+            if m["status"] != "trained":
+                self.console.print(f"[yellow]round {server_round}: client {int(m['partition-id'])} {m['message']}")
         self.ledger.write(
             [
                 {
@@ -114,6 +141,7 @@ class RunRecorder:
                     "epsilon": m["epsilon"],
                     "delta": m["delta"],
                     "accountant": self.cfg.accountant if self.cfg.noise > 0 else "none",
+                    "status": m["status"],
                 }
                 for node, m in sorted(replies, key=lambda r: r[1]["partition-id"])
             ]
@@ -135,7 +163,7 @@ class RunRecorder:
                 for m in evals
             ]
         )
-        eps = sorted(m["epsilon"] for m in self._train)
+        eps = sorted(m["epsilon"] for m in self._asked)  # every asked client's spend so far, trained or not
         now = time.perf_counter()
         row = {
             "round": server_round,
@@ -152,29 +180,31 @@ class RunRecorder:
         }
         self.metrics.write([row])
         self.rounds.append(row)
-        self.console.print(self._title(row))
+        self.console.print(self._title(row, len(self._asked) - len(self._train)))
         self.console.print(self._table(row, evals))
         if self.on_round:
             self.on_round(row)
         return row
 
-    def _title(self, row: dict) -> str:
+    def _title(self, row: dict, not_trained: int) -> str:
+        skipped = f", {not_trained} client(s) did not train" if not_trained else ""
         return (
             f"[bold]round {row['round']}/{self.cfg.rounds}[/]: val acc {row['val_acc']:.3f}, "
-            f"train acc {row['train_acc']:.3f}, {row['round_seconds']:.1f} s (elapsed {row['elapsed_seconds']:.0f} s)"
+            f"train acc {row['train_acc']:.3f}{skipped}, {row['round_seconds']:.1f} s "
+            f"(elapsed {row['elapsed_seconds']:.0f} s)"
         )
 
     def _table(self, row: dict, evals: list[dict]) -> Table:
         """Per-client rows for small federations, min / median / max for large ones."""
         acc_by_pid = {int(m["partition-id"]): m["val-acc"] for m in evals}
         table = Table()
-        if len(self._train) <= 10:
-            for column in ("client", "epsilon", "steps", "val acc"):
+        if len(self._asked) <= 10:
+            for column in ("client", "epsilon", "steps", "val acc", "status"):
                 table.add_column(column, justify="right")
-            for m in sorted(self._train, key=lambda m: m["partition-id"]):
+            for m in sorted(self._asked, key=lambda m: m["partition-id"]):
                 pid = int(m["partition-id"])
                 acc = acc_by_pid.get(pid, math.nan)
-                table.add_row(str(pid), f"{m['epsilon']:.3f}", str(int(m["steps-total"])), f"{acc:.3f}")
+                table.add_row(str(pid), f"{m['epsilon']:.3f}", str(int(m["steps-total"])), f"{acc:.3f}", m["status"])
             return table
         for column in ("", "epsilon", "val acc"):
             table.add_column(column, justify="right")

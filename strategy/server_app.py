@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import platform
-import random
 import time
 from dataclasses import asdict
 from importlib import metadata
@@ -24,10 +24,11 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from clients.config import RunConfig
 from clients.errors import UserError
 from split.model import build_split, joined_state, load_joined
+from strategy.checkpoint import Checkpoint, mark_complete, mark_incomplete, save_checkpoint
 from strategy.figures import plot_run
 from strategy.interception import query_activations, save_intercepted
 from strategy.recorder import RunRecorder
-from strategy.splitfed import SplitFedAvg
+from strategy.splitfed import ClientFailed, SplitFedAvg
 
 PACKAGES = ("torch", "opacus", "flwr", "flwr-datasets", "numpy", "matplotlib", "pillow", "rich")
 
@@ -37,17 +38,36 @@ def default_run_dir(cfg: RunConfig, label: str | None = None) -> Path:
     return Path("runs") / f"{time.strftime('%Y%m%d-%H%M%S')}-c{cfg.clients}-{label or f's{cfg.noise:g}'}"
 
 
-def prepare_run_dir(path: Path, overwrite: bool = False) -> Path:
-    """Create the run directory; refuse a non-empty one unless ``overwrite``. Raises UserError."""
+def check_run_dir(path: Path, overwrite: bool = False) -> None:
+    """Refuse an ``--out`` that is a file, a non-empty directory (unless ``overwrite``), or not creatable/writable.
+
+    Creates nothing: the nearest existing ancestor must be a writable directory. Raises UserError.
+    """
     if path.exists() and not path.is_dir():
         raise UserError(f"--out {path} exists and is not a directory")
     if path.is_dir() and any(path.iterdir()) and not overwrite:
-        raise UserError(f"run directory {path} already exists and is not empty; pass --overwrite or another --out")
+        raise UserError(
+            f"run directory {path} already exists and is not empty; pass --resume {path} to continue it, "
+            "--overwrite to replace it, or another --out"
+        )
+    existing = path.absolute()
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir():
+        raise UserError(f"cannot create --out {path}: {existing} is not a directory")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise UserError(f"cannot write to --out {path}: {existing} is not writable")
+
+
+def prepare_run_dir(path: Path, overwrite: bool = False) -> Path:
+    """Create the run directory with its INCOMPLETE marker; refuse a non-empty one unless ``overwrite``.
+
+    Raises UserError. ``overwrite`` reuses the directory (its files are replaced as this run writes them).
+    """
+    check_run_dir(path, overwrite)
     try:
         path.mkdir(parents=True, exist_ok=True)
-        probe = path / ".write-test"
-        probe.write_text("")
-        probe.unlink()
+        mark_incomplete(path, f"training has not finished\n{_resume_hint(path)}")
     except OSError as exc:
         raise UserError(f"cannot write to --out {path} ({exc.strerror or exc})") from None
     return path
@@ -72,13 +92,21 @@ def write_config(run_dir: Path, cfg: RunConfig, extra: dict | None = None) -> No
     (run_dir / "config.json").write_text(json.dumps(payload, indent=2) + "\n")
 
 
-def run_server(grid: Grid, cfg: RunConfig, run_dir: Path, console: Console | None = None) -> list[dict]:
-    """Train for ``cfg.rounds`` rounds; write ledger, metrics, model.pt and figures. Returns the metrics rows."""
+def run_server(
+    grid: Grid, cfg: RunConfig, run_dir: Path, console: Console | None = None, resume: Checkpoint | None = None
+) -> list[dict]:
+    """Train for ``cfg.rounds`` rounds (from ``resume``'s next round if given); write ledger, metrics, a checkpoint
+    per round, then model.pt and figures, and remove the INCOMPLETE marker. Returns every round's metrics row.
+
+    On any failure the marker says what happened, and the run can be resumed from its last checkpoint.
+    """
     logging.getLogger("flwr").setLevel(logging.WARNING)  # our table reports each round; Flower's INFO would drown it
     console = console or Console()
-    random.seed(cfg.seed)  # Flower samples clients with `random`
     torch.manual_seed(cfg.seed)
     device, head = build_split(cfg.dropout, cfg.norm_groups)
+    arrays = resume.array_record() if resume else ArrayRecord(joined_state(device, head))
+    first_round = resume.round + 1 if resume else 1
+    settings = {k: v for k, v in asdict(cfg).items() if k != "extra"}
     strategy_kwargs = dict(
         fraction_train=cfg.fraction_train,
         fraction_evaluate=1.0,
@@ -86,33 +114,66 @@ def run_server(grid: Grid, cfg: RunConfig, run_dir: Path, console: Console | Non
         min_evaluate_nodes=1,
         min_available_nodes=cfg.clients,
     )
-    columns = (TextColumn("[bold]training"), BarColumn(), MofNCompleteColumn(), TextColumn("rounds"))
-    with Progress(*columns, TimeElapsedColumn(), console=console, transient=False) as progress:
-        task = progress.add_task("rounds", total=cfg.rounds)
-        recorder = RunRecorder(run_dir, cfg, progress.console, on_round=lambda _: progress.advance(task))
-        strategy = SplitFedAvg(recorder, **strategy_kwargs)
-        try:
-            result = strategy.start(
-                grid,
-                ArrayRecord(joined_state(device, head)),
-                num_rounds=cfg.rounds,
-                train_config=ConfigRecord(cfg.to_flwr()),
-                evaluate_config=ConfigRecord(cfg.to_flwr()),
+    config = ConfigRecord(cfg.to_flwr())
+    try:
+        columns = (TextColumn("[bold]training"), BarColumn(), MofNCompleteColumn(), TextColumn("rounds"))
+        with Progress(*columns, TimeElapsedColumn(), console=console, transient=False) as progress:
+            task = progress.add_task("rounds", total=cfg.rounds, completed=first_round - 1)
+            recorder = RunRecorder(
+                run_dir,
+                cfg,
+                progress.console,
+                on_round=lambda _: progress.advance(task),
+                resume_after=resume.round if resume else None,
+                elapsed_before=resume.elapsed_seconds if resume else 0.0,
             )
-        finally:
-            recorder.close()
-    inference = query_activations(grid, result.arrays, ConfigRecord(cfg.to_flwr()))
-    save_intercepted(run_dir, inference, strategy.intercepted_training)
-    load_joined(device, head, result.arrays.to_torch_state_dict())
-    torch.save(
-        {"device": device.state_dict(), "head": head.state_dict(), "config": cfg.to_flwr()}, run_dir / "model.pt"
-    )
-    plot_run(run_dir)
+            strategy = SplitFedAvg(recorder, cfg.seed, cfg.clients, **strategy_kwargs)
+            if resume:
+                strategy.histories = dict(resume.histories)
+                strategy.over_budget = set(resume.over_budget)
+                strategy.intercepted_training = list(resume.intercepted_training)
+
+            def checkpoint(server_round: int, round_arrays: ArrayRecord) -> None:
+                state = {key: value.numpy() for key, value in round_arrays.items()}
+                ckpt = Checkpoint(server_round, state, strategy.histories, sorted(strategy.over_budget), settings)
+                ckpt.elapsed_seconds = recorder.elapsed()
+                ckpt.intercepted_training = strategy.intercepted_training
+                save_checkpoint(run_dir, ckpt)
+
+            try:
+                strategy.identify(grid, config)
+                arrays, last = strategy.run_rounds(grid, arrays, first_round, cfg.rounds, config, checkpoint)
+            finally:
+                recorder.close()
+        if last < cfg.rounds:
+            console.print(
+                f"[bold yellow]stopped after round {last} of {cfg.rounds}: no client can train another round "
+                f"without passing --max-epsilon {cfg.max_epsilon:g}"
+            )
+        inference = query_activations(grid, arrays, config)
+        save_intercepted(run_dir, inference, strategy.intercepted_training)
+        load_joined(device, head, arrays.to_torch_state_dict())
+        torch.save(
+            {"device": device.state_dict(), "head": head.state_dict(), "config": cfg.to_flwr()}, run_dir / "model.pt"
+        )
+        plot_run(run_dir)
+    except BaseException as exc:
+        details = f"\n\n{exc.details}" if isinstance(exc, ClientFailed) else ""
+        mark_incomplete(run_dir, f"training stopped: {type(exc).__name__}: {exc}\n{_resume_hint(run_dir)}{details}")
+        raise
+    mark_complete(run_dir)
     return recorder.rounds
 
 
+def _resume_hint(run_dir: Path) -> str:
+    return f"continue it from its last checkpoint with: python sim.py --resume {run_dir}"
+
+
 def build_server_app(
-    cfg: RunConfig | None = None, run_dir: Path | None = None, outcome: dict | None = None
+    cfg: RunConfig | None = None,
+    run_dir: Path | None = None,
+    outcome: dict | None = None,
+    resume: Checkpoint | None = None,
 ) -> ServerApp:
     """A ServerApp for ``cfg`` writing to ``run_dir``; with no cfg, the settings come from the Flower run config.
 
@@ -128,7 +189,7 @@ def build_server_app(
             out = run_dir or prepare_run_dir(Path(run_cfg.out) if run_cfg.out else default_run_dir(run_cfg))
             if cfg is None:
                 write_config(out, run_cfg)
-            rounds = run_server(grid, run_cfg, out)
+            rounds = run_server(grid, run_cfg, out, resume=resume)
             if outcome is not None:
                 outcome["rounds"] = rounds
         except Exception as exc:

@@ -9,14 +9,16 @@ from pathlib import Path
 
 from clients.client_app import app as client_app
 from clients.config import RunConfig
+from strategy.checkpoint import Checkpoint
 from strategy.server_app import build_server_app
 
 
-def run_training(cfg: RunConfig, run_dir: Path) -> list[dict]:
+def run_training(cfg: RunConfig, run_dir: Path, resume: Checkpoint | None = None) -> list[dict]:
     """Train ``cfg.clients`` simulated clients for ``cfg.rounds`` rounds into ``run_dir``; returns metrics rows.
 
     Each client gets ``cfg.cpus_per_client`` cores (and ``cfg.gpus_per_client`` GPUs), so on 2 cores with the
-    default 1 core per client, two clients train at a time. Raises RuntimeError if the server or a client failed.
+    default 1 core per client, two clients train at a time. ``resume`` continues from a checkpoint of ``run_dir``.
+    Raises RuntimeError if the server or a client failed.
     """
     os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
@@ -34,7 +36,7 @@ def run_training(cfg: RunConfig, run_dir: Path) -> list[dict]:
         warnings.simplefilter("ignore", DeprecationWarning)
         logging.getLogger("flwr").setLevel(logging.ERROR)  # hides run_simulation's deprecation banner
         run_simulation(
-            server_app=build_server_app(cfg, run_dir, outcome),
+            server_app=build_server_app(cfg, run_dir, outcome, resume),
             client_app=client_app,
             num_supernodes=cfg.clients,
             backend_config=backend_config,

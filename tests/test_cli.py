@@ -28,6 +28,9 @@ FLAGS = [
     "--out",
     "--seed",
     "--device",
+    "--max-epsilon",
+    "--fail-rate",
+    "--resume",
 ]
 
 

@@ -112,7 +112,7 @@ def test_fedavg_weights_by_train_examples(tmp_path, monkeypatch):
     for name, value in (("_task_id", 1), ("_run_id", 1), ("_node_id", 1)):  # as run_simulation sets them
         monkeypatch.setattr(TaskIdentity, name, value, raising=False)
     recorder = RunRecorder(tmp_path, RunConfig(clients=2))
-    strategy = SplitFedAvg(recorder, min_train_nodes=1, min_available_nodes=1)
+    strategy = SplitFedAvg(recorder, seed=0, clients=2, min_train_nodes=1, min_available_nodes=1)
     replies = []
     for node, (value, n) in enumerate([(1.0, 1), (5.0, 3)], start=1):
         instruction = Message(RecordDict({"config": ConfigRecord({})}), dst_node_id=node, message_type="train")
@@ -134,7 +134,8 @@ def test_fedavg_weights_by_train_examples(tmp_path, monkeypatch):
                 "seconds": 0.1,
             }
         )
-        reply = Message(RecordDict({"arrays": arrays, "metrics": metrics}), reply_to=instruction)
+        history = ConfigRecord({"noise": [1.0], "sample-rate": [0.5], "steps": [1]})
+        reply = Message(RecordDict({"arrays": arrays, "metrics": metrics, "privacy": history}), reply_to=instruction)
         replies.append(reply)
     arrays, _ = strategy.aggregate_train(1, replies)
     state = arrays.to_torch_state_dict()
@@ -142,3 +143,26 @@ def test_fedavg_weights_by_train_examples(tmp_path, monkeypatch):
     torch.testing.assert_close(state["head.b"], torch.full((1,), 8.0))
     recorder.close()
     assert len((tmp_path / "ledger.csv").read_text().strip().splitlines()) == 3  # header + 2 clients
+
+
+def test_a_missing_train_reply_stops_the_run(tmp_path, monkeypatch):
+    """A client asked to train that never replies (Flower's timeout drops it) must not vanish from the ledger."""
+    from flwr.supercore.task_identity import TaskIdentity
+
+    from strategy.splitfed import ClientFailed
+
+    for name, value in (("_task_id", 1), ("_run_id", 1), ("_node_id", 1)):  # as run_simulation sets them
+        monkeypatch.setattr(TaskIdentity, name, value, raising=False)
+    recorder = RunRecorder(tmp_path, RunConfig(clients=2))
+    strategy = SplitFedAvg(recorder, seed=0, clients=2, min_train_nodes=1, min_available_nodes=1)
+    strategy.partition_of = {11: 0, 12: 1}
+    sent = strategy.configure_train(1, ArrayRecord({"device.w": torch.zeros(2)}), ConfigRecord({}), grid=None)
+    assert sorted(m.metadata.dst_node_id for m in sent) == [11, 12]
+    instruction = sent[0]
+    instruction.metadata.__dict__["_message_id"] = "m1"
+    metrics = MetricRecord({"num-examples": 1, "partition-id": 0, "epsilon": 1.0})
+    history = ConfigRecord({"noise": [1.0], "sample-rate": [0.5], "steps": [1]})
+    reply = Message(RecordDict({"metrics": metrics, "privacy": history}), reply_to=instruction)
+    with pytest.raises(ClientFailed, match=r"client\(s\) \[1\] sent no reply in round 1"):
+        strategy.aggregate_train(1, [reply])
+    recorder.close()

@@ -1,0 +1,128 @@
+"""Every input a user can get wrong: one `error:` line naming it, a non-zero exit, no traceback, no run directory.
+
+Each case runs `sim.py` for real (no --dry-run), so it would train if the input were accepted; all of them fail
+before anything is written, which is why `--out` must not exist afterwards.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+
+from clients.config import RunConfig
+from clients.data import EVALUATION
+from strategy.checkpoint import mark_incomplete
+from strategy.server_app import write_config
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="module")
+def broken(omniglot_root: Path, tmp_path_factory) -> dict[str, Path]:
+    """Data roots holding a damaged copy of images_evaluation.zip: truncated, lacking an alphabet, non-image entry."""
+    base = tmp_path_factory.mktemp("broken")
+    source = omniglot_root / f"{EVALUATION}.zip"
+    roots = {name: base / name for name in ("truncated", "no-alphabet", "non-image")}
+    for root in roots.values():
+        root.mkdir()
+    payload = source.read_bytes()
+    (roots["truncated"] / source.name).write_bytes(payload[: len(payload) // 3])
+    with zipfile.ZipFile(source) as src:
+        infos = [info for info in src.infolist() if not info.is_dir()]
+        with zipfile.ZipFile(roots["no-alphabet"] / source.name, "w") as dst:
+            for info in infos:
+                if not info.filename.startswith(f"{EVALUATION}/Angelic/"):
+                    dst.writestr(info.filename, src.read(info))
+        with zipfile.ZipFile(roots["non-image"] / source.name, "w") as dst:
+            for info in infos:
+                dst.writestr(info.filename, src.read(info))
+            dst.writestr(f"{EVALUATION}/Angelic/character01/0965_99.png", b"this is a text file, not a PNG")
+    return roots
+
+
+@pytest.fixture(scope="module")
+def old_run(tmp_path_factory) -> Path:
+    """A run directory as an unfinished run leaves it: config.json (3 clients, 4 rounds) and the INCOMPLETE marker."""
+    run_dir = tmp_path_factory.mktemp("old") / "run"
+    run_dir.mkdir()
+    write_config(run_dir, RunConfig(clients=3, rounds=4, limit_per_client=64, out=str(run_dir)))
+    mark_incomplete(run_dir, "training has not finished")
+    return run_dir
+
+
+DATA_CASES = [
+    (["--data-dir", "/nonexistent/omniglot"], "/nonexistent/omniglot does not exist"),
+    (["--data-dir", "{truncated}"], "is not a readable zip"),
+    (["--data-dir", "{no-alphabet}"], "found 19 alphabets"),
+    (["--data-dir", "{non-image}"], "0965_99.png is not a valid PNG"),
+]
+NUMBERS = ("--clients", "--rounds", "--noise", "--batch-size", "--lr", "--clip", "--local-epochs")
+CASES = [
+    *DATA_CASES,
+    # non-numeric, zero (--noise 0 is valid: no DP), negative
+    *[([flag, "x"], f"argument {flag}: invalid") for flag in (*NUMBERS, "--delta")],
+    *[([flag, "0"], flag) for flag in NUMBERS if flag != "--noise"],
+    *[([f"{flag}=-1"], flag) for flag in (*NUMBERS, "--seed")],
+    # NaN (for the integer flags "nan" is not an integer)
+    *[([flag, "nan"], flag) for flag in ("--noise", "--lr", "--clip", "--delta", "--max-epsilon", "--fail-rate")],
+    (["--clients", "nan"], "argument --clients: invalid int value: 'nan'"),
+    (["--rounds", "inf"], "argument --rounds: invalid int value: 'inf'"),
+    (["--noise", "inf"], "--noise must be a finite number"),
+    # delta outside (0, 1)
+    *[([f"--delta={d}"], "--delta must be in (0, 1)") for d in ("0", "1", "1.5", "-1e-5")],
+    # more clients than there is data for
+    (["--clients", "13181"], "--clients 13181 is more than the 13180 images"),
+    (["--clients", "7000", "--partition", "iid"], "it needs at least 2 (train + validation)"),
+    (["--clients", "21", "--partition", "alphabet"], "--clients must be <= 20"),
+    # the budget cap and the testing flag
+    (["--max-epsilon=-1"], "--max-epsilon must be > 0"),
+    (["--max-epsilon", "2", "--noise", "0"], "--max-epsilon needs --noise > 0"),
+    (["--fail-rate", "1"], "--fail-rate must be in [0, 1)"),
+    # output directory
+    (["--out", "{file}/run"], "is not a directory"),
+    (["--out", "/proc/no-such-dir/run"], "cannot write to --out /proc/no-such-dir/run"),
+    (["--out", "{old_run}"], "already exists and is not empty; pass --resume"),
+    # resume
+    (["--resume", "{old_run}", "--rounds", "5"], "--rounds 5 differs from the run's 4"),
+    (["--resume", "{old_run}", "--noise", "0.7"], "--noise 0.7 differs from the run's 0.5"),
+    (["--resume", "{old_run}", "--overwrite"], "pass only one of them"),
+    (["--resume", "{old_run}"], "no checkpoint.pt there"),
+    (["--resume", "{tmp}"], "no config.json there"),
+]
+
+
+def _ids(case) -> str:
+    return " ".join(case)
+
+
+@pytest.mark.parametrize(("args", "mentions"), CASES, ids=[_ids(a) for a, _ in CASES])
+def test_bad_input_one_line_no_run_dir(args, mentions, broken, old_run, tmp_path: Path) -> None:
+    (tmp_path / "file").write_text("not a directory")
+    names = {**{k: str(v) for k, v in broken.items()}, "old_run": str(old_run), "file": str(tmp_path / "file")}
+    names["tmp"] = str(tmp_path)
+    args = [a.format(**names) for a in args]
+    before = sorted(p.name for p in old_run.iterdir())
+    out = [] if "--out" in args or "--resume" in args else ["--out", str(tmp_path / "run")]
+    env = dict(os.environ, OMNIGLOT_CACHE=str(tmp_path / "cache"))  # a damaged zip must not touch the real cache
+    if not any(a.startswith("--data-dir") for a in args):
+        env.pop("OMNIGLOT_CACHE")  # the real data decodes once into the default cache
+    done = subprocess.run(
+        [sys.executable, "sim.py", *args, *out, "--skip-attack"],
+        cwd=REPO_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    lines = [line for line in done.stderr.splitlines() if line.strip()]
+    assert done.returncode == 2, done.stdout[-2000:] + done.stderr[-2000:]
+    assert len(lines) == 1 and lines[0].startswith("error:"), done.stderr
+    assert mentions in lines[0]
+    assert "Traceback" not in done.stdout + done.stderr
+    assert not (tmp_path / "run").exists()
+    assert sorted(p.name for p in old_run.iterdir()) == before
