@@ -16,6 +16,7 @@ asserts a time. Needs the Omniglot data (``--data-dir`` or ``$OMNIGLOT_ROOT``).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import platform
@@ -237,11 +238,15 @@ def simulation_seconds(cfg: RunConfig) -> float:
         return time.perf_counter() - started
 
 
-def bench_simulation(clients: int, rounds: int, limit: int) -> dict:
+def bench_simulation(clients: int, rounds: int, limit: int, cpus_levers: tuple[float, ...] = ()) -> dict:
+    """Simulation vs plain loop; ``cpus_levers`` adds simulations with other ``--cpus-per-client`` values."""
     cfg = RunConfig(clients=clients, rounds=rounds, limit_per_client=limit)
     loop = plain_loop(cfg)
     sim = simulation_seconds(cfg)
-    return {"clients": clients, "rounds": rounds, "limit_per_client": limit, "sim_s": sim, "loop_s": loop}
+    out = {"clients": clients, "rounds": rounds, "limit_per_client": limit, "sim_s": sim, "loop_s": loop}
+    for cpus in cpus_levers:
+        out[f"sim_s_cpus_per_client{cpus:g}"] = simulation_seconds(dataclasses.replace(cfg, cpus_per_client=cpus))
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -266,7 +271,8 @@ def main(argv: list[str] | None = None) -> int:
         if "attack" in parts:
             results |= _merge(results, bench_attack(epochs=3 if quick else 100))
         if "sim" in parts:
-            sim = bench_simulation(clients=20, rounds=1 if quick else 2, limit=64 if quick else 0)
+            cpus = () if quick else (float(os.cpu_count() or 1),)  # lever: one client at a time with every core
+            sim = bench_simulation(clients=20, rounds=1 if quick else 2, limit=64 if quick else 0, cpus_levers=cpus)
             results["sim_overhead_ratio"] = sim["sim_s"] / sim["loop_s"]
             results["levers"] |= {f"sim20_{k}": v for k, v in sim.items()}
         if "overhead" in parts:
