@@ -84,3 +84,13 @@ def test_help_mentions_every_flag() -> None:
     assert result.returncode == 0, result.stderr
     for flag in FLAGS:
         assert flag in result.stdout, flag
+
+
+def test_flwr_app_config_mirrors_run_config() -> None:
+    """``flwr run .`` reads [tool.flwr.app.config]: the same keys and defaults as sim.py's RunConfig."""
+    import tomllib
+
+    from clients.config import RunConfig
+
+    pyproject = tomllib.loads((Path(__file__).resolve().parent.parent / "pyproject.toml").read_text())
+    assert pyproject["tool"]["flwr"]["app"]["config"] == RunConfig().to_flwr()
