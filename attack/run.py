@@ -127,8 +127,11 @@ def run_attack(
             task = progress.add_task(f"decoder {name}: epoch", total=epochs)
             started = time.perf_counter()
 
-            def advance(*_, task=task) -> None:
+            def advance(epoch: int, loss: float, task=task, name=name) -> None:
                 progress.advance(task)
+                if not console.is_terminal and (epoch % 10 == 0 or epoch == epochs):
+                    # Redirected output gets no live bar until the end: a line every 10 epochs instead.
+                    console.print(f"decoder {name}: epoch {epoch}/{epochs}, train MSE {loss:.4f}")
 
             losses = train_decoder(decoder, surrogate_act, surrogate, epochs=epochs, seed=seed, progress=advance)
             timings[name] = {"train_seconds": time.perf_counter() - started, "final_train_mse": losses[-1]}
