@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from split.model import CUT_CHANNELS, IMAGE_SIDE
+from split.model import CUT_CHANNELS, IMAGE_SIDE, as_float_tensor, batched_eval
 
 # About 92 % of Omniglot pixels are white: starting the sigmoid there skips the epochs spent learning the background.
 _BACKGROUND_START = 0.9
@@ -108,18 +108,6 @@ def build_decoder(name: str) -> nn.Module:
     return DECODERS[name]()
 
 
-def _module_device(module: nn.Module) -> torch.device:
-    return next(module.parameters()).device
-
-
-def _as_float_tensor(array: np.ndarray | torch.Tensor) -> torch.Tensor:
-    """float32 tensor sharing memory with ``array`` where possible (read-only arrays, e.g. memory maps, are copied)."""
-    if isinstance(array, torch.Tensor):
-        return array.float()
-    array = np.asarray(array, dtype=np.float32)
-    return torch.from_numpy(array if array.flags.writeable else array.copy())
-
-
 def train_decoder(
     decoder: nn.Module,
     activations: np.ndarray | torch.Tensor,
@@ -138,10 +126,10 @@ def train_decoder(
     Returns the mean training loss (per-pixel MSE, averaged over samples) of each epoch.
     Runs on the decoder's device; inputs may live on the CPU.
     """
-    x, y = _as_float_tensor(activations), _as_float_tensor(images)
+    x, y = as_float_tensor(activations), as_float_tensor(images)
     if len(x) != len(y):
         raise ValueError(f"{len(x)} activations but {len(y)} images")
-    device = _module_device(decoder)
+    device = next(decoder.parameters()).device
     optimizer = torch.optim.Adam(decoder.parameters(), lr=lr)
     generator = torch.Generator().manual_seed(seed)
     decoder.train()
@@ -162,26 +150,6 @@ def train_decoder(
     return losses
 
 
-@torch.no_grad()
-def _batched_eval(
-    model: nn.Module, inputs: np.ndarray | torch.Tensor, batch_size: int, item_shape: tuple[int, ...]
-) -> torch.Tensor:
-    """Run ``model`` in eval mode over ``inputs`` in batches: float32 [N, *item_shape] on the CPU.
-
-    The model's train/eval mode is restored afterwards (it may be a model the caller is still training).
-    """
-    x = _as_float_tensor(inputs)
-    if len(x) == 0:
-        return torch.empty(0, *item_shape)
-    was_training = model.training
-    model.eval()
-    device = _module_device(model)
-    try:
-        return torch.cat([model(chunk.to(device)).cpu() for chunk in x.split(batch_size)])
-    finally:
-        model.train(was_training)
-
-
 def reconstruct(decoder: nn.Module, activations: np.ndarray | torch.Tensor, batch_size: int = 512) -> np.ndarray:
     """activations float32 [N,32,1,1] -> reconstructions float32 [N,1,105,105] clipped to [0,1] (eval, no grad)."""
-    return _batched_eval(decoder, activations, batch_size, (1, IMAGE_SIDE, IMAGE_SIDE)).clamp_(0.0, 1.0).numpy()
+    return batched_eval(decoder, activations, batch_size, (1, IMAGE_SIDE, IMAGE_SIDE)).clamp_(0.0, 1.0).numpy()

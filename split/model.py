@@ -80,21 +80,36 @@ def load_joined(device: nn.Module, head: nn.Module, state: dict[str, torch.Tenso
         module.load_state_dict(part, strict=True)
 
 
+def as_float_tensor(array: np.ndarray | torch.Tensor) -> torch.Tensor:
+    """float32 tensor sharing memory with ``array`` where possible (read-only arrays, e.g. memory maps, are copied)."""
+    if isinstance(array, torch.Tensor):
+        return array.float()
+    array = np.asarray(array, dtype=np.float32)
+    return torch.from_numpy(array if array.flags.writeable else array.copy())
+
+
 @torch.no_grad()
+def batched_eval(
+    model: nn.Module, inputs: np.ndarray | torch.Tensor, batch_size: int, item_shape: tuple[int, ...]
+) -> torch.Tensor:
+    """Run ``model`` in eval mode, no grad, over ``inputs`` in batches on its device: float32 [N, *item_shape] on
+    the CPU. The model's train/eval mode is restored afterwards (it may be a model the caller is still training)."""
+    x = as_float_tensor(inputs)
+    if len(x) == 0:
+        return torch.empty(0, *item_shape)
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    try:
+        return torch.cat([model(chunk.to(device)).cpu() for chunk in x.split(batch_size)])
+    finally:
+        model.train(was_training)
+
+
 def device_activations(device: nn.Module, images: np.ndarray | torch.Tensor, batch_size: int = 512) -> torch.Tensor:
     """What the device sends at inference: activations float32 [N,32,1,1] on the CPU of images [N,1,105,105].
 
     Eval mode (no dropout), no grad, in batches on the model's device; its train/eval mode is restored afterwards.
     ``images`` may be a (read-only, e.g. memory-mapped) numpy array or a tensor, float in [0,1].
     """
-    if isinstance(images, np.ndarray):
-        array = np.asarray(images, dtype=np.float32)
-        images = torch.from_numpy(array if array.flags.writeable else array.copy())
-    was_training = device.training
-    device.eval()
-    param = next(device.parameters())
-    try:
-        chunks = [device(chunk.float().to(param.device)).cpu() for chunk in images.split(batch_size)]
-    finally:
-        device.train(was_training)
-    return torch.cat(chunks) if chunks else torch.empty(0, CUT_CHANNELS, 1, 1)
+    return batched_eval(device, images, batch_size, (CUT_CHANNELS, 1, 1))
