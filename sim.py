@@ -80,7 +80,7 @@ def build_parser() -> argparse.ArgumentParser:
     dp.add_argument(
         "--grad-sampler",
         default=D.grad_sampler,
-        help="per-sample conv gradients: fast (own, clients/grad_samplers.py) or opacus",
+        help="per-sample gradients: fused (own backward, no Opacus hooks), fast (Opacus hooks, own conv) or opacus",
     )
 
     run = p.add_argument_group("run")

@@ -17,7 +17,7 @@ PARTITIONS = ("shards", "alphabet", "dirichlet", "iid")
 OPTIMIZERS = ("adam", "sgd")
 ACCOUNTANTS = ("rdp", "prv", "rdp-classic")
 DEVICES = ("auto", "cpu", "cuda")
-GRAD_SAMPLERS = ("fast", "opacus")  # Conv2d per-sample gradients: clients/grad_samplers.py or Opacus's own
+GRAD_SAMPLERS = ("fused", "fast", "opacus")  # how DP-SGD gets per-sample gradients: clients/grad_samplers.py
 N_ALPHABETS = 20
 
 
@@ -44,7 +44,7 @@ class RunConfig:
     val_fraction: float = 0.1
     dropout: float = 0.0
     norm_groups: int = 1
-    grad_sampler: str = "fast"
+    grad_sampler: str = "fused"
     seed: int = 0
     data_dir: str = ""
     out: str = ""

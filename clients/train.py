@@ -18,6 +18,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from clients import grad_samplers
 from clients.config import RunConfig
+from clients.grad_samplers import PerSampleDevice
 from clients.privacy import History, make_accountant, sample_rate, total_steps
 
 
@@ -49,7 +50,8 @@ def split_step(
     """One split-learning step. images float32 [B,1,105,105], labels int64 [B].
 
     Returns (summed cross-entropy over the batch, number correct, the activations sent [B,32,1,1] detached).
-    ``device_opt`` may be an Opacus DPOptimizer.
+    ``device_opt`` may be an Opacus DPOptimizer, with ``device`` its GradSampleModule or a ``PerSampleDevice``
+    (which takes the cut gradient itself and sets the per-sample gradients).
     """
     activations = device(images)
     cut = activations.detach().requires_grad_(True)  # what the server receives
@@ -59,7 +61,10 @@ def split_step(
     head_opt.zero_grad(set_to_none=True)
     loss.backward()  # server side: head gradients and the cut-layer gradient cut.grad
     head_opt.step()
-    activations.backward(cut.grad)  # device side: the gradient that came back down the cut
+    if isinstance(device, PerSampleDevice):  # device side: the gradient that came back down the cut
+        device.backward(cut.grad)
+    else:
+        activations.backward(cut.grad)
     device_opt.step()
     return float(loss.detach()) * len(labels), int((logits.argmax(1) == labels).sum()), cut.detach()
 
@@ -94,12 +99,12 @@ def train_local(
     )
     device_opt = make_optimizer(cfg.optimizer, device.parameters(), cfg.lr)
     head_opt = make_optimizer(cfg.optimizer, head.parameters(), cfg.lr)
-    engine = None
+    engine, wrapped = None, None
     model = device
     if cfg.noise > 0:
         engine = PrivacyEngine()
         engine.accountant = make_accountant(cfg.accountant, history)  # composed with every earlier round
-        model, device_opt, loader = engine.make_private(
+        wrapped, device_opt, loader = engine.make_private(
             module=device,
             optimizer=device_opt,
             data_loader=loader,
@@ -108,7 +113,7 @@ def train_local(
             poisson_sampling=True,
             noise_generator=torch.Generator(device=torch_device).manual_seed(seed + 1),
         )
-        grad_samplers.install(model, cfg.grad_sampler)
+        model = grad_samplers.install(wrapped, cfg.grad_sampler)
     loss_sum, correct, seen, steps = 0.0, 0, 0, 0
     sent, positions = [], []
     for _ in range(cfg.local_epochs):
@@ -123,7 +128,7 @@ def train_local(
                 positions.append(pos)
     if engine is not None:
         new_history = list(engine.accountant.history)
-        model.remove_hooks()  # ``device`` itself holds the trained weights, now free of Opacus hooks
+        wrapped.remove_hooks()  # ``device`` itself holds the trained weights, now free of Opacus hooks
     else:
         new_history = list(history) + [(0.0, sample_rate(len(labels), cfg.batch_size), steps)]
     assert total_steps(new_history) == total_steps(history) + steps
