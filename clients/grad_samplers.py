@@ -3,11 +3,12 @@
 - ``opacus``: Opacus's hooks and its Conv2d sampler (unfold = im2col, then a batched matrix product: 146 MB of
   copies per step for the second convolution at batch 32).
 - ``fast``: Opacus's hooks, with the Conv2d sampler replaced by ``conv2d_per_sample`` (no unfold copy).
-- ``fused`` (default): no Opacus hooks at all. ``PerSampleDevice`` runs the forward pass itself, keeps each layer's
-  input and GroupNorm statistics, and after one backward pass for the gradients *at* each layer's output (no summed
-  weight gradients, which DP-SGD would discard) computes every per-sample parameter gradient directly. Opacus's
-  hooks also rescale every layer's full-size output gradient by the batch size and recompute GroupNorm; here the
-  batch-size factor is applied once, to the [B,32,1,1] cut gradient.
+- ``fused`` (default): no Opacus hooks at all. ``PerSampleDevice`` runs the forward pass itself and keeps each
+  convolution's input; one backward pass then yields the gradients *at* each convolution's output (no summed weight
+  gradients, which DP-SGD would discard), from which the per-sample convolution gradients follow. GroupNorm runs
+  with per-sample copies of its weight and bias, so the same backward pass yields their per-sample gradients with
+  no extra pass over the maps. Opacus's hooks also rescale every layer's full-size output gradient by the batch size
+  and recompute GroupNorm; here the batch-size factor is applied once, to the [B,32,1,1] cut gradient.
 
 In every case Opacus's ``DPOptimizer`` does the clipping, the noise and the accounting from ``p.grad_sample``, with
 Opacus's convention: ``grad_sample[i]`` is the gradient of sample i's own loss. Equality with Opacus's per-sample
@@ -79,20 +80,6 @@ def conv2d_per_sample(
     return out
 
 
-def group_norm_per_sample(
-    layer: nn.GroupNorm, x: torch.Tensor, mean: torch.Tensor, rstd: torch.Tensor, backprops: torch.Tensor
-) -> dict[nn.Parameter, torch.Tensor]:
-    """Per-sample gradients [B, C] of a GroupNorm's weight and bias, from its input x [B,C,H,W], the per-(sample,
-    group) mean and 1/std [B, G] of the forward pass, and dLoss/dOutput [B,C,H,W]. No normalised copy of x is made:
-    sum_hw(g * (x - mean) * rstd) = rstd * (sum_hw(g * x) - mean * sum_hw(g)).
-    """
-    per_group = layer.num_channels // layer.num_groups
-    g_sum = backprops.sum(dim=(2, 3))
-    g_x = torch.einsum("bchw,bchw->bc", backprops, x)
-    mean, rstd = (t.repeat_interleave(per_group, dim=1) for t in (mean, rstd))
-    return {layer.weight: rstd * (g_x - mean * g_sum), layer.bias: g_sum}
-
-
 class PerSampleDevice:
     """The device convnet with DP-SGD's per-sample gradients computed in one backward pass, without Opacus hooks.
 
@@ -113,44 +100,57 @@ class PerSampleDevice:
             if isinstance(layer, nn.Conv2d) and (layer.padding_mode != "zeros" or isinstance(layer.padding, str)):
                 raise ValueError("the fused sampler supports Conv2d with numeric zero padding only")
         self.module = module
-        self._tape: list[tuple] = []  # per layer with parameters: (layer, its input, its output, GroupNorm stats)
+        self._tape: list[tuple] = []  # per layer with parameters: (layer, tensors to differentiate, its input)
+        self._activations: torch.Tensor | None = None
 
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
         self._tape = []
+        if len(images) == 0:  # an empty Poisson batch: nothing to differentiate
+            self._activations = self.module(images)
+            return self._activations
         x = images
         for layer in self.module:
             if isinstance(layer, nn.GroupNorm):
-                batch, channels = x.shape[:2]
-                y, mean, rstd = torch.ops.aten.native_group_norm(
-                    x, layer.weight, layer.bias, batch, channels, x.shape[2:].numel(), layer.num_groups, layer.eps
-                )
-                self._tape.append((layer, x, y, (mean, rstd)))
+                y, per_sample = _group_norm_per_sample_affine(layer, x)
+                self._tape.append((layer, per_sample, None))
             else:
                 y = layer(x)
                 if isinstance(layer, nn.Conv2d):
-                    self._tape.append((layer, x, y, None))
+                    self._tape.append((layer, (y,), x))
             x = y
         self._activations = x
         return x
 
     def backward(self, grad: torch.Tensor) -> None:
         """Set ``p.grad_sample`` from dLoss/dActivations ``grad`` (same shape as the activations, mean-reduced loss)."""
-        tape, self._tape = self._tape, []
+        tape, activations = self._tape, self._activations
+        self._tape, self._activations = [], None  # hold no graph between steps
         batch = len(grad)
         if batch == 0:  # an empty Poisson batch: DP-SGD still takes a (noise-only) step
             for param in self.module.parameters():
                 param.grad_sample = torch.zeros(0, *param.shape, dtype=param.dtype, device=param.device)
             return
         # Opacus's convention: grad_sample[i] is the gradient of sample i's loss, i.e. batch x the mean-loss one.
-        outputs = [entry[2] for entry in tape]
-        backprops = torch.autograd.grad(self._activations, outputs, grad_outputs=grad * batch)
-        for (layer, x, _, stats), g in zip(tape, backprops, strict=True):
+        wanted = [t for _, tensors, _ in tape for t in tensors]
+        grads = iter(torch.autograd.grad(activations, wanted, grad_outputs=grad * batch))
+        for layer, _, x in tape:
             if isinstance(layer, nn.Conv2d):
-                per_sample = conv2d_per_sample(layer, [x], g)
-            else:
-                per_sample = group_norm_per_sample(layer, x, *stats, g)
+                per_sample = conv2d_per_sample(layer, [x], next(grads))
+            else:  # the gradients of the per-sample copies of weight and bias
+                per_sample = {p: next(grads).view(batch, -1) for p in (layer.weight, layer.bias)}
             for param, value in per_sample.items():
                 param.grad_sample = value
+
+
+def _group_norm_per_sample_affine(layer: nn.GroupNorm, x: torch.Tensor) -> tuple[torch.Tensor, tuple]:
+    """``layer(x)`` computed as one GroupNorm over a batch of one with B x C channels and B x G groups, whose weight
+    and bias are per-sample copies (leaves of their own): the same numbers, and the backward pass then yields the
+    per-sample weight and bias gradients [B*C] as a by-product of the input gradient it computes anyway."""
+    batch, channels = x.shape[:2]
+    weight, bias = (p.detach().repeat(batch).requires_grad_() for p in (layer.weight, layer.bias))
+    flat = x.reshape(1, batch * channels, *x.shape[2:])
+    y = nn.functional.group_norm(flat, batch * layer.num_groups, weight, bias, layer.eps).view_as(x)
+    return y, (weight, bias)
 
 
 def install(model: nn.Module, sampler: str = "fused") -> GradSampleModule | PerSampleDevice:

@@ -20,6 +20,7 @@ from clients import grad_samplers
 from clients.config import RunConfig
 from clients.grad_samplers import PerSampleDevice
 from clients.privacy import History, make_accountant, sample_rate, total_steps
+from split.allocator import keep_freed_memory
 
 
 @dataclass
@@ -88,7 +89,9 @@ def train_local(
     clipping or noise (shuffled batches) and records the steps with noise 0, i.e. epsilon = inf.
     ``record_cut`` keeps every activation that crossed the cut (what a curious server sees during training).
     ``max_steps`` stops the round early (``--fail-rate``'s simulated crash); the steps taken are in the history.
+    Sets this process's allocator to keep freed memory (``split.allocator``): about 2x faster steps on the CPU.
     """
+    keep_freed_memory()
     device.to(torch_device).train()
     head.to(torch_device).train()
     loader = DataLoader(
