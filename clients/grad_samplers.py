@@ -133,13 +133,16 @@ class PerSampleDevice:
         # Opacus's convention: grad_sample[i] is the gradient of sample i's loss, i.e. batch x the mean-loss one.
         wanted = [t for _, tensors, _ in tape for t in tensors]
         grads = iter(torch.autograd.grad(activations, wanted, grad_outputs=grad * batch))
-        for layer, _, x in tape:
-            if isinstance(layer, nn.Conv2d):
-                per_sample = conv2d_per_sample(layer, [x], next(grads))
-            else:  # the gradients of the per-sample copies of weight and bias
-                per_sample = {p: next(grads).view(batch, -1) for p in (layer.weight, layer.bias)}
-            for param, value in per_sample.items():
-                param.grad_sample = value
+        # No graph: the layer inputs and weights require grad, and a recorded graph would tie each grad_sample to
+        # them in a reference cycle through C++ that Python's garbage collector cannot see (a leak per round).
+        with torch.no_grad():
+            for layer, _, x in tape:
+                if isinstance(layer, nn.Conv2d):
+                    per_sample = conv2d_per_sample(layer, [x], next(grads))
+                else:  # the gradients of the per-sample copies of weight and bias
+                    per_sample = {p: next(grads).view(batch, -1) for p in (layer.weight, layer.bias)}
+                for param, value in per_sample.items():
+                    param.grad_sample = value
 
 
 def _group_norm_per_sample_affine(layer: nn.GroupNorm, x: torch.Tensor) -> tuple[torch.Tensor, tuple]:

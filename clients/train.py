@@ -67,7 +67,8 @@ def split_step(
     else:
         activations.backward(cut.grad)
     device_opt.step()
-    return float(loss.detach()) * len(labels), int((logits.argmax(1) == labels).sum()), cut.detach()
+    summed = float(loss.detach()) * len(labels) if len(labels) else 0.0  # an empty Poisson batch's mean is NaN
+    return summed, int((logits.argmax(1) == labels).sum()), cut.detach()
 
 
 def train_local(
