@@ -284,7 +284,9 @@ def main(argv: list[str] | None = None) -> int:
             results |= _merge(results, bench_attack(epochs=3 if quick else 100))
         if "sim" in parts:
             cpus = () if quick else (float(os.cpu_count() or 1),)  # lever: one client at a time with every core
-            sim = bench_simulation(clients=20, rounds=1 if quick else 2, limit=64 if quick else 0, cpus_levers=cpus)
+            # Full mode: 5 rounds, so the simulation's fixed start-up (Ray and its workers, about 12 s) weighs as in
+            # real runs (the main command trains 10) rather than dominating a 2-round run.
+            sim = bench_simulation(clients=20, rounds=1 if quick else 5, limit=64 if quick else 0, cpus_levers=cpus)
             results["sim_overhead_ratio"] = sim["sim_s"] / sim["loop_s"]
             results["levers"] |= {f"sim20_{k}": v for k, v in sim.items()}
         if "overhead" in parts:
