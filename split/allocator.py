@@ -2,9 +2,9 @@
 
 The first block's maps are 40 MB per tensor at batch 32 (32 x 32 x 99 x 99 floats). glibc serves every allocation
 above 32 MB with a fresh ``mmap`` and returns it to the kernel on free, so each training step page-faults and
-zeroes hundreds of MB anew. Measured on 2 cores (``benchmarks/run.py``, ``step_ms_glibc_default_*``): the plain
-split step drops from 197 ms to 84 ms, the DP-SGD step from 201 ms to 96 ms. The cost: a process keeps its peak
-heap until it exits.
+zeroes hundreds of MB anew. Measured on 2 cores (``benchmarks/results-2core-cpu.json``, ``step_ms_glibc_default_*``
+against ``step_ms_threads2_*``): the plain split step drops from 217 ms to 89 ms, the DP-SGD step from 227 ms to
+102 ms. The cost: a process keeps its peak heap until it exits.
 
 ``keep_freed_memory()`` is called by the training loops (``clients.train.train_local``) and is a no-op where glibc
 is not the allocator.
