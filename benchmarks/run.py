@@ -40,7 +40,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a scri
 
 from attack.decoders import build_decoder, train_decoder  # noqa: E402
 from clients import grad_samplers  # noqa: E402
-from clients.client_app import client_split  # noqa: E402
+from clients.client_app import client_split, local_round_seed  # noqa: E402
 from clients.config import GRAD_SAMPLERS, RunConfig  # noqa: E402
 from clients.data import EVALUATION, SMALL1, load_set  # noqa: E402
 from clients.errors import UserError  # noqa: E402
@@ -74,6 +74,7 @@ def interleaved_ms(fns: dict[str, Callable[[], object]], repeats: int, warmup: i
 
 
 def _real_batch(n: int = BATCH) -> tuple[torch.Tensor, torch.Tensor]:
+    """n evaluation-set images spread evenly over its alphabets, and their alphabet labels."""
     data = load_set(EVALUATION)
     idx = np.linspace(0, len(data) - 1, n).astype(np.int64)
     return torch.from_numpy(data.as_float(idx)), torch.from_numpy(data.alphabet[idx])
@@ -161,9 +162,7 @@ def matmul_flops_per_s(side: int = 1024, repeats: int = 10) -> float:
 
 def bench_gemm_fraction(n_images: int) -> dict:
     """DP training throughput of ``train_local`` (data loading, Poisson batches, clipping, noise included)."""
-    data = load_set(EVALUATION)
-    idx = np.linspace(0, len(data) - 1, n_images).astype(np.int64)
-    images, labels = torch.from_numpy(data.as_float(idx)), torch.from_numpy(data.alphabet[idx])
+    images, labels = _real_batch(n_images)
     flops = training_flops_per_image(*build_split())
     peak = matmul_flops_per_s()
     out = {"training_mflop_per_image": flops / 1e6, "matmul_gflop_per_s": peak / 1e9}
@@ -221,7 +220,7 @@ def plain_loop(cfg: RunConfig) -> float:
             device, head = build_split(cfg.dropout, cfg.norm_groups)
             load_joined(device, head, state)
             images, labels, _ = client_split(cfg, pid, "train")
-            seed = int(np.random.SeedSequence([cfg.seed, pid, server_round]).generate_state(1)[0])
+            seed = local_round_seed(cfg.seed, pid, server_round)
             torch.manual_seed(seed)
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")

@@ -63,6 +63,12 @@ def client_split(cfg: RunConfig, partition_id: int, part: str) -> tuple[torch.Te
     return torch.from_numpy(data.as_float(idx)), torch.from_numpy(data.alphabet[idx]), idx
 
 
+def local_round_seed(seed: int, partition_id: int, server_round: int) -> int:
+    """The torch seed of one client's local round (weights' dropout, batches, noise): fixed by (seed, client,
+    round), so a resumed run and the benchmark's plain loop draw exactly what the simulation draws."""
+    return int(np.random.SeedSequence([seed, partition_id, server_round]).generate_state(1)[0])
+
+
 def _setup(msg: Message, context: Context) -> tuple[RunConfig, int, torch.nn.Module, torch.nn.Module, torch.device]:
     """Config, partition id, and the split model loaded with the received global weights."""
     cfg = RunConfig.from_flwr(dict(msg.content["config"]))
@@ -131,7 +137,7 @@ def train(msg: Message, context: Context) -> Message:
     fail_rng = np.random.default_rng([cfg.seed, pid, server_round, 1])
     fails = fail_rng.random() < cfg.fail_rate
     max_steps = int(fail_rng.integers(1, max(2, planned))) if fails else None  # part-way through the round
-    seed = int(np.random.SeedSequence([cfg.seed, pid, server_round]).generate_state(1)[0])
+    seed = local_round_seed(cfg.seed, pid, server_round)
     torch.manual_seed(seed)
     # This client's last training round: the final round, or the last one its --max-epsilon budget allows.
     two_more = history + [(cfg.noise, q, 2 * planned)]

@@ -25,8 +25,14 @@ from clients.config import GRAD_SAMPLERS
 
 # Below this many output positions a convolution's per-sample weight gradients come from one grouped convolution
 # (batch as groups); above it, from one weight-gradient kernel call per sample. Measured on this model, batch 32,
-# 2 cores: 9x9 outputs 2.3 ms grouped vs 4.5 ms per sample; 27x27 outputs 43 ms vs 17 ms.
+# 2 cores, with split.allocator's setting: 9x9 outputs 2.0 ms grouped vs 3.2 ms per sample; 27x27 outputs 29.8 ms
+# vs 14.7 ms.
 _GROUPED_BELOW = 256
+
+
+def _require_zero_padding(layer: nn.Conv2d) -> None:
+    if layer.padding_mode != "zeros" or isinstance(layer.padding, str):
+        raise ValueError("per-sample Conv2d gradients support numeric zero padding only")
 
 
 def _conv_weight_per_sample(layer: nn.Conv2d, x: torch.Tensor, backprops: torch.Tensor) -> torch.Tensor:
@@ -70,8 +76,7 @@ def conv2d_per_sample(
     activations[0]: the layer's input [B, C_in, H, W]; backprops: dLoss/dOutput [B, C_out, H_out, W_out] (already
     scaled by Opacus for the loss reduction). Same signature and result as Opacus's ``compute_conv_grad_sample``.
     """
-    if layer.padding_mode != "zeros" or isinstance(layer.padding, str):
-        raise ValueError("conv2d_per_sample supports numeric zero padding only")
+    _require_zero_padding(layer)
     out: dict[nn.Parameter, torch.Tensor] = {}
     if layer.weight.requires_grad:
         out[layer.weight] = _conv_weight_per_sample(layer, activations[0], backprops)
@@ -97,8 +102,8 @@ class PerSampleDevice:
                 raise ValueError(f"the fused sampler supports Conv2d and GroupNorm layers, not {type(layer).__name__}")
             if isinstance(layer, nn.GroupNorm) and not layer.affine:
                 raise ValueError("the fused sampler needs affine GroupNorm layers")
-            if isinstance(layer, nn.Conv2d) and (layer.padding_mode != "zeros" or isinstance(layer.padding, str)):
-                raise ValueError("the fused sampler supports Conv2d with numeric zero padding only")
+            if isinstance(layer, nn.Conv2d):
+                _require_zero_padding(layer)  # refused here, before training starts
         self.module = module
         self._tape: list[tuple] = []  # per layer with parameters: (layer, tensors to differentiate, its input)
         self._activations: torch.Tensor | None = None
