@@ -14,8 +14,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from clients.config import ACCOUNTANTS, DEVICES, OPTIMIZERS, PARTITIONS, RunConfig
-from clients.errors import UserError
+from core.config import ACCOUNTANTS, DEVICES, OPTIMIZERS, PARTITIONS, RunConfig
+from core.errors import UserError
 
 if TYPE_CHECKING:
     from strategy.checkpoint import Checkpoint
@@ -212,8 +212,8 @@ def plan_privacy(cfg: RunConfig) -> dict:
     mechanism to reveal a whole record outright.
     """
     from clients.data import EVALUATION, load_set
-    from clients.privacy import noise_for_clients
     from clients.shards import build_shards
+    from core.privacy import noise_for_clients
 
     n_trains = [len(s.train) for s in build_shards(load_set(EVALUATION, cfg.data_dir).alphabet, cfg)]
     if cfg.delta >= 1 / min(n_trains):

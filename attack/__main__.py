@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 from attack.decoders import DECODERS
-from clients.errors import UserError
+from core.errors import UserError
 
 
 def main(argv: list[str] | None = None) -> int:

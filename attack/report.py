@@ -11,13 +11,14 @@ import json
 import math
 import os
 import statistics
-import tempfile
 from pathlib import Path
 
 import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+
+from core import files
 
 SETS = ("unseen", "clients_inference", "clients_train")
 COLUMNS = (
@@ -130,10 +131,8 @@ def plot_leakage(rows: list[dict], path: Path) -> None:
     axes.flat[0].legend(fontsize=7)
     fig.suptitle("Leakage vs privacy budget (dotted: mean-image baseline)")
     fig.tight_layout()
-    tmp = path.with_suffix(".tmp.png")
-    fig.savefig(tmp, dpi=110)
+    files.write_with(path, lambda fh: fig.savefig(fh, format="png", dpi=110))
     plt.close(fig)
-    os.replace(tmp, path)
 
 
 def _group(rows: list[dict]) -> dict[tuple[str, str], list[dict]]:
@@ -146,17 +145,12 @@ def _group(rows: list[dict]) -> dict[tuple[str, str], list[dict]]:
 def write_report(out_dir: Path, run_dirs: list[Path]) -> Path:
     """Write leakage_vs_epsilon.csv / .png and report.md into ``out_dir``; returns the report's path."""
     rows = leakage_rows(run_dirs)
-    with tempfile.NamedTemporaryFile("w", dir=out_dir, suffix=".tmp", delete=False, newline="") as fh:
+    with files.atomic_open(out_dir / "leakage_vs_epsilon.csv", "w", newline="") as fh:
         writer = csv.DictWriter(fh, fieldnames=COLUMNS)
         writer.writeheader()
         writer.writerows(rows)
-    os.replace(fh.name, out_dir / "leakage_vs_epsilon.csv")
     plot_leakage(rows, out_dir / "leakage_vs_epsilon.png")
-    report = out_dir / "report.md"
-    tmp = report.with_suffix(".md.tmp")
-    tmp.write_text(_markdown(out_dir, run_dirs, rows))
-    os.replace(tmp, report)
-    return report
+    return files.write_text(out_dir / "report.md", _markdown(out_dir, run_dirs, rows))
 
 
 def _fmt(value: float, digits: int = 3) -> str:

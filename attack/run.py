@@ -17,8 +17,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import tempfile
 import time
 from pathlib import Path
 
@@ -31,9 +29,10 @@ from rich.table import Table
 from attack.decoders import DECODERS, build_decoder, reconstruct, train_decoder
 from attack.figures import pick, save_grid
 from attack.metrics import leakage_metrics, mean_image_baseline
-from clients.config import RunConfig
 from clients.data import EVALUATION, SMALL1, SMALL2, load_set, shared_files
-from clients.errors import UserError
+from core import files
+from core.config import RunConfig
+from core.errors import UserError
 from split.model import build_split, device_activations
 
 METRIC_KEYS = ("n", "mse", "psnr", "ssim", "reid_top1", "reid_chance")
@@ -53,18 +52,6 @@ def load_run(run_dir: Path) -> tuple[RunConfig, torch.nn.Module, dict[str, np.nd
     with np.load(run_dir / "intercepted.npz") as z:
         intercepted = {k: z[k] for k in z.files}
     return cfg, device.eval(), intercepted
-
-
-def _atomic_savez(path: Path, **arrays: np.ndarray) -> None:
-    with tempfile.NamedTemporaryFile(dir=path.parent, suffix=".npz.tmp", delete=False) as fh:
-        np.savez_compressed(fh, **arrays)
-    os.replace(fh.name, path)
-
-
-def _atomic_text(path: Path, text: str) -> None:
-    with tempfile.NamedTemporaryFile("w", dir=path.parent, suffix=".tmp", delete=False) as fh:
-        fh.write(text)
-    os.replace(fh.name, path)
 
 
 def _mean_metrics(rows: list[dict]) -> dict:
@@ -157,20 +144,20 @@ def run_attack(
         "surrogate": f"{SMALL1} ({len(small1)} images)",
         "timings": timings,
     }
-    _atomic_text(run_dir / "attack.json", json.dumps(meta, indent=2) + "\n")
+    files.write_text(run_dir / "attack.json", json.dumps(meta, indent=2) + "\n")
     # Redirected to a file, rich would use 80 columns and cut the numbers.
     console.print(summary_table(results, decoders), width=None if console.is_terminal else 120)
     return results
 
 
 def _write_outputs(run_dir: Path, results: dict, sets: list, recon: dict, primary: str, seed: int) -> None:
-    _atomic_text(run_dir / "leakage.json", json.dumps(results, indent=2) + "\n")
+    files.write_text(run_dir / "leakage.json", json.dumps(results, indent=2) + "\n")
     lines = [",".join(("set", "method", *METRIC_KEYS))]
     for set_name, methods in results.items():
         for method, m in methods.items():
             lines.append(",".join([set_name, method] + [f"{m[k]:.6g}" if k != "n" else str(m[k]) for k in METRIC_KEYS]))
-    _atomic_text(run_dir / "leakage.csv", "\n".join(lines) + "\n")
-    for set_name, _, originals, files in sets:
+    files.write_text(run_dir / "leakage.csv", "\n".join(lines) + "\n")
+    for set_name, _, originals, set_files in sets:
         keep = np.arange(len(originals))
         if set_name.startswith("client_") and len(keep) > SAVE_PER_CLIENT:
             keep = pick(len(originals), SAVE_PER_CLIENT, seed)
@@ -178,9 +165,9 @@ def _write_outputs(run_dir: Path, results: dict, sets: list, recon: dict, primar
         arrays["reconstructions"] = recon[set_name][primary][keep].astype(np.float16)
         for name, rec in recon[set_name].items():
             arrays[f"reconstructions_{name}"] = rec[keep].astype(np.float16)
-        if files is not None:
-            arrays["files"] = np.asarray([files[i] for i in keep])
-        _atomic_savez(run_dir / f"reconstructions_{set_name}.npz", **arrays)
+        if set_files is not None:
+            arrays["files"] = np.asarray([set_files[i] for i in keep])
+        files.savez(run_dir / f"reconstructions_{set_name}.npz", **arrays)
         if set_name == "unseen" or set_name.endswith("_inference"):
             shown = pick(len(originals), min(FIGURE_IMAGES, len(originals)), seed)
             figure = "reconstructions_unseen.png" if set_name == "unseen" else f"reconstructions_{set_name[:-10]}.png"

@@ -41,10 +41,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a scri
 from attack.decoders import build_decoder, train_decoder  # noqa: E402
 from clients import grad_samplers  # noqa: E402
 from clients.client_app import client_split, local_round_seed  # noqa: E402
-from clients.config import GRAD_SAMPLERS, RunConfig  # noqa: E402
 from clients.data import EVALUATION, SMALL1, load_set  # noqa: E402
-from clients.errors import UserError  # noqa: E402
 from clients.train import evaluate, split_step, train_local  # noqa: E402
+from core import files  # noqa: E402
+from core.config import GRAD_SAMPLERS, RunConfig  # noqa: E402
+from core.errors import UserError  # noqa: E402
 from split.allocator import keep_freed_memory  # noqa: E402
 from split.model import build_split, device_activations, joined_state, load_joined  # noqa: E402
 
@@ -306,9 +307,7 @@ def main(argv: list[str] | None = None) -> int:
     }
     console.print(_table(results))
     if args.json:
-        tmp = args.json.with_suffix(args.json.suffix + ".tmp")
-        tmp.write_text(json.dumps(results, indent=2) + "\n")
-        tmp.replace(args.json)
+        files.write_text(args.json, json.dumps(results, indent=2) + "\n")
     return 0
 
 

@@ -20,9 +20,11 @@ import torch
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
-from clients.config import RunConfig
 from clients.data import EVALUATION, OmniglotSet, load_set
-from clients.privacy import (
+from clients.shards import ClientShard, build_shards
+from clients.train import LocalResult, evaluate, train_local
+from core.config import RunConfig
+from core.privacy import (
     History,
     epsilon,
     history_from_lists,
@@ -31,13 +33,9 @@ from clients.privacy import (
     steps_per_epoch,
     total_steps,
 )
-from clients.shards import ClientShard, build_shards
-from clients.train import LocalResult, evaluate, train_local
+from core.protocol import INTERCEPTED_KEY, PRIVACY_KEY, STATUS_KEY
 from split.model import build_split, device_activations, joined_state, load_joined
 
-PRIVACY_KEY = "privacy"
-INTERCEPTED_KEY = "intercepted"  # strategy.interception reads it under the same name
-STATUS_KEY = "status"  # strategy.splitfed reads it under the same name
 INJECT_CRASH_ENV = "SPLITFED_INJECT_CRASH"
 
 app = ClientApp()

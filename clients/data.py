@@ -12,7 +12,6 @@ import hashlib
 import io
 import json
 import os
-import tempfile
 import urllib.error
 import urllib.request
 import zipfile
@@ -23,7 +22,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from clients.errors import UserError
+from core import files
+from core.errors import UserError
 
 SIDE = 105
 ENV_ROOT = "OMNIGLOT_ROOT"
@@ -193,7 +193,7 @@ def _download(spec: SetSpec, target: Path, timeout: float = 20.0) -> None:
     digest = hashlib.md5(payload).hexdigest()
     if digest != spec.official_md5:
         raise UserError(f"downloaded {spec.name}.zip has md5 {digest}, expected {spec.official_md5}; not saved")
-    _atomic_write_bytes(target, payload)
+    files.write_with(target, lambda fh: fh.write(payload))
 
 
 def _fingerprint(source: Path) -> str:
@@ -297,15 +297,7 @@ def _write_cache(cache: Path, npy: Path, meta_path: Path, images: np.ndarray, me
     """Write array then metadata, each atomically; concurrent workers may race but never see half a file."""
     try:
         cache.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=cache, suffix=".npy.tmp", delete=False) as fh:
-            np.save(fh, images)
-        os.replace(fh.name, npy)
-        _atomic_write_bytes(meta_path, json.dumps(meta).encode())
+        files.write_with(npy, lambda fh: np.save(fh, images))
+        files.write_text(meta_path, json.dumps(meta))
     except OSError as exc:
         raise UserError(f"cannot write the Omniglot cache in {cache} ({exc}); set ${ENV_CACHE}") from None
-
-
-def _atomic_write_bytes(target: Path, payload: bytes) -> None:
-    with tempfile.NamedTemporaryFile(dir=target.parent, suffix=".tmp", delete=False) as fh:
-        fh.write(payload)
-    os.replace(fh.name, target)

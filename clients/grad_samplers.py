@@ -21,7 +21,7 @@ import torch
 from opacus import GradSampleModule
 from torch import nn
 
-from clients.config import GRAD_SAMPLERS
+from core.config import GRAD_SAMPLERS
 
 # Below this many output positions a convolution's per-sample weight gradients come from one grouped convolution
 # (batch as groups); above it, from one weight-gradient kernel call per sample. Measured on this model, batch 32,

@@ -20,8 +20,8 @@ from flwr_datasets.partitioner import (
     ShardPartitioner,
 )
 
-from clients.config import RunConfig
-from clients.errors import UserError
+from core.config import RunConfig
+from core.errors import UserError
 
 datasets.disable_progress_bars()
 

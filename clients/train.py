@@ -17,9 +17,9 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from clients import grad_samplers
-from clients.config import RunConfig
 from clients.grad_samplers import PerSampleDevice
-from clients.privacy import History, make_accountant, sample_rate, total_steps
+from core.config import RunConfig
+from core.privacy import History, make_accountant, sample_rate, total_steps
 from split.allocator import keep_freed_memory
 
 

@@ -14,8 +14,6 @@ or is still going, and ``python sim.py --resume RUN_DIR`` continues it from its 
 
 from __future__ import annotations
 
-import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -23,8 +21,9 @@ import numpy as np
 import torch
 from flwr.app import Array, ArrayRecord
 
-from clients.errors import UserError
-from clients.privacy import History, history_from_lists, history_to_lists
+from core import files
+from core.errors import UserError
+from core.privacy import History, history_from_lists, history_to_lists
 
 CHECKPOINT = "checkpoint.pt"
 INCOMPLETE = "INCOMPLETE"
@@ -59,13 +58,7 @@ def save_checkpoint(run_dir: Path, ckpt: Checkpoint) -> Path:
         "elapsed_seconds": ckpt.elapsed_seconds,
         "intercepted_training": ckpt.intercepted_training,
     }
-    path = run_dir / CHECKPOINT
-    with tempfile.NamedTemporaryFile(dir=run_dir, suffix=".pt.tmp", delete=False) as fh:
-        torch.save(payload, fh)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(fh.name, path)
-    return path
+    return files.write_with(run_dir / CHECKPOINT, lambda fh: torch.save(payload, fh), fsync=True)
 
 
 def load_checkpoint(run_dir: Path) -> Checkpoint:
@@ -91,7 +84,7 @@ def load_checkpoint(run_dir: Path) -> Checkpoint:
 
 def mark_incomplete(run_dir: Path, note: str) -> None:
     """Create or replace the ``INCOMPLETE`` marker with ``note`` (what happened, how to resume)."""
-    (run_dir / INCOMPLETE).write_text(note.rstrip() + "\n")
+    files.write_text(run_dir / INCOMPLETE, note.rstrip() + "\n")
 
 
 def mark_complete(run_dir: Path) -> None:

@@ -12,6 +12,8 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+from core import files
+
 
 def _read(path: Path) -> list[dict]:
     with path.open(newline="") as fh:
@@ -72,6 +74,6 @@ def _plot_accuracy(run_dir: Path, metrics: list[dict], clients: list[dict]) -> P
 
 def _save(fig: plt.Figure, path: Path) -> Path:
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    files.write_with(path, lambda fh: fig.savefig(fh, format="png", dpi=120))
     plt.close(fig)
     return path

@@ -13,15 +13,15 @@ file order). The index is the experimenter's ground truth for scoring; the attac
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, RecordDict
 from flwr.serverapp import Grid
 
-INTERCEPTED_KEY = "intercepted"  # the record name the ClientApp uses
+from core import files
+from core.protocol import INTERCEPTED_KEY
+
 POINTS = ("inference", "train")
 
 
@@ -69,9 +69,4 @@ def _stack(parts: list[tuple[int, np.ndarray, np.ndarray]], point: str) -> dict[
 
 def save_intercepted(run_dir: Path, inference: list, train: list) -> Path:
     """Write ``intercepted.npz`` atomically; returns its path."""
-    path = run_dir / "intercepted.npz"
-    payload = {**_stack(inference, "inference"), **_stack(train, "train")}
-    with tempfile.NamedTemporaryFile(dir=run_dir, suffix=".npz.tmp", delete=False) as fh:
-        np.savez_compressed(fh, **payload)
-    os.replace(fh.name, path)
-    return path
+    return files.savez(run_dir / "intercepted.npz", **_stack(inference, "inference"), **_stack(train, "train"))

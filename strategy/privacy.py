@@ -12,8 +12,8 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from clients.config import ACCOUNTANTS
-from clients.privacy import epsilon, sample_rate, steps_per_epoch
+from core.config import ACCOUNTANTS
+from core.privacy import epsilon, sample_rate, steps_per_epoch
 
 
 def main(argv: Sequence[str] | None = None) -> int:

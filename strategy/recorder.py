@@ -21,7 +21,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from clients.config import RunConfig
+from core.config import RunConfig
 
 LEDGER_COLUMNS = (
     "round",

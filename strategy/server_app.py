@@ -21,8 +21,9 @@ from flwr.serverapp import Grid, ServerApp
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from clients.config import RunConfig
-from clients.errors import UserError
+from core import files
+from core.config import RunConfig
+from core.errors import UserError
 from split.model import build_split, joined_state, load_joined
 from strategy.checkpoint import Checkpoint, mark_complete, mark_incomplete, save_checkpoint
 from strategy.figures import plot_run
@@ -89,7 +90,7 @@ def write_config(run_dir: Path, cfg: RunConfig, extra: dict | None = None) -> No
         "python": platform.python_version(),
         "machine": platform.platform(),
     }
-    (run_dir / "config.json").write_text(json.dumps(payload, indent=2) + "\n")
+    files.write_text(run_dir / "config.json", json.dumps(payload, indent=2) + "\n")
 
 
 def run_server(

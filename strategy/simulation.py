@@ -8,7 +8,7 @@ import warnings
 from pathlib import Path
 
 from clients.client_app import app as client_app
-from clients.config import RunConfig
+from core.config import RunConfig
 from strategy.checkpoint import Checkpoint
 from strategy.server_app import build_server_app
 

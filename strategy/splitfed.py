@@ -27,12 +27,10 @@ from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricReco
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
 
-from clients.privacy import History, history_from_lists, history_to_lists, total_steps
+from core.privacy import History, history_from_lists, history_to_lists, total_steps
+from core.protocol import PRIVACY_KEY, STATUS_KEY
 from strategy.interception import take_intercepted
 from strategy.recorder import RunRecorder
-
-PRIVACY_KEY = "privacy"  # the ClientApp's names for the accountant history and the reply status
-STATUS_KEY = "status"
 
 
 class ClientFailed(RuntimeError):

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from clients.config import RunConfig
 from clients.data import EVALUATION
+from core.config import RunConfig
 from strategy.checkpoint import mark_incomplete
 from strategy.server_app import write_config
 

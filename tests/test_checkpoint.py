@@ -8,9 +8,9 @@ import math
 import numpy as np
 import pytest
 
-from clients.config import RunConfig
-from clients.errors import UserError
-from clients.privacy import epsilon
+from core.config import RunConfig
+from core.errors import UserError
+from core.privacy import epsilon
 from strategy.checkpoint import (
     CHECKPOINT,
     Checkpoint,

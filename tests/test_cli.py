@@ -90,7 +90,7 @@ def test_flwr_app_config_mirrors_run_config() -> None:
     """``flwr run .`` reads [tool.flwr.app.config]: the same keys and defaults as sim.py's RunConfig."""
     import tomllib
 
-    from clients.config import RunConfig
+    from core.config import RunConfig
 
     pyproject = tomllib.loads((Path(__file__).resolve().parent.parent / "pyproject.toml").read_text())
     assert pyproject["tool"]["flwr"]["app"]["config"] == RunConfig().to_flwr()

@@ -16,7 +16,7 @@ from PIL import Image
 
 import clients.data as data
 from clients.data import SMALL1, SMALL2, OmniglotSet, SetSpec, load_set, shared_files
-from clients.errors import UserError
+from core.errors import UserError
 
 # From the data README: characters per alphabet of the evaluation set.
 EVALUATION_CHARACTERS = {

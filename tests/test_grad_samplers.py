@@ -14,10 +14,10 @@ from opacus.optimizers import DPOptimizer
 from torch import nn
 
 from clients import grad_samplers
-from clients.config import RunConfig
 from clients.data import EVALUATION, load_set
-from clients.privacy import History
 from clients.train import split_step, train_local
+from core.config import RunConfig
+from core.privacy import History
 from split.model import build_split
 
 

@@ -11,7 +11,7 @@ import pytest
 from opacus.accountants import RDPAccountant
 from opacus.accountants.utils import get_noise_multiplier
 
-from clients.privacy import (
+from core.privacy import (
     CLASSIC_ORDERS,
     epsilon,
     history_from_lists,

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from clients.privacy import epsilon
+from core.privacy import epsilon
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ["--limit-per-client", "64", "--skip-attack"]

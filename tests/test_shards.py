@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from clients.config import PARTITIONS, RunConfig
 from clients.data import OmniglotSet
-from clients.errors import UserError
 from clients.shards import build_shards, partition_indices
+from core.config import PARTITIONS, RunConfig
+from core.errors import UserError
 
 N_IMAGES = 13_180
 CASES = [(scheme, k) for scheme in PARTITIONS for k in (20, 4)]

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 
-from clients.privacy import epsilon
+from core.privacy import epsilon
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -9,10 +9,10 @@ from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDic
 from opacus import PrivacyEngine
 from torch.utils.data import DataLoader, TensorDataset
 
-from clients.config import RunConfig
 from clients.data import EVALUATION, load_set
-from clients.privacy import epsilon
 from clients.train import split_step, train_local
+from core.config import RunConfig
+from core.privacy import epsilon
 from split.model import build_split
 from strategy.recorder import RunRecorder
 from strategy.splitfed import SplitFedAvg

@@ -11,7 +11,7 @@ import dataclasses
 import math
 from dataclasses import dataclass, field
 
-from clients.errors import UserError
+from core.errors import UserError
 
 PARTITIONS = ("shards", "alphabet", "dirichlet", "iid")
 OPTIMIZERS = ("adam", "sgd")
