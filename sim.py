@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from core.config import ACCOUNTANTS, DEVICES, OPTIMIZERS, PARTITIONS, RunConfig
+from core.config import ATTACK, DP_TRAINING, FEDERATION, RUN, RunConfig, flag_name, settings
 from core.errors import UserError
 
 if TYPE_CHECKING:
@@ -30,100 +30,52 @@ class _OneLineParser(argparse.ArgumentParser):
         raise UserError(message)
 
 
-def build_parser() -> argparse.ArgumentParser:
+
+
+def build_parser(suppress_defaults: bool = False) -> argparse.ArgumentParser:
+    """Every RunConfig setting as a flag (help, choices and group from the field), plus the action flags.
+
+    ``suppress_defaults``: flags not given are left out of the namespace (``explicit_flags``).
+    """
     p = _OneLineParser(
         prog="sim.py",
         description="Split federated learning on Omniglot with per-client DP-SGD (Opacus) in a Flower simulation.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        argument_default=argparse.SUPPRESS if suppress_defaults else None,
     )
-    fed = p.add_argument_group("federation")
-    fed.add_argument("--clients", type=int, default=D.clients, help="number of simulated clients")
-    fed.add_argument("--rounds", type=int, default=D.rounds, help="federated rounds")
-    fed.add_argument("--fraction-train", type=float, default=D.fraction_train, help="fraction of clients per round")
-    fed.add_argument(
-        "--partition",
-        default=D.partition,
-        help=f"how alphabets are shared out: {', '.join(PARTITIONS)} (shards = sorted-by-alphabet blocks; "
-        "alphabet = whole alphabets, needs --clients <= 20)",
-    )
-    fed.add_argument("--alphabets-per-client", type=int, default=D.alphabets_per_client, help="shards per client")
-    fed.add_argument("--alpha", type=float, default=D.alpha, help="Dirichlet concentration (--partition dirichlet)")
-    fed.add_argument("--limit-per-client", type=int, default=D.limit_per_client, help="cap images per client; 0 = all")
-    fed.add_argument("--val-fraction", type=float, default=D.val_fraction, help="share of each shard for validation")
-
-    dp = p.add_argument_group("local DP-SGD training")
-    dp.add_argument(
-        "--noise",
-        type=float,
-        nargs="+",
-        default=[D.noise],
-        help="noise multiplier sigma; 0 = no DP (epsilon = inf). Several values: one training + attack each, "
-        "same seed and shards, then a leakage-per-epsilon report",
-    )
-    dp.add_argument("--target-epsilon", type=float, default=D.target_epsilon, help="pick sigma for this epsilon; 0=off")
-    dp.add_argument(
-        "--max-epsilon",
-        type=float,
-        default=D.max_epsilon,
-        help="budget cap: a client whose next round would pass this epsilon does not train; the run stops when "
-        "no client can train; 0 = no cap",
-    )
-    dp.add_argument("--clip", type=float, default=D.clip, help="per-sample gradient L2 clipping bound")
-    dp.add_argument("--delta", type=float, default=D.delta, help="delta of the (epsilon, delta) guarantee")
-    dp.add_argument("--accountant", default=D.accountant, help=f"privacy accountant: {', '.join(ACCOUNTANTS)}")
-    dp.add_argument("--local-epochs", type=int, default=D.local_epochs, help="local epochs per round")
-    dp.add_argument("--batch-size", type=int, default=D.batch_size, help="expected (Poisson) batch size")
-    dp.add_argument("--lr", type=float, default=D.lr, help="learning rate")
-    dp.add_argument("--optimizer", default=D.optimizer, help=f"optimizer: {', '.join(OPTIMIZERS)}")
-    dp.add_argument("--dropout", type=float, default=D.dropout, help="dropout in device and head (0 as in the DP runs)")
-    dp.add_argument("--norm-groups", type=int, default=D.norm_groups, help="GroupNorm groups (1 learns best)")
-    dp.add_argument(
-        "--grad-sampler",
-        default=D.grad_sampler,
-        help="per-sample gradients: fused (own backward, no Opacus hooks), fast (Opacus hooks, own conv) or opacus",
-    )
-
-    run = p.add_argument_group("run")
-    run.add_argument(
-        "--data-dir", default=D.data_dir, help="Omniglot zips/folders; else $OMNIGLOT_ROOT, ./data/omniglot"
-    )
-    run.add_argument("--download", action="store_true", help="download missing official zips (needs internet)")
-    run.add_argument("--out", default=D.out, help="run directory; default runs/<timestamp>-c<clients>-s<noise>")
-    run.add_argument("--seed", type=int, default=D.seed, help="seed for shards, weights, sampling and noise")
-    run.add_argument("--device", default=D.device, help=f"torch device: {', '.join(DEVICES)}")
-    run.add_argument("--cpus-per-client", type=float, default=D.cpus_per_client, help="CPU cores per client")
-    run.add_argument("--gpus-per-client", type=float, default=D.gpus_per_client, help="GPU share per client")
-    run.add_argument("--overwrite", action="store_true", help="reuse a non-empty --out directory")
+    groups = {name: p.add_argument_group(name) for name in (FEDERATION, DP_TRAINING, RUN, ATTACK)}
+    for f in settings():
+        meta = f.metadata
+        help_text = meta["help"] + (f" ({', '.join(meta['choices'])})" if meta["choices"] else "")
+        kwargs = {"help": help_text, **meta["cli"]}
+        if not suppress_defaults:
+            kwargs["default"] = [f.default] if meta["cli"].get("nargs") else f.default
+        if not isinstance(f.default, str):  # choices are checked by RunConfig.validate, with one clear line
+            kwargs["type"] = type(f.default)
+        groups[meta["group"]].add_argument(f"--{flag_name(f.name)}", **kwargs)
+    run, atk = groups[RUN], groups[ATTACK]
+    flag = {"action": "store_true"} if not suppress_defaults else {"action": "store_true", "default": argparse.SUPPRESS}
+    run.add_argument("--download", help="download missing official zips (needs internet)", **flag)
+    run.add_argument("--overwrite", help="reuse a non-empty --out directory", **flag)
     run.add_argument(
         "--resume",
         metavar="RUN_DIR",
-        default=None,
         help="continue an unfinished run from its last checkpoint, with its saved settings (flags given must agree)",
+        **({} if suppress_defaults else {"default": None}),
     )
-    run.add_argument(
-        "--fail-rate",
-        type=float,
-        default=D.fail_rate,
-        help="testing: each client training call fails after some steps with this probability (seeded); the round "
-        "goes on with the others and the ledger marks it failed",
-    )
-    atk = p.add_argument_group("attack (the curious server)")
-    atk.add_argument("--skip-attack", action="store_true", help="train only; attack later with python -m attack")
-    atk.add_argument("--attack-epochs", type=int, default=100, help="decoder training epochs on small1")
-    run.add_argument("--dry-run", action="store_true", help="load data, build shards, print them; no training")
+    run.add_argument("--dry-run", help="load data, build shards, print them; no training", **flag)
+    atk.add_argument("--skip-attack", help="train only; attack later with python -m attack", **flag)
     return p
 
 
-# Settings a resumed run may change: where the data is and what hardware runs it, not what is computed.
-RESUME_MAY_CHANGE = ("data_dir", "device", "cpus_per_client", "gpus_per_client")
+# Settings a resumed run may change: where the data is, what hardware runs it, and the attack that follows
+# training; not what training computes.
+RESUME_MAY_CHANGE = ("data_dir", "device", "cpus_per_client", "gpus_per_client", "attack_epochs", "attacks")
 
 
 def explicit_flags(argv: Sequence[str] | None) -> set[str]:
     """The RunConfig / flag names (``local_epochs``) given on the command line, as opposed to defaulted."""
-    parser = build_parser()
-    for action in parser._actions:  # a default of SUPPRESS leaves unset flags out of the namespace
-        action.default = argparse.SUPPRESS
-    return set(vars(parser.parse_args(argv)))
+    return set(vars(build_parser(suppress_defaults=True).parse_args(argv)))
 
 
 def resume_config(args: argparse.Namespace, argv: Sequence[str] | None) -> RunConfig:
@@ -135,7 +87,7 @@ def resume_config(args: argparse.Namespace, argv: Sequence[str] | None) -> RunCo
     if len(args.noise) > 1:
         raise UserError("--resume continues one training; do not give several --noise values")
     try:
-        settings = json.loads((run_dir / "config.json").read_text())["settings"]
+        saved = json.loads((run_dir / "config.json").read_text())["settings"]
     except FileNotFoundError:
         raise UserError(f"--resume {run_dir}: no config.json there; is it a run directory?") from None
     except (OSError, ValueError, KeyError, TypeError) as exc:
@@ -143,8 +95,9 @@ def resume_config(args: argparse.Namespace, argv: Sequence[str] | None) -> RunCo
     given = explicit_flags(argv)
     if "out" in given and Path(args.out).resolve() != run_dir.resolve():
         raise UserError(f"--resume {run_dir} writes into that run directory; --out {args.out} differs")
-    values = {k: v for k, v in settings.items() if k in RunConfig.__dataclass_fields__ and k != "extra"}
-    for name in sorted(given & set(RunConfig.__dataclass_fields__) - {"out"}):
+    names = {f.name for f in settings()}
+    values = {k: v for k, v in saved.items() if k in names}
+    for name in sorted(given & names - {"out"}):
         value = args.noise[0] if name == "noise" else getattr(args, name)
         if name in RESUME_MAY_CHANGE:
             values[name] = value
@@ -165,16 +118,14 @@ def parse_config(argv: Sequence[str] | None = None) -> tuple[RunConfig, argparse
     args = build_parser().parse_args(argv)
     if args.resume:
         return resume_config(args, argv), args
-    fields = RunConfig.__dataclass_fields__
-    values = {k: v for k, v in vars(args).items() if k in fields and k != "noise"}
+    names = {f.name for f in settings()}
+    values = {k: v for k, v in vars(args).items() if k in names and k != "noise"}
     for sigma in args.noise:  # each value must be valid on its own
         RunConfig(**values, noise=sigma).validate()
     if len(args.noise) != len(set(args.noise)):
         raise UserError(f"--noise has repeated values: {args.noise}")
     if len(args.noise) > 1 and args.target_epsilon:
         raise UserError("--target-epsilon picks one noise value; do not combine it with several --noise values")
-    if args.attack_epochs < 1:
-        raise UserError(f"--attack-epochs must be a positive integer, got {args.attack_epochs}")
     return RunConfig(**values, noise=args.noise[0]).validate(), args
 
 
@@ -307,7 +258,7 @@ def run_all(cfg: RunConfig, args: argparse.Namespace) -> None:
         if not args.skip_attack:
             from attack.run import run_attack
 
-            run_attack(run_dir, cfg.data_dir or None, epochs=args.attack_epochs, seed=cfg.seed)
+            run_attack(run_dir, cfg.data_dir or None, epochs=run_cfg.attack_epochs, seed=cfg.seed)
     if not args.skip_attack:
         from attack.report import write_report
 

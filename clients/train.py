@@ -21,6 +21,7 @@ from clients.grad_samplers import PerSampleDevice
 from core.config import RunConfig
 from core.privacy import History, make_accountant, sample_rate, total_steps
 from split.allocator import keep_freed_memory
+from split.cut import Cut
 
 
 @dataclass
@@ -47,28 +48,33 @@ def split_step(
     head_opt: torch.optim.Optimizer,
     images: torch.Tensor,
     labels: torch.Tensor,
+    cut: Cut | None = None,
 ) -> tuple[float, int, torch.Tensor]:
     """One split-learning step. images float32 [B,1,105,105], labels int64 [B].
 
-    Returns (summed cross-entropy over the batch, number correct, the activations sent [B,32,1,1] detached).
-    ``device_opt`` may be an Opacus DPOptimizer, with ``device`` its GradSampleModule or a ``PerSampleDevice``
-    (which takes the cut gradient itself and sets the per-sample gradients).
+    Returns (summed cross-entropy over the batch, number correct, what was sent across the cut [B,32,1,1],
+    detached). ``device_opt`` may be an Opacus DPOptimizer, with ``device`` its GradSampleModule or a
+    ``PerSampleDevice`` (which takes the cut gradient itself and sets the per-sample gradients). ``cut``: what
+    the device does to its activations before sending them (``split.cut``; identity when None).
     """
+    cut = cut or Cut()
     activations = device(images)
-    cut = activations.detach().requires_grad_(True)  # what the server receives
-    logits = head(cut)
+    sent = cut(activations)
+    received = sent.detach().requires_grad_(True)  # what the server receives
+    logits = head(received)
     loss = F.cross_entropy(logits, labels)
     device_opt.zero_grad(set_to_none=True)
     head_opt.zero_grad(set_to_none=True)
-    loss.backward()  # server side: head gradients and the cut-layer gradient cut.grad
+    loss.backward()  # server side: head gradients and the cut-layer gradient received.grad
     head_opt.step()
-    if isinstance(device, PerSampleDevice):  # device side: the gradient that came back down the cut
-        device.backward(cut.grad)
+    grad = cut.device_gradient(activations, sent, received.grad)  # device side: what came back down the cut
+    if isinstance(device, PerSampleDevice):
+        device.backward(grad)
     else:
-        activations.backward(cut.grad)
+        activations.backward(grad)
     device_opt.step()
     summed = float(loss.detach()) * len(labels) if len(labels) else 0.0  # an empty Poisson batch's mean is NaN
-    return summed, int((logits.argmax(1) == labels).sum()), cut.detach()
+    return summed, int((logits.argmax(1) == labels).sum()), received.detach()
 
 
 def train_local(

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass, field
+from typing import Any
 
 from core.errors import UserError
 
@@ -18,48 +19,114 @@ OPTIMIZERS = ("adam", "sgd")
 ACCOUNTANTS = ("rdp", "prv", "rdp-classic")
 DEVICES = ("auto", "cpu", "cuda")
 GRAD_SAMPLERS = ("fused", "fast", "opacus")  # how DP-SGD gets per-sample gradients: clients/grad_samplers.py
+STRATEGIES = ("fedavg", "fedavgm", "fedadam", "fedyogi", "fedprox")  # strategy/registry.py
 N_ALPHABETS = 20
+
+# Flag groups of ``sim.py --help``, in this order.
+FEDERATION, DP_TRAINING, RUN, ATTACK = "federation", "local DP-SGD training", "run", "attack (the curious server)"
+
+
+def setting(default, help: str, group: str, choices: tuple[str, ...] | None = None, **cli) -> Any:
+    """A RunConfig field with what the command line and ``[tool.flwr.app.config]`` need to know about it.
+
+    ``help`` and ``group`` become the flag's help text and section in ``sim.py --help``; ``choices`` are checked by
+    ``validate`` and listed in the help; ``cli`` holds extra argparse keywords (``nargs``, ``metavar``).
+    """
+    meta = {"help": help, "group": group, "choices": choices, "cli": cli}
+    return field(default=default, metadata=meta)
 
 
 @dataclass
 class RunConfig:
-    """Every setting of a run. Defaults follow the original DP run (EXPERIMENT.md) where it had one."""
+    """Every setting of a run. Defaults follow the original DP run (EXPERIMENT.md) where it had one.
 
-    clients: int = 20
-    noise: float = 0.5
-    rounds: int = 10
-    local_epochs: int = 1
-    batch_size: int = 32
-    lr: float = 0.005
-    clip: float = 1.0
-    delta: float = 1e-5
-    optimizer: str = "adam"
-    accountant: str = "rdp"
-    target_epsilon: float = 0.0
-    fraction_train: float = 1.0
-    partition: str = "shards"
-    alphabets_per_client: int = 2
-    alpha: float = 0.5
-    limit_per_client: int = 0
-    val_fraction: float = 0.1
-    dropout: float = 0.0
-    norm_groups: int = 1
-    grad_sampler: str = "fused"
-    seed: int = 0
-    data_dir: str = ""
-    out: str = ""
-    device: str = "cpu"
-    cpus_per_client: float = 1.0
-    gpus_per_client: float = 0.0
-    max_epsilon: float = 0.0
-    fail_rate: float = 0.0
+    Each field is declared once, here: ``sim.py`` builds its flags from these fields (``flag_specs``) and a test
+    checks that ``[tool.flwr.app.config]`` in pyproject.toml has the same keys and defaults.
+    """
+
+    # --- federation
+    clients: int = setting(20, "number of simulated clients", FEDERATION)
+    rounds: int = setting(10, "federated rounds", FEDERATION)
+    fraction_train: float = setting(1.0, "fraction of clients per round", FEDERATION)
+    partition: str = setting(
+        "shards",
+        "how alphabets are shared out (shards = sorted-by-alphabet blocks; alphabet = whole alphabets, needs "
+        "--clients <= 20)",
+        FEDERATION,
+        PARTITIONS,
+    )
+    alphabets_per_client: int = setting(2, "shards per client", FEDERATION)
+    alpha: float = setting(0.5, "Dirichlet concentration (--partition dirichlet)", FEDERATION)
+    limit_per_client: int = setting(0, "cap images per client; 0 = all", FEDERATION)
+    val_fraction: float = setting(0.1, "share of each shard for validation", FEDERATION)
+    strategy: str = setting("fedavg", "server aggregation (Flower's strategies)", FEDERATION, STRATEGIES)
+    server_lr: float = setting(
+        0.0,
+        "server learning rate: fedavgm's server_learning_rate, fedadam / fedyogi's eta; 0 = Flower's default",
+        FEDERATION,
+    )
+    server_momentum: float = setting(0.9, "fedavgm's server momentum", FEDERATION)
+    proximal_mu: float = setting(
+        0.01, "fedprox's proximal term weight mu (the client adds mu/2 ||w - w_global||^2)", FEDERATION
+    )
+    # --- local DP-SGD training
+    noise: float = setting(
+        0.5,
+        "noise multiplier sigma; 0 = no DP (epsilon = inf). Several values: one training + attack each, same seed "
+        "and shards, then a leakage-per-epsilon report",
+        DP_TRAINING,
+        nargs="+",
+    )
+    target_epsilon: float = setting(0.0, "pick sigma for this epsilon; 0=off", DP_TRAINING)
+    max_epsilon: float = setting(
+        0.0,
+        "budget cap: a client whose next round would pass this epsilon does not train; the run stops when no client "
+        "can train; 0 = no cap",
+        DP_TRAINING,
+    )
+    clip: float = setting(1.0, "per-sample gradient L2 clipping bound", DP_TRAINING)
+    delta: float = setting(1e-5, "delta of the (epsilon, delta) guarantee", DP_TRAINING)
+    accountant: str = setting("rdp", "privacy accountant", DP_TRAINING, ACCOUNTANTS)
+    local_epochs: int = setting(1, "local epochs per round", DP_TRAINING)
+    batch_size: int = setting(32, "expected (Poisson) batch size", DP_TRAINING)
+    lr: float = setting(0.005, "learning rate", DP_TRAINING)
+    optimizer: str = setting("adam", "optimizer", DP_TRAINING, OPTIMIZERS)
+    dropout: float = setting(0.0, "dropout in device and head (0 as in the DP runs)", DP_TRAINING)
+    norm_groups: int = setting(1, "GroupNorm groups (1 learns best)", DP_TRAINING)
+    grad_sampler: str = setting(
+        "fused",
+        "per-sample gradients: fused (own backward, no Opacus hooks), fast (Opacus hooks, own conv) or opacus",
+        DP_TRAINING,
+        GRAD_SAMPLERS,
+    )
+    # --- run
+    seed: int = setting(0, "seed for shards, weights, sampling and noise", RUN)
+    data_dir: str = setting("", "Omniglot zips/folders; else $OMNIGLOT_ROOT, ./data/omniglot", RUN)
+    out: str = setting("", "run directory; default runs/<timestamp>-c<clients>-s<noise>", RUN)
+    device: str = setting("cpu", "torch device", RUN, DEVICES)
+    cpus_per_client: float = setting(1.0, "CPU cores per client", RUN)
+    gpus_per_client: float = setting(0.0, "GPU share per client", RUN)
+    fail_rate: float = setting(
+        0.0,
+        "testing: each client training call fails after some steps with this probability (seeded); the round goes "
+        "on with the others and the ledger marks it failed",
+        RUN,
+    )
+    # --- attack (the curious server)
+    attack_epochs: int = setting(100, "decoder training epochs on small1", ATTACK)
+    attacks: str = setting(
+        "seed,up", "attacks to run, comma-separated, from attack.registry (the last is primary)", ATTACK
+    )
     extra: dict = field(default_factory=dict, repr=False)
 
     def validate(self) -> RunConfig:
         """Raise UserError with one line for the first invalid setting; return self."""
-        _positive_int(self, "clients", "rounds", "local_epochs", "batch_size", "alphabets_per_client")
+        _positive_int(self, "clients", "rounds", "local_epochs", "batch_size", "alphabets_per_client", "attack_epochs")
         _finite(self, "noise", "lr", "clip", "delta", "alpha", "target_epsilon", "fraction_train", "val_fraction")
         _finite(self, "dropout", "cpus_per_client", "gpus_per_client", "max_epsilon", "fail_rate")
+        _finite(self, "server_lr", "server_momentum", "proximal_mu")
+        if self.server_lr < 0 or self.proximal_mu < 0 or not 0 <= self.server_momentum < 1:
+            raise UserError("--server-lr and --proximal-mu must be >= 0 and --server-momentum in [0, 1)")
         if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
             raise UserError(f"--seed must be an integer >= 0, got {self.seed}")
         if self.noise < 0:
@@ -91,11 +158,9 @@ class RunConfig:
             raise UserError(f"--gpus-per-client must be >= 0, got {self.gpus_per_client}")
         if self.norm_groups < 1 or 32 % self.norm_groups:
             raise UserError(f"--norm-groups must divide 32 (1, 2, 4, 8, 16, 32), got {self.norm_groups}")
-        _choice(self, "partition", PARTITIONS)
-        _choice(self, "optimizer", OPTIMIZERS)
-        _choice(self, "accountant", ACCOUNTANTS)
-        _choice(self, "device", DEVICES)
-        _choice(self, "grad_sampler", GRAD_SAMPLERS)
+        for f in settings():
+            if f.metadata["choices"]:
+                _choice(self, f.name, f.metadata["choices"])
         if self.partition == "alphabet" and self.clients > N_ALPHABETS:
             raise UserError(
                 f"--partition alphabet gives each client whole alphabets, so --clients must be <= {N_ALPHABETS}, "
@@ -103,9 +168,13 @@ class RunConfig:
             )
         return self
 
+    def settings_dict(self) -> dict:
+        """Every setting by field name (``extra`` left out): what ``config.json`` stores."""
+        return {f.name: getattr(self, f.name) for f in settings()}
+
     def to_flwr(self) -> dict[str, int | float | str | bool]:
         """Flower run-config / ConfigRecord form: kebab-case keys, scalar values."""
-        return {f.name.replace("_", "-"): getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "extra"}
+        return {flag_name(f.name): getattr(self, f.name) for f in settings()}
 
     @classmethod
     def from_flwr(cls, values: dict) -> RunConfig:
@@ -113,7 +182,7 @@ class RunConfig:
 
         Flower's own name for the round count, ``num-server-rounds``, is accepted as ``rounds``.
         """
-        names = {f.name: f for f in dataclasses.fields(cls) if f.name != "extra"}
+        names = {f.name: f for f in settings()}
         kwargs: dict = {}
         extra: dict = {}
         for key, value in values.items():
@@ -126,8 +195,17 @@ class RunConfig:
         return cls(**kwargs, extra=extra)
 
 
-def _flag(name: str) -> str:
+def settings() -> tuple[dataclasses.Field, ...]:
+    """The RunConfig fields that are settings (every field but ``extra``), in declaration order."""
+    return tuple(f for f in dataclasses.fields(RunConfig) if f.name != "extra")
+
+
+def flag_name(name: str) -> str:
+    """Field ``local_epochs`` -> flag / run-config key ``local-epochs``."""
     return name.replace("_", "-")
+
+
+_flag = flag_name
 
 
 def _positive_int(cfg: RunConfig, *names: str) -> None:

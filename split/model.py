@@ -106,10 +106,15 @@ def batched_eval(
         model.train(was_training)
 
 
-def device_activations(device: nn.Module, images: np.ndarray | torch.Tensor, batch_size: int = 512) -> torch.Tensor:
-    """What the device sends at inference: activations float32 [N,32,1,1] on the CPU of images [N,1,105,105].
+def device_activations(
+    device: nn.Module, images: np.ndarray | torch.Tensor, batch_size: int = 512, cut: nn.Module | None = None
+) -> torch.Tensor:
+    """What the device sends at inference: float32 [N,32,1,1] on the CPU for images [N,1,105,105].
 
+    The device model's activations passed through ``cut`` (``split.cut.Cut``; identity when None): the inference
+    query, the attacker's own queries of the device and the benchmarks all send through this one function.
     Eval mode (no dropout), no grad, in batches on the model's device; its train/eval mode is restored afterwards.
     ``images`` may be a (read-only, e.g. memory-mapped) numpy array or a tensor, float in [0,1].
     """
-    return batched_eval(device, images, batch_size, (CUT_CHANNELS, 1, 1))
+    sender = device if cut is None else nn.Sequential(device, cut.to(next(device.parameters()).device))
+    return batched_eval(sender, images, batch_size, (CUT_CHANNELS, 1, 1))
