@@ -9,27 +9,39 @@ import argparse
 import sys
 from pathlib import Path
 
-from attack.decoders import DECODERS
+from attack.registry import attack_names, parse_attacks
 from core.errors import UserError
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m attack", description=__doc__.splitlines()[0])
     p.add_argument("run_dirs", nargs="+", type=Path, help="finished run directories (with model.pt, intercepted.npz)")
-    p.add_argument("--attack-epochs", type=int, default=100, help="decoder training epochs on small1")
-    p.add_argument("--decoders", nargs="+", default=list(DECODERS), help=f"decoders: {', '.join(DECODERS)}")
+    p.add_argument(
+        "--attack-epochs", type=int, default=None, help="training epochs on small1 (default: the run's, else 100)"
+    )
+    p.add_argument(
+        "--attacks",
+        "--decoders",
+        dest="attacks",
+        nargs="+",
+        default=None,
+        metavar="NAME",
+        help=f"attacks, space- or comma-separated, the last is primary; choices: {', '.join(attack_names())} "
+        "(default: the run's, else seed,up)",
+    )
     p.add_argument("--data-dir", default=None, help="Omniglot root (default: the run's, else $OMNIGLOT_ROOT)")
     p.add_argument("--report", type=Path, default=None, help="write leakage_vs_epsilon + report.md here")
-    p.add_argument("--seed", type=int, default=0, help="seed for decoder weights, batches, shown images")
+    p.add_argument("--seed", type=int, default=0, help="seed for attack weights, batches, shown images")
     args = p.parse_args(argv)
     from attack.report import write_report
     from attack.run import run_attack
 
     try:
-        if args.attack_epochs < 1:
+        if args.attack_epochs is not None and args.attack_epochs < 1:
             raise UserError(f"--attack-epochs must be a positive integer, got {args.attack_epochs}")
+        attacks = parse_attacks(args.attacks) if args.attacks is not None else None
         for run_dir in args.run_dirs:
-            run_attack(run_dir, args.data_dir, args.attack_epochs, tuple(args.decoders), args.seed)
+            run_attack(run_dir, args.data_dir, args.attack_epochs, seed=args.seed, attacks=attacks)
         report_dir = args.report or (args.run_dirs[0] if len(args.run_dirs) == 1 else None)
         if report_dir:
             print(f"report: {write_report(report_dir, args.run_dirs)}")

@@ -73,7 +73,8 @@ def leakage_rows(run_dirs: list[Path]) -> list[dict]:
     for run_dir in run_dirs:
         summary = run_summary(run_dir)
         leakage = json.loads((run_dir / "leakage.json").read_text())
-        decoders = json.loads((run_dir / "attack.json").read_text())["decoders"]
+        meta = json.loads((run_dir / "attack.json").read_text())
+        decoders = meta.get("attacks", meta.get("decoders", []))
         for decoder in decoders:
             for set_name in SETS:
                 if set_name not in leakage:

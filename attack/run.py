@@ -1,23 +1,24 @@
-"""The curious server's attack on a finished run directory, and the leakage report it writes.
+"""The curious server's attack on a finished run directory, and the leakage files it writes.
 
-Threat model (EXPERIMENT.md): the server holds the final global device model (query access) and a surrogate set
-(small1). It trains decoders on (device(x), x) for x in small1, then applies them to activations it intercepted.
+Threat model (EXPERIMENT.md, ``attack.base``): the server holds the final global device model (query access through
+the run's cut) and a surrogate set (small1). Each attack is fitted once on that knowledge, then reconstructs every
+evaluation set (``attack.sets``): small2's ``unseen`` / ``seen`` images and each client's intercepted activations.
+``clients_inference`` / ``clients_train`` are the means of the per-client metrics (each client weighted equally).
 
-Evaluation sets:
-- ``unseen``: small2 minus the 1,000 files also in small1 (2,120 images the attacker never saw): the honest number.
-- ``seen``: those 1,000 shared files, reported separately.
-- ``client_<k>_inference`` / ``client_<k>_train``: client k's private images from its intercepted activations at
-  inference (final global model) and during its last training round (its local model, Poisson batches).
-- ``clients_inference`` / ``clients_train``: the mean of the per-client metrics (each client weighted equally).
+Every set is scored for each attack and for the ``baseline`` that outputs small1's mean image (knowing nothing).
 
-Every set is scored for each decoder and for the ``baseline`` that outputs small1's mean image (knowing nothing).
+The procedure, one function a step: ``load_run`` -> ``build_sets`` -> ``run_attacks`` -> ``score`` ->
+``write_outputs``; ``run_attack`` chains them.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import time
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -26,13 +27,16 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from attack.decoders import DECODERS, build_decoder, reconstruct, train_decoder
+from attack.base import AttackerKnowledge
 from attack.figures import pick, save_grid
 from attack.metrics import leakage_metrics, mean_image_baseline
-from clients.data import EVALUATION, SMALL1, SMALL2, load_set, shared_files
+from attack.registry import build_attack, parse_attacks
+from attack.sets import POINTS, EvalSet, client_sets, small2_sets
+from clients.data import EVALUATION, SMALL1, SMALL2, OmniglotSet, load_set
 from core import files
-from core.config import RunConfig
+from core.config import RunConfig, settings
 from core.errors import UserError
+from split.cut import Cut, build_cut
 from split.model import build_split, device_activations
 
 METRIC_KEYS = ("n", "mse", "psnr", "ssim", "reid_top1", "reid_chance")
@@ -40,18 +44,107 @@ SAVE_PER_CLIENT = 100  # reconstructions kept per client set in its .npz (metric
 FIGURE_IMAGES = 10
 
 
-def load_run(run_dir: Path) -> tuple[RunConfig, torch.nn.Module, dict[str, np.ndarray]]:
-    """(config, final global device model, intercepted arrays) of a finished run; UserError if incomplete."""
+@dataclass(frozen=True)
+class FinishedRun:
+    """What the attack reads from a run directory.
+
+    config: the run's settings; device: the final global device model (eval mode); cut: the run's cut;
+    intercepted: the arrays of intercepted.npz (see ``attack.sets.client_sets``).
+    """
+
+    config: RunConfig
+    device: torch.nn.Module
+    cut: Cut
+    intercepted: dict[str, np.ndarray]
+
+    def query(self, images: np.ndarray | torch.Tensor) -> torch.Tensor:
+        """What the device sends for ``images`` float32 [N,1,105,105] in [0,1]: float32 [N,32,1,1] on the CPU."""
+        return device_activations(self.device, images, cut=self.cut)
+
+
+def load_run(run_dir: Path) -> FinishedRun:
+    """The finished run in ``run_dir``; UserError if it is incomplete."""
     for name in ("model.pt", "intercepted.npz", "config.json"):
         if not (run_dir / name).is_file():
             raise UserError(f"{run_dir} is not a finished run: {name} is missing (train it first with sim.py)")
     saved = torch.load(run_dir / "model.pt", map_location="cpu", weights_only=False)
-    cfg = RunConfig.from_flwr(saved["config"])
+    cfg = load_config(run_dir, saved)
     device, _ = build_split(cfg.dropout, cfg.norm_groups)
     device.load_state_dict(saved["device"])
     with np.load(run_dir / "intercepted.npz") as z:
         intercepted = {k: z[k] for k in z.files}
-    return cfg, device.eval(), intercepted
+    # The one place the attacker's cut is built. Identity today: a run that chose another cut would record it in
+    # its settings, and the attacker's queries must send through the same cut as the clients did.
+    return FinishedRun(cfg, device.eval(), build_cut(), intercepted)
+
+
+def load_config(run_dir: Path, saved: dict) -> RunConfig:
+    """The run's settings from config.json; from model.pt's ``"config"`` (kebab-case) when config.json has none.
+
+    Settings the run's code did not have yet take their defaults; ones this code no longer has are dropped.
+    """
+    try:
+        payload = json.loads((run_dir / "config.json").read_text())
+    except (OSError, ValueError) as exc:
+        raise UserError(f"{run_dir}/config.json is unreadable ({type(exc).__name__})") from None
+    stored = payload.get("settings") if isinstance(payload, dict) else None
+    if isinstance(stored, dict):
+        names = {f.name for f in settings()}
+        return RunConfig(**{k: v for k, v in stored.items() if k in names})
+    if "config" in saved:  # runs written before model.pt lost its copy of the settings
+        return RunConfig.from_flwr(saved["config"])
+    raise UserError(f"{run_dir}: neither config.json nor model.pt holds the run's settings")
+
+
+def build_sets(run: FinishedRun, small1: OmniglotSet, small2: OmniglotSet, evaluation: OmniglotSet) -> list[EvalSet]:
+    """Every evaluation set of the run, in leakage.json's order: unseen, seen, clients' inference, clients' train."""
+    return small2_sets(run.query, small1, small2) + client_sets(run.intercepted, evaluation)
+
+
+def run_attacks(
+    names: Sequence[str], knowledge: AttackerKnowledge, sets: list[EvalSet], console: Console
+) -> tuple[dict[str, dict[str, np.ndarray]], dict[str, dict[str, float]]]:
+    """Fit each attack once and reconstruct every set with it.
+
+    Returns ``(recon, timings)``: ``recon[set name][attack]`` float32 [n,1,105,105] in [0,1], and per attack its
+    fit time in seconds (``train_seconds``) with its ``fit_summary()``.
+    """
+    recon: dict[str, dict[str, np.ndarray]] = {s.name: {} for s in sets}
+    timings = {}
+    epochs = knowledge.epochs
+    columns = (TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    with Progress(*columns, console=console) as progress:
+        for name in names:
+            task = progress.add_task(f"attack {name}: epoch", total=epochs)
+
+            def advance(epoch: int, loss: float, task=task, name=name) -> None:
+                progress.advance(task)
+                if not console.is_terminal and (epoch % 10 == 0 or epoch == epochs):
+                    # Redirected output gets no live bar until the end: a line every 10 epochs instead.
+                    console.print(f"attack {name}: epoch {epoch}/{epochs}, train MSE {loss:.4f}")
+
+            attack = build_attack(name)
+            started = time.perf_counter()
+            attack.fit(dataclasses.replace(knowledge, progress=advance))
+            timings[name] = {"train_seconds": time.perf_counter() - started, **attack.fit_summary()}
+            progress.update(task, completed=epochs)  # an attack that does not train reports no epochs
+            for s in sets:
+                recon[s.name][name] = attack.reconstruct(s.intercepted)
+    return recon, timings
+
+
+def score(sets: list[EvalSet], recon: dict[str, dict[str, np.ndarray]], baseline_image: np.ndarray) -> dict:
+    """``{set: {method: metrics}}`` for each attack in ``recon`` and the ``baseline`` (``baseline_image``
+    float32 [1,105,105] for every image), plus ``clients_<point>``, the equal-weight mean over clients."""
+    results: dict[str, dict[str, dict]] = {}
+    for s in sets:
+        results[s.name] = {name: leakage_metrics(s.originals, rec) for name, rec in recon[s.name].items()}
+        results[s.name]["baseline"] = leakage_metrics(s.originals, np.broadcast_to(baseline_image, s.originals.shape))
+    for point in POINTS:
+        per_client = [results[s.name] for s in sets if s.kind == "client" and s.point == point]
+        if per_client:
+            results[f"clients_{point}"] = {m: _mean_metrics([r[m] for r in per_client]) for m in per_client[0]}
+    return results
 
 
 def _mean_metrics(rows: list[dict]) -> dict:
@@ -64,119 +157,83 @@ def _mean_metrics(rows: list[dict]) -> dict:
 def run_attack(
     run_dir: Path,
     data_dir: str | None = None,
-    epochs: int = 100,
-    decoders: tuple[str, ...] = tuple(DECODERS),
+    epochs: int | None = None,
+    decoders: Sequence[str] | str | None = None,
     seed: int = 0,
     console: Console | None = None,
+    *,
+    attacks: Sequence[str] | str | None = None,
 ) -> dict:
-    """Train each decoder on small1 and score every evaluation set; writes the leakage files into ``run_dir``.
+    """Fit each attack on small1 and score every evaluation set; writes the leakage files into ``run_dir``.
 
-    Returns ``{set: {method: metrics}}`` (also written as leakage.json). The last decoder in ``decoders`` is the
-    one whose reconstructions fill the figures and the ``reconstructions`` array of each .npz.
+    attacks (``decoders`` is the older name of the same thing): registered names (``attack.registry``) as a sequence
+    or ``"seed,up"``; default: the run's ``attacks`` setting. The last one is primary: its reconstructions fill the
+    figures and the ``reconstructions`` array of each .npz. epochs: default the run's ``attack_epochs``.
+    Returns ``{set: {method: metrics}}`` (also written as leakage.json).
     """
+    if attacks is not None and decoders is not None and parse_attacks(attacks) != parse_attacks(decoders):
+        raise ValueError(f"attacks={attacks!r} and decoders={decoders!r} disagree; give one of them")
+    run_dir = Path(run_dir)
     console = console or Console()
-    unknown = [d for d in decoders if d not in DECODERS]
-    if unknown:
-        raise UserError(f"unknown decoder(s) {unknown}; choose from {', '.join(DECODERS)}")
-    run_cfg, device, intercepted = load_run(run_dir)
-    data_dir = data_dir or run_cfg.data_dir or None
+    chosen = attacks if attacks is not None else decoders
+    names = parse_attacks(chosen) if chosen is not None else None  # unknown names fail before the run is read
+    run = load_run(run_dir)
+    names = names or parse_attacks(run.config.attacks)
+    epochs = epochs if epochs is not None else run.config.attack_epochs
+    data_dir = data_dir or run.config.data_dir or None
     small1, small2, evaluation = (load_set(name, data_dir) for name in (SMALL1, SMALL2, EVALUATION))
-    seen_mask = shared_files(small1, small2)
-    surrogate = torch.from_numpy(small1.as_float())
-    surrogate_act = device_activations(device, surrogate)  # computed once: 100 epochs then cost only the decoder
-    baseline_image = mean_image_baseline(small1.as_float(), 1)[0]
+    surrogate = small1.as_float()
+    # Queried once: the device is frozen, so every attack's epochs then cost only the attack.
+    knowledge = AttackerKnowledge(run.device, run.query, surrogate, run.query(surrogate), seed, epochs)
+    sets = build_sets(run, small1, small2, evaluation)
 
-    # (name, activations [n,32,1,1], originals [n,1,105,105], files or None)
-    sets: list[tuple[str, torch.Tensor, np.ndarray, list[str] | None]] = []
-    for name, mask in (("unseen", ~seen_mask), ("seen", seen_mask)):
-        idx = np.flatnonzero(mask)
-        originals = small2.as_float(idx)
-        sets.append(
-            (name, device_activations(device, torch.from_numpy(originals)), originals, [small2.files[i] for i in idx])
-        )
-    partitions = sorted(set(intercepted["inference_partition"].tolist()))
-    for point in ("inference", "train"):
-        for pid in partitions:
-            rows = intercepted[f"{point}_partition"] == pid
-            if rows.any():
-                index = intercepted[f"{point}_index"][rows]
-                act = torch.from_numpy(intercepted[f"{point}_activations"][rows])
-                sets.append((f"client_{pid}_{point}", act, evaluation.as_float(index), None))
-
-    results: dict[str, dict[str, dict]] = {name: {} for name, *_ in sets}
-    recon: dict[str, dict[str, np.ndarray]] = {name: {} for name, *_ in sets}
-    timings = {}
-    columns = (TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
-    with Progress(*columns, console=console) as progress:
-        for name in decoders:
-            torch.manual_seed(seed)
-            decoder = build_decoder(name)
-            task = progress.add_task(f"decoder {name}: epoch", total=epochs)
-            started = time.perf_counter()
-
-            def advance(epoch: int, loss: float, task=task, name=name) -> None:
-                progress.advance(task)
-                if not console.is_terminal and (epoch % 10 == 0 or epoch == epochs):
-                    # Redirected output gets no live bar until the end: a line every 10 epochs instead.
-                    console.print(f"decoder {name}: epoch {epoch}/{epochs}, train MSE {loss:.4f}")
-
-            losses = train_decoder(decoder, surrogate_act, surrogate, epochs=epochs, seed=seed, progress=advance)
-            timings[name] = {"train_seconds": time.perf_counter() - started, "final_train_mse": losses[-1]}
-            for set_name, act, originals, _ in sets:
-                rec = reconstruct(decoder, act)
-                recon[set_name][name] = rec
-                results[set_name][name] = leakage_metrics(originals, rec)
-    for set_name, _, originals, _ in sets:
-        results[set_name]["baseline"] = leakage_metrics(originals, np.broadcast_to(baseline_image, originals.shape))
-
-    for point in ("inference", "train"):
-        per_client = {k: v for k, v in results.items() if k.startswith("client_") and k.endswith(point)}
-        if per_client:
-            methods = next(iter(per_client.values())).keys()
-            results[f"clients_{point}"] = {m: _mean_metrics([v[m] for v in per_client.values()]) for m in methods}
-
-    _write_outputs(run_dir, results, sets, recon, decoders[-1], seed)
+    recon, timings = run_attacks(names, knowledge, sets, console)
+    results = score(sets, recon, mean_image_baseline(surrogate, 1)[0])
+    write_outputs(run_dir, results, sets, recon, names[-1], seed)
     meta = {
         "run": str(run_dir),
-        "decoders": list(decoders),
-        "primary_decoder": decoders[-1],
+        "attacks": list(names),
+        "decoders": list(names),  # the name attack/report.py read before "attacks"
+        "primary_decoder": names[-1],
         "epochs": epochs,
         "surrogate": f"{SMALL1} ({len(small1)} images)",
         "timings": timings,
     }
     files.write_text(run_dir / "attack.json", json.dumps(meta, indent=2) + "\n")
     # Redirected to a file, rich would use 80 columns and cut the numbers.
-    console.print(summary_table(results, decoders), width=None if console.is_terminal else 120)
+    console.print(summary_table(results, names), width=None if console.is_terminal else 120)
     return results
 
 
-def _write_outputs(run_dir: Path, results: dict, sets: list, recon: dict, primary: str, seed: int) -> None:
+def write_outputs(
+    run_dir: Path, results: dict, sets: list[EvalSet], recon: dict[str, dict[str, np.ndarray]], primary: str, seed: int
+) -> None:
+    """leakage.json / .csv, one ``reconstructions_<set>.npz`` per set, and the figures (README, "Output files")."""
     files.write_text(run_dir / "leakage.json", json.dumps(results, indent=2) + "\n")
     lines = [",".join(("set", "method", *METRIC_KEYS))]
     for set_name, methods in results.items():
         for method, m in methods.items():
             lines.append(",".join([set_name, method] + [f"{m[k]:.6g}" if k != "n" else str(m[k]) for k in METRIC_KEYS]))
     files.write_text(run_dir / "leakage.csv", "\n".join(lines) + "\n")
-    for set_name, _, originals, set_files in sets:
-        keep = np.arange(len(originals))
-        if set_name.startswith("client_") and len(keep) > SAVE_PER_CLIENT:
-            keep = pick(len(originals), SAVE_PER_CLIENT, seed)
-        arrays = {"originals": originals[keep].astype(np.float16), "kept": keep}
-        arrays["reconstructions"] = recon[set_name][primary][keep].astype(np.float16)
-        for name, rec in recon[set_name].items():
+    for s in sets:
+        keep = np.arange(len(s.originals))
+        if s.kind == "client" and len(keep) > SAVE_PER_CLIENT:
+            keep = pick(len(s.originals), SAVE_PER_CLIENT, seed)
+        arrays = {"originals": s.originals[keep].astype(np.float16), "kept": keep}
+        arrays["reconstructions"] = recon[s.name][primary][keep].astype(np.float16)
+        for name, rec in recon[s.name].items():
             arrays[f"reconstructions_{name}"] = rec[keep].astype(np.float16)
-        if set_files is not None:
-            arrays["files"] = np.asarray([set_files[i] for i in keep])
-        files.savez(run_dir / f"reconstructions_{set_name}.npz", **arrays)
-        if set_name == "unseen" or set_name.endswith("_inference"):
-            shown = pick(len(originals), min(FIGURE_IMAGES, len(originals)), seed)
-            figure = "reconstructions_unseen.png" if set_name == "unseen" else f"reconstructions_{set_name[:-10]}.png"
-            m = results[set_name][primary]
-            title = f"{set_name} ({primary} decoder): SSIM {m['ssim']:.3f}, re-id {m['reid_top1']:.3f}"
-            save_grid(originals[shown], recon[set_name][primary][shown], run_dir / figure, title)
+        if s.files is not None:
+            arrays["files"] = np.asarray([s.files[i] for i in keep])
+        files.savez(run_dir / f"reconstructions_{s.name}.npz", **arrays)
+        if s.figure is not None:
+            shown = pick(len(s.originals), min(FIGURE_IMAGES, len(s.originals)), seed)
+            m = results[s.name][primary]
+            title = f"{s.name} ({primary} decoder): SSIM {m['ssim']:.3f}, re-id {m['reid_top1']:.3f}"
+            save_grid(s.originals[shown], recon[s.name][primary][shown], run_dir / s.figure, title)
 
 
-def summary_table(results: dict, decoders: tuple[str, ...]) -> Table:
+def summary_table(results: dict, attacks: Sequence[str]) -> Table:
     """Rows for the small2 sets and the client means (per-client rows are in leakage.csv)."""
     table = Table(title="Reconstruction leakage (lower MSE, higher PSNR / SSIM / re-id = more leakage)")
     for column in ("set", "method", "n", "MSE", "PSNR dB", "SSIM", "re-id top-1", "chance"):
@@ -184,7 +241,7 @@ def summary_table(results: dict, decoders: tuple[str, ...]) -> Table:
     for set_name in ("unseen", "seen", "clients_inference", "clients_train"):
         if set_name not in results:
             continue
-        for method in (*decoders, "baseline"):
+        for method in (*attacks, "baseline"):
             m = results[set_name][method]
             psnr = "inf" if math.isinf(m["psnr"]) else f"{m['psnr']:.2f}"
             table.add_row(

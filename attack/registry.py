@@ -1,0 +1,64 @@
+"""Attacks by name: what ``--attacks`` (and RunConfig ``attacks``) may list.
+
+A new attack is one new module with an ``attack.base.Attack`` subclass, plus one entry in ``ATTACKS`` below (or
+``@register_attack("name")`` on the class, for attacks that live outside this package, e.g. in a test).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+from attack.base import Attack
+from attack.decoder_attack import SeedDecoderAttack, UpDecoderAttack
+from core.errors import UserError
+
+# Insertion order is the order of the choices in --help.
+ATTACKS: dict[str, type[Attack]] = {
+    "seed": SeedDecoderAttack,
+    "up": UpDecoderAttack,
+}
+
+
+def register_attack(name: str) -> Callable[[type[Attack]], type[Attack]]:
+    """Class decorator: make ``cls`` available as attack ``name``. A name can be registered once."""
+
+    def register(cls: type[Attack]) -> type[Attack]:
+        if name in ATTACKS:
+            raise ValueError(f"attack {name!r} is already registered ({ATTACKS[name].__name__})")
+        if not (isinstance(cls, type) and issubclass(cls, Attack)):
+            raise TypeError(f"attack {name!r} must be a subclass of attack.base.Attack, got {cls!r}")
+        ATTACKS[name] = cls
+        return cls
+
+    return register
+
+
+def attack_names() -> tuple[str, ...]:
+    """Every registered attack name, in registration order."""
+    return tuple(ATTACKS)
+
+
+def parse_attacks(value: str | Sequence[str]) -> tuple[str, ...]:
+    """Attack names from ``"seed,up"`` or ``["seed", "up"]`` (items may hold commas too); UserError when a name is
+    unknown or given twice, or none is given. Order is kept: the last is the primary attack."""
+    items = [value] if isinstance(value, str) else list(value)
+    names = tuple(name.strip() for item in items for name in item.split(",") if name.strip())
+    _refuse_unknown(names)
+    if not names:
+        raise UserError(f"no attack given; choose from {', '.join(ATTACKS)}")
+    twice = sorted({name for name in names if names.count(name) > 1})
+    if twice:
+        raise UserError(f"attack(s) {', '.join(map(repr, twice))} given twice")
+    return names
+
+
+def build_attack(name: str) -> Attack:
+    """A fresh, unfitted attack by registered name; UserError when the name is unknown."""
+    _refuse_unknown([name])
+    return ATTACKS[name]()
+
+
+def _refuse_unknown(names: Sequence[str]) -> None:
+    unknown = [name for name in names if name not in ATTACKS]
+    if unknown:
+        raise UserError(f"unknown attack(s) {', '.join(map(repr, unknown))}; choose from {', '.join(ATTACKS)}")
