@@ -1,9 +1,29 @@
-"""Privacy accounting: Opacus accountants, a TF-Privacy-era RDP variant, and history (de)serialisation.
+"""Privacy accounting: Opacus accountants, TF Privacy's 2020 RDP accountant, and history (de)serialisation.
 
 A client's privacy loss is the composition of every DP-SGD step it ever took, so its accountant *history*
 (a list of ``(noise_multiplier, sample_rate, steps)``) is kept across rounds in the client's ``context.state`` and
 restored into each round's accountant. Building a fresh accountant per round would report only that round's
 steps (the mistake of the common Flower + Opacus example).
+
+Accountants (``make_accountant``): ``rdp`` and ``prv`` are Opacus's. ``rdp-classic`` (``ClassicRDPAccountant``)
+is the accountant behind TF Privacy's ``compute_dp_sgd_privacy`` from its first version (January 2019) through
+every release of 2019-2020 (to v0.5.1, September 2020), until commit be8175b (2020-12-30) made the conversion tighter:
+
+* orders ``CLASSIC_ORDERS`` = 1.25, 1.5, ..., 2.5 (step 0.25), 3, 3.5, 4, 4.5, the integers 5..63, and 128, 256,
+  512 (not the finer grid 1.1, 1.2, ..., 10.9, 12..63 of the tutorials' ``compute_epsilon`` and of Opacus);
+* RDP of the sampled Gaussian mechanism, summed over steps (the same formulas as Opacus's ``compute_rdp``);
+* conversion ``eps = min over orders a of rdp(a) - log(delta) / (a - 1)`` (Mironov 2017, Prop. 3).
+
+Two step rules, both for Poisson sampling of expected batch size B from n examples:
+
+* training (Opacus, what the ledger records): q = 1 / ceil(n / B) and ceil(n / B) steps per epoch
+  (``sample_rate``, ``steps_per_epoch``);
+* TF Privacy's ``compute_dp_sgd_privacy``: q = B / n and ceil(epochs * n / B) steps in all
+  (``classic_dp_sgd_history``, ``classic_dp_sgd_epsilon``), which reproduces that script's figures, e.g.
+  n 60,000, B 256, sigma 1.1, 60 epochs, delta 1e-5 -> eps 3.01 (its tutorial README).
+
+``rdp-classic`` applied to a training ledger uses the training rule, so it differs slightly from
+``classic_dp_sgd_epsilon`` for the same (n, B, sigma, epochs) whenever n / B is not an integer.
 """
 
 from __future__ import annotations
@@ -17,19 +37,21 @@ from opacus.accountants.analysis.rdp import compute_rdp
 
 History = list[tuple[float, float, int]]
 
-# The orders TF Privacy's compute_dp_sgd_privacy used around 2020 (Opacus's defaults are the same list).
-CLASSIC_ORDERS: tuple[float, ...] = tuple([1 + x / 10.0 for x in range(1, 100)] + list(range(12, 64)))
+# The RDP orders of TF Privacy's compute_dp_sgd_privacy, 2019-2020 (compute_dp_sgd_privacy_lib.py at v0.5.1).
+CLASSIC_ORDERS: tuple[float, ...] = tuple(
+    [1.25, 1.5, 1.75, 2.0, 2.25, 2.5, 3.0, 3.5, 4.0, 4.5] + [float(a) for a in range(5, 64)] + [128.0, 256.0, 512.0]
+)
 
 
 class ClassicRDPAccountant(RDPAccountant):
-    """RDP accountant with the pre-2020 RDP -> (epsilon, delta) conversion ``eps = min_a rdp(a) + log(1/delta)/(a-1)``.
+    """TF Privacy's 2020 RDP accountant: orders ``CLASSIC_ORDERS``, ``eps = min_a rdp(a) + log(1/delta)/(a-1)``.
 
-    Opacus's ``rdp`` uses the tighter conversion of Balle et al. (2020), so it reports a smaller epsilon for the
-    same mechanism; this one reproduces the numbers of TF Privacy-era papers (such as the 2020 experiment).
+    Opacus's ``rdp`` uses a finer order grid and the tighter conversion of Balle et al. (2020), so it reports a
+    smaller epsilon for the same mechanism; this one reproduces the numbers of TF Privacy-era papers.
     """
 
     def get_privacy_spent(self, *, delta: float, alphas: Sequence[float] | None = None) -> tuple[float, float]:
-        orders = np.asarray(alphas or CLASSIC_ORDERS, dtype=float)
+        orders = np.asarray(CLASSIC_ORDERS if alphas is None else alphas, dtype=float)
         if not self.history:
             return 0.0, float("nan")
         rdp = sum(compute_rdp(q=q, noise_multiplier=sigma, steps=n, orders=orders) for sigma, q, n in self.history)
@@ -39,6 +61,18 @@ class ClassicRDPAccountant(RDPAccountant):
 
     def mechanism(self) -> str:
         return "rdp-classic"
+
+
+def classic_dp_sgd_history(n: int, batch_size: int, noise: float, epochs: float) -> History:
+    """TF Privacy's step rule: ``[(noise, batch_size / n, ceil(epochs * n / batch_size))]``."""
+    if batch_size > n:
+        raise ValueError(f"n ({n}) must be at least the batch size ({batch_size})")
+    return [(float(noise), batch_size / n, int(math.ceil(epochs * n / batch_size)))]
+
+
+def classic_dp_sgd_epsilon(n: int, batch_size: int, noise: float, epochs: float, delta: float) -> float:
+    """epsilon as TF Privacy's ``compute_dp_sgd_privacy`` (2019-2020) printed it: its step rule, ``rdp-classic``."""
+    return epsilon(classic_dp_sgd_history(n, batch_size, noise, epochs), delta, "rdp-classic")
 
 
 def make_accountant(name: str, history: History | None = None) -> IAccountant:
