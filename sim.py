@@ -30,8 +30,6 @@ class _OneLineParser(argparse.ArgumentParser):
         raise UserError(message)
 
 
-
-
 def build_parser(suppress_defaults: bool = False) -> argparse.ArgumentParser:
     """Every RunConfig setting as a flag (help, choices and group from the field), plus the action flags.
 

@@ -8,6 +8,7 @@ halves run in the client's worker: the tensors that cross the cut are exactly th
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -37,6 +38,22 @@ class LocalResult:
     cut_positions: torch.Tensor | None = None  # int64 [M]: which training image (row of ``images``) each came from
 
 
+def label_skew_bias(kind: str, labels: torch.Tensor, n_classes: int) -> torch.Tensor | None:
+    """Logit offsets [n_classes] for a client's loss under label skew, from its own labels int64 [N] (None: none).
+
+    ``restricted``: classes the client does not hold get -inf, so its softmax runs over its own classes only and
+    its steps never push the absent classes' logits down (FedRS with alpha 0, Li & Zhan, KDD 2021).
+    ``logit-adjust``: log of the client's class frequencies (balanced softmax, Ren et al. 2020; FedLC-style
+    calibration), absent classes floored at 1e-4.
+    """
+    if kind == "none":
+        return None
+    prior = torch.bincount(labels, minlength=n_classes).double() / max(len(labels), 1)
+    if kind == "restricted":
+        return torch.where(prior > 0, 0.0, -math.inf).float()
+    return prior.clamp_min(1e-4).log().float()
+
+
 def make_optimizer(name: str, params, lr: float) -> torch.optim.Optimizer:
     return torch.optim.Adam(params, lr=lr) if name == "adam" else torch.optim.SGD(params, lr=lr)
 
@@ -45,28 +62,32 @@ def split_step(
     device: nn.Module,
     head: nn.Module,
     device_opt: torch.optim.Optimizer,
-    head_opt: torch.optim.Optimizer,
+    head_opt: torch.optim.Optimizer | None,
     images: torch.Tensor,
     labels: torch.Tensor,
     cut: Cut | None = None,
+    logit_bias: torch.Tensor | None = None,
 ) -> tuple[float, int, torch.Tensor]:
     """One split-learning step. images float32 [B,1,105,105], labels int64 [B].
 
     Returns (summed cross-entropy over the batch, number correct, what was sent across the cut [B,32,1,1],
     detached). ``device_opt`` may be an Opacus DPOptimizer, with ``device`` its GradSampleModule or a
     ``PerSampleDevice`` (which takes the cut gradient itself and sets the per-sample gradients). ``cut``: what
-    the device does to its activations before sending them (``split.cut``; identity when None).
+    the device does to its activations before sending them (``split.cut``; identity when None). ``head_opt``
+    None: the head is the server's and stays fixed during the round (``--head-mode server``). ``logit_bias``
+    float32 [n_classes] is added to the logits in the loss only (``label_skew_bias``); accuracy uses raw logits.
     """
     cut = cut or Cut()
     activations = device(images)
     sent = cut(activations)
     received = sent.detach().requires_grad_(True)  # what the server receives
     logits = head(received)
-    loss = F.cross_entropy(logits, labels)
+    loss = F.cross_entropy(logits if logit_bias is None else logits + logit_bias, labels)
     device_opt.zero_grad(set_to_none=True)
-    head_opt.zero_grad(set_to_none=True)
+    head.zero_grad(set_to_none=True)
     loss.backward()  # server side: head gradients and the cut-layer gradient received.grad
-    head_opt.step()
+    if head_opt is not None:
+        head_opt.step()
     grad = cut.device_gradient(activations, sent, received.grad)  # device side: what came back down the cut
     if isinstance(device, PerSampleDevice):
         device.backward(grad)
@@ -108,7 +129,10 @@ def train_local(
         generator=torch.Generator().manual_seed(seed),
     )
     device_opt = make_optimizer(cfg.optimizer, device.parameters(), cfg.lr)
-    head_opt = make_optimizer(cfg.optimizer, head.parameters(), cfg.lr)
+    # SplitFed v1 trains a head copy per client; a server-held head stays fixed during the round.
+    head_opt = make_optimizer(cfg.optimizer, head.parameters(), cfg.lr) if cfg.head_mode == "copies" else None
+    bias = label_skew_bias(cfg.skew_loss, labels, head[-1].out_features)
+    anchor = [p.detach().clone() for p in device.parameters()] if cfg.strategy == "fedprox" else None
     engine, wrapped = None, None
     model = device
     if cfg.noise > 0:
@@ -131,7 +155,9 @@ def train_local(
             if steps == max_steps:
                 break
             x, y = x.to(torch_device), y.to(torch_device)
-            batch_loss, batch_correct, cut = split_step(model, head, device_opt, head_opt, x, y)
+            batch_loss, batch_correct, cut = split_step(model, head, device_opt, head_opt, x, y, logit_bias=bias)
+            if anchor is not None:
+                _proximal_step(device, anchor, cfg.lr * cfg.proximal_mu)
             loss_sum, correct, seen, steps = loss_sum + batch_loss, correct + batch_correct, seen + len(y), steps + 1
             if record_cut:
                 sent.append(cut.cpu())
@@ -147,6 +173,16 @@ def train_local(
         result.cut_activations = torch.cat(sent) if sent else torch.empty(0, 32, 1, 1)
         result.cut_positions = torch.cat(positions) if positions else torch.empty(0, dtype=torch.int64)
     return result
+
+
+@torch.no_grad()
+def _proximal_step(device: nn.Module, anchor: list[torch.Tensor], rate: float) -> None:
+    """FedProx's pull towards the round's global weights, as a decoupled step after each optimizer step:
+    w <- w - rate (w - w_global). It uses no data, so under DP-SGD it is post-processing: applying it outside the
+    clipped, noised gradient keeps the guarantee and keeps it out of the clipping (Li et al. 2020 add it to the loss).
+    """
+    for param, start in zip(device.parameters(), anchor, strict=True):
+        param.add_(start - param, alpha=rate)
 
 
 @torch.no_grad()

@@ -20,6 +20,8 @@ ACCOUNTANTS = ("rdp", "prv", "rdp-classic")
 DEVICES = ("auto", "cpu", "cuda")
 GRAD_SAMPLERS = ("fused", "fast", "opacus")  # how DP-SGD gets per-sample gradients: clients/grad_samplers.py
 STRATEGIES = ("fedavg", "fedavgm", "fedadam", "fedyogi", "fedprox")  # strategy/registry.py
+HEAD_MODES = ("copies", "server")
+SKEW_LOSSES = ("none", "restricted", "logit-adjust")
 N_ALPHABETS = 20
 
 # Flag groups of ``sim.py --help``, in this order.
@@ -59,6 +61,22 @@ class RunConfig:
     alpha: float = setting(0.5, "Dirichlet concentration (--partition dirichlet)", FEDERATION)
     limit_per_client: int = setting(0, "cap images per client; 0 = all", FEDERATION)
     val_fraction: float = setting(0.1, "share of each shard for validation", FEDERATION)
+    head_mode: str = setting(
+        "copies",
+        "who trains the head: copies = one copy per client per round, averaged (SplitFed v1); server = the server's "
+        "head, fixed during a round, then trained on the activations and labels it received (see README)",
+        FEDERATION,
+        HEAD_MODES,
+    )
+    head_epochs: int = setting(5, "--head-mode server: epochs over the round's received activations", FEDERATION)
+    head_lr: float = setting(1e-3, "--head-mode server: Adam learning rate of the server's head", FEDERATION)
+    skew_loss: str = setting(
+        "none",
+        "client loss under label skew: restricted = softmax over the client's own classes (FedRS, alpha 0); "
+        "logit-adjust = balanced softmax with the client's class frequencies",
+        DP_TRAINING,
+        SKEW_LOSSES,
+    )
     strategy: str = setting("fedavg", "server aggregation (Flower's strategies)", FEDERATION, STRATEGIES)
     server_lr: float = setting(
         0.0,
@@ -122,6 +140,10 @@ class RunConfig:
     def validate(self) -> RunConfig:
         """Raise UserError with one line for the first invalid setting; return self."""
         _positive_int(self, "clients", "rounds", "local_epochs", "batch_size", "alphabets_per_client", "attack_epochs")
+        _positive_int(self, "head_epochs")
+        _finite(self, "head_lr")
+        if self.head_lr <= 0:
+            raise UserError(f"--head-lr must be > 0, got {self.head_lr}")
         _finite(self, "noise", "lr", "clip", "delta", "alpha", "target_epsilon", "fraction_train", "val_fraction")
         _finite(self, "dropout", "cpus_per_client", "gpus_per_client", "max_epsilon", "fail_rate")
         _finite(self, "server_lr", "server_momentum", "proximal_mu")
