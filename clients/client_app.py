@@ -1,44 +1,48 @@
 """The Flower ClientApp (Message API): local DP-SGD training and validation on this node's alphabet shard.
 
 A train message carries ``arrays`` (the global device convnet and the server's head, keys ``device.*`` / ``head.*``)
-and ``config`` (the RunConfig in kebab-case, plus ``server-round``). The reply carries the updated arrays and a
-MetricRecord with the round's privacy figures, a ``status`` ConfigRecord and the client's whole accountant history
-(``privacy``). The history lives in ``context.state`` so that epsilon composes over every round this client ever
-trained in; the server keeps a copy for its checkpoints and sends it back, which restores it after ``--resume``.
+and ``config`` (the RunConfig in kebab-case, plus ``server-round``). The reply (``core.protocol.TrainReply``)
+carries the updated arrays, the round's privacy figures, a status and the client's whole accountant history. The
+history lives in ``context.state`` so that epsilon composes over every round this client ever trained in; the
+server keeps a copy for its checkpoints and sends it back, which restores it after ``--resume``.
+
+``app`` is the ClientApp that ``flwr run`` and the simulation use; ``build_client_app(mods)`` builds the same app
+with Flower client mods around every handler (the test seam of ``clients/fault_injection.py``).
 """
 
 from __future__ import annotations
 
 import functools
 import math
-import os
 import time
 import warnings
 
 import numpy as np
 import torch
-from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.app import ArrayRecord, Context, Message
 from flwr.clientapp import ClientApp
+from flwr.clientapp.typing import Mod
 
 from clients.data import EVALUATION, OmniglotSet, load_set
 from clients.shards import ClientShard, build_shards
 from clients.train import LocalResult, evaluate, train_local
 from core.config import RunConfig
-from core.privacy import (
-    History,
-    epsilon,
-    history_from_lists,
-    history_to_lists,
-    sample_rate,
-    steps_per_epoch,
-    total_steps,
+from core.privacy import History, epsilon, sample_rate, steps_per_epoch, total_steps
+from core.protocol import (
+    ARRAYS_KEY,
+    CONFIG_KEY,
+    PRIVACY_KEY,
+    ROUND_KEY,
+    EvaluateReply,
+    Intercepted,
+    PartitionReply,
+    QueryReply,
+    TrainReply,
+    history_record,
+    is_partition_query,
+    read_history,
 )
-from core.protocol import INTERCEPTED_KEY, PRIVACY_KEY, STATUS_KEY
 from split.model import build_split, device_activations, joined_state, load_joined
-
-INJECT_CRASH_ENV = "SPLITFED_INJECT_CRASH"
-
-app = ClientApp()
 
 
 @functools.lru_cache(maxsize=2)  # a simulation worker serves many clients and rounds: partition once per run
@@ -69,7 +73,7 @@ def local_round_seed(seed: int, partition_id: int, server_round: int) -> int:
 
 def _setup(msg: Message, context: Context) -> tuple[RunConfig, int, torch.nn.Module, torch.nn.Module, torch.device]:
     """Config, partition id, and the split model loaded with the received global weights."""
-    cfg = RunConfig.from_flwr(dict(msg.content["config"]))
+    cfg = RunConfig.from_flwr(dict(msg.content[CONFIG_KEY]))
     partition_id = int(context.node_config["partition-id"])
     n_partitions = int(context.node_config["num-partitions"])
     if n_partitions != cfg.clients:
@@ -79,7 +83,7 @@ def _setup(msg: Message, context: Context) -> tuple[RunConfig, int, torch.nn.Mod
     if cfg.device == "auto":
         torch_device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     device, head = build_split(cfg.dropout, cfg.norm_groups)
-    load_joined(device, head, msg.content["arrays"].to_torch_state_dict())
+    load_joined(device, head, msg.content[ARRAYS_KEY].to_torch_state_dict())
     return cfg, partition_id, device, head, torch_device
 
 
@@ -89,30 +93,10 @@ def _history(msg: Message, context: Context) -> History:
     The node's state is lost when the run restarts (``--resume``), so the server keeps every client's history in
     its checkpoint and sends it along; the longer of the two is used, so a client never under-counts.
     """
-    own = context.state.config_records.get(PRIVACY_KEY)
-    mine = history_from_lists(dict(own)) if own else []
-    sent = msg.content.config_records.get(PRIVACY_KEY)
-    theirs = history_from_lists(dict(sent)) if sent else []
+    mine, theirs = read_history(context.state), read_history(msg.content)
     return theirs if total_steps(theirs) > total_steps(mine) else mine
 
 
-def _injected_crash(pid: int, server_round: int) -> None:
-    """Test hook: ``$SPLITFED_INJECT_CRASH=<raise|exit>:<partition>:<round>`` makes that call crash for real.
-
-    ``raise`` is an unexpected exception (a bug); ``exit`` kills the worker process (as the OOM killer would).
-    """
-    spec = os.environ.get(INJECT_CRASH_ENV, "")
-    if not spec:
-        return
-    mode, target_pid, target_round = spec.split(":")
-    if (int(target_pid), int(target_round)) != (pid, server_round):
-        return
-    if mode == "exit":
-        os._exit(3)
-    raise RuntimeError(f"injected crash in client {pid}, round {server_round}")
-
-
-@app.train()
 def train(msg: Message, context: Context) -> Message:
     """Local DP-SGD round; reply with updated weights and this client's composed privacy spend.
 
@@ -122,15 +106,15 @@ def train(msg: Message, context: Context) -> Message:
     """
     started = time.perf_counter()
     cfg, pid, device, head, torch_device = _setup(msg, context)
-    server_round = int(msg.content["config"]["server-round"])
-    _injected_crash(pid, server_round)
+    server_round = int(msg.content[CONFIG_KEY][ROUND_KEY])
     images, labels, indices = client_split(cfg, pid, "train")
     history = _history(msg, context)
     q = sample_rate(len(labels), cfg.batch_size)
     planned = cfg.local_epochs * steps_per_epoch(len(labels), cfg.batch_size)
     if cfg.max_epsilon and epsilon(history + [(cfg.noise, q, planned)], cfg.delta, cfg.accountant) > cfg.max_epsilon:
         message = f"not trained: {planned} more steps would take epsilon past --max-epsilon {cfg.max_epsilon:g}"
-        return _train_reply(msg, cfg, pid, history, len(labels), 0, "over-budget", message, started, q)
+        reply = _train_reply(cfg, pid, history, len(labels), 0, started, q, status="over-budget", message=message)
+        return reply.to_message(msg)
     # Seeded per (seed, client, round) so that a run and its resumed copy draw the same failures.
     fail_rng = np.random.default_rng([cfg.seed, pid, server_round, 1])
     fails = fail_rng.random() < cfg.fail_rate
@@ -147,38 +131,34 @@ def train(msg: Message, context: Context) -> Message:
             device, head, images, labels, cfg, history, seed, torch_device, record_cut=last_round, max_steps=max_steps
         )
     # Persisted before replying: a client that fails mid-round still carries the steps it took.
-    context.state.config_records[PRIVACY_KEY] = ConfigRecord(history_to_lists(result.history))
+    context.state.config_records[PRIVACY_KEY] = history_record(result.history)
     if fails:
         message = f"simulated failure (--fail-rate {cfg.fail_rate:g}) after {result.steps} of {planned} steps"
-        return _train_reply(msg, cfg, pid, result.history, result.n_train, result.steps, "failed", message, started, q)
-    reply = _train_reply(msg, cfg, pid, result.history, result.n_train, result.steps, "trained", "", started, q, result)
-    reply.content["arrays"] = ArrayRecord(joined_state(device, head))
+        reply = _train_reply(cfg, pid, result.history, result.n_train, result.steps, started, q, "failed", message)
+        return reply.to_message(msg)
+    reply = _train_reply(cfg, pid, result.history, result.n_train, result.steps, started, q, result=result)
+    reply.arrays = ArrayRecord(joined_state(device, head))
     if last_round:  # the activations this client sent across the cut in its last round, with their image ids
-        reply.content[INTERCEPTED_KEY] = ArrayRecord(
-            {
-                "activations": Array(result.cut_activations.numpy()),
-                "index": Array(indices[result.cut_positions.numpy()].astype(np.int64)),
-            }
-        )
-    return reply
+        positions = result.cut_positions.numpy()
+        reply.intercepted = Intercepted(pid, result.cut_activations.numpy(), indices[positions].astype(np.int64))
+    return reply.to_message(msg)
 
 
 def _train_reply(
-    msg: Message,
     cfg: RunConfig,
     pid: int,
     history: History,
     n_train: int,
     steps: int,
-    status: str,
-    message: str,
     started: float,
     q: float,
+    status: str = "trained",
+    message: str = "",
     result: LocalResult | None = None,
-) -> Message:
-    """A train reply: ``metrics`` (privacy figures after the round), ``status`` and the full accountant history."""
+) -> TrainReply:
+    """A train reply without arrays: the privacy figures after the round, the status and the whole history."""
     sigma = history[-1][0] if history else cfg.noise
-    metrics = MetricRecord(
+    return TrainReply(
         {
             "num-examples": n_train,
             "partition-id": pid,
@@ -192,29 +172,22 @@ def _train_reply(
             "steps-round": steps,
             "steps-total": total_steps(history),
             "seconds": time.perf_counter() - started,
-        }
+        },
+        history,
+        status,
+        message,
     )
-    content = RecordDict(
-        {
-            "metrics": metrics,
-            STATUS_KEY: ConfigRecord({"status": status, "message": message}),
-            PRIVACY_KEY: ConfigRecord(history_to_lists(history)),
-        }
-    )
-    return Message(content=content, reply_to=msg)
 
 
-@app.evaluate()
 def evaluate_client(msg: Message, context: Context) -> Message:
     """Validation loss and accuracy of the global split model on this client's validation split."""
     cfg, pid, device, head, torch_device = _setup(msg, context)
     images, labels, _ = client_split(cfg, pid, "val")
     loss, accuracy = evaluate(device.to(torch_device), head.to(torch_device), images, labels)
-    metrics = MetricRecord({"num-examples": len(labels), "partition-id": pid, "val-loss": loss, "val-acc": accuracy})
-    return Message(content=RecordDict({"metrics": metrics}), reply_to=msg)
+    metrics = {"num-examples": len(labels), "partition-id": pid, "val-loss": loss, "val-acc": accuracy}
+    return EvaluateReply(metrics).to_message(msg)
 
 
-@app.query()
 def query(msg: Message, context: Context) -> Message:
     """Inference: send every private image of this client (train and validation) through the received device model.
 
@@ -223,20 +196,24 @@ def query(msg: Message, context: Context) -> Message:
     A query whose config says ``query = "partition-id"`` only answers with this node's partition id (the server
     maps Flower's node ids to partitions with it, so sampling and checkpoints do not depend on node ids).
     """
-    if msg.content.config_records.get("config", {}).get("query") == "partition-id":
-        ids = {"partition-id": int(context.node_config["partition-id"])}
-        ids["num-partitions"] = int(context.node_config["num-partitions"])
-        return Message(content=RecordDict({"metrics": MetricRecord(ids)}), reply_to=msg)
+    if is_partition_query(msg.content):
+        node = context.node_config
+        return PartitionReply(int(node["partition-id"]), int(node["num-partitions"])).to_message(msg)
     cfg, pid, device, _, torch_device = _setup(msg, context)
     shard_images, _, train_idx = client_split(cfg, pid, "train")
     val_images, _, val_idx = client_split(cfg, pid, "val")
     activations = device_activations(device.to(torch_device), torch.cat([shard_images, val_images]))
-    record = ArrayRecord(
-        {
-            "activations": Array(activations.numpy()),
-            "index": Array(np.concatenate([train_idx, val_idx]).astype(np.int64)),
-        }
-    )
-    return Message(
-        content=RecordDict({INTERCEPTED_KEY: record, "metrics": MetricRecord({"partition-id": pid})}), reply_to=msg
-    )
+    index = np.concatenate([train_idx, val_idx]).astype(np.int64)
+    return QueryReply(Intercepted(pid, activations.numpy(), index)).to_message(msg)
+
+
+def build_client_app(mods: list[Mod] | None = None) -> ClientApp:
+    """The ClientApp: ``train``, ``evaluate_client`` and ``query`` as its handlers, with ``mods`` around each."""
+    client_app = ClientApp(mods=mods)
+    client_app.train()(train)
+    client_app.evaluate()(evaluate_client)
+    client_app.query()(query)
+    return client_app
+
+
+app = build_client_app()

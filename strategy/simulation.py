@@ -7,7 +7,8 @@ import os
 import warnings
 from pathlib import Path
 
-from clients.client_app import app as client_app
+from clients import fault_injection
+from clients.client_app import build_client_app
 from core.config import RunConfig
 from strategy.checkpoint import Checkpoint
 from strategy.server_app import build_server_app
@@ -18,7 +19,8 @@ def run_training(cfg: RunConfig, run_dir: Path, resume: Checkpoint | None = None
 
     Each client gets ``cfg.cpus_per_client`` cores (and ``cfg.gpus_per_client`` GPUs), so on 2 cores with the
     default 1 core per client, two clients train at a time. ``resume`` continues from a checkpoint of ``run_dir``.
-    Raises RuntimeError if the server or a client failed.
+    Raises RuntimeError if the server or a client failed. ``$SPLITFED_INJECT_CRASH`` (tests) adds the crash mod of
+    ``clients/fault_injection.py`` to the ClientApp.
     """
     os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
@@ -37,7 +39,7 @@ def run_training(cfg: RunConfig, run_dir: Path, resume: Checkpoint | None = None
         logging.getLogger("flwr").setLevel(logging.ERROR)  # hides run_simulation's deprecation banner
         run_simulation(
             server_app=build_server_app(cfg, run_dir, outcome, resume),
-            client_app=client_app,
+            client_app=build_client_app(mods=fault_injection.mods()),
             num_supernodes=cfg.clients,
             backend_config=backend_config,
         )
