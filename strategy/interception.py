@@ -13,6 +13,7 @@ file order). The index is the experimenter's ground truth for scoring; the attac
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
@@ -20,39 +21,33 @@ from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, RecordDict
 from flwr.serverapp import Grid
 
 from core import files
-from core.protocol import INTERCEPTED_KEY
+from core.protocol import ARRAYS_KEY, CONFIG_KEY, Intercepted, QueryReply
 
 POINTS = ("inference", "train")
 
 
-def take_intercepted(reply: Message) -> tuple[int, np.ndarray, np.ndarray] | None:
-    """Remove the ``intercepted`` record from a reply (FedAvg must not average it): (partition, activations, index)."""
-    if INTERCEPTED_KEY not in reply.content:
-        return None
-    record = reply.content.pop(INTERCEPTED_KEY)
-    metrics = next(iter(reply.content.metric_records.values()))
-    return int(metrics["partition-id"]), record["activations"].numpy(), record["index"].numpy()
+def latest_per_client(kept: list[Intercepted], new: Iterable[Intercepted]) -> list[Intercepted]:
+    """Each client's most recent record, sorted by partition: ``new`` replaces a client's entry in ``kept``."""
+    latest = {record.partition: record for record in kept}
+    latest.update({record.partition: record for record in new})
+    return [latest[pid] for pid in sorted(latest)]
 
 
 def query_activations(
     grid: Grid, arrays: ArrayRecord, config: ConfigRecord, timeout: float = 3600
-) -> list[tuple[int, np.ndarray, np.ndarray]]:
+) -> list[Intercepted]:
     """Ask every client for its images' activations through the model in ``arrays``; raises if a client failed."""
-    messages = [
-        Message(RecordDict({"arrays": arrays, "config": config}), dst_node_id=node, message_type=MessageType.QUERY)
-        for node in grid.get_node_ids()
-    ]
+    content = RecordDict({ARRAYS_KEY: arrays, CONFIG_KEY: config})
+    messages = [Message(content, dst_node_id=node, message_type=MessageType.QUERY) for node in grid.get_node_ids()]
     out = []
     for reply in grid.send_and_receive(messages, timeout=timeout):
         if reply.has_error():
             raise RuntimeError(f"client on node {reply.metadata.src_node_id} failed to answer the query: {reply.error}")
-        taken = take_intercepted(reply)
-        assert taken is not None, "a query reply must carry the intercepted record"
-        out.append(taken)
+        out.append(QueryReply.from_message(reply).intercepted)
     return out
 
 
-def _stack(parts: list[tuple[int, np.ndarray, np.ndarray]], point: str) -> dict[str, np.ndarray]:
+def _stack(parts: list[Intercepted], point: str) -> dict[str, np.ndarray]:
     parts = sorted(parts, key=lambda p: p[0])
     if not parts:
         return {
@@ -67,6 +62,6 @@ def _stack(parts: list[tuple[int, np.ndarray, np.ndarray]], point: str) -> dict[
     }
 
 
-def save_intercepted(run_dir: Path, inference: list, train: list) -> Path:
-    """Write ``intercepted.npz`` atomically; returns its path."""
+def save_intercepted(run_dir: Path, inference: list[Intercepted], train: list[Intercepted]) -> Path:
+    """Write ``intercepted.npz`` atomically; returns its path. Each list: (partition, activations, index)."""
     return files.savez(run_dir / "intercepted.npz", **_stack(inference, "inference"), **_stack(train, "train"))

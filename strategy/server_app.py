@@ -1,4 +1,5 @@
-"""The Flower ServerApp: hosts the head, runs SplitFedAvg for the configured rounds, writes the run directory.
+"""The Flower ServerApp: builds the strategy (registry + ledger) and the driver, runs the rounds, writes the run
+directory.
 
 ``sim.py`` builds the app with ``build_server_app(cfg, run_dir)``; ``flwr run .`` uses the module-level ``app``,
 which reads the settings from the run config (``[tool.flwr.app.config]`` in pyproject.toml, or ``--run-config``).
@@ -11,7 +12,6 @@ import logging
 import os
 import platform
 import time
-from dataclasses import asdict
 from importlib import metadata
 from pathlib import Path
 
@@ -25,11 +25,13 @@ from core import files
 from core.config import RunConfig
 from core.errors import UserError
 from split.model import build_split, joined_state, load_joined
-from strategy.checkpoint import Checkpoint, mark_complete, mark_incomplete, save_checkpoint
+from strategy.checkpoint import Checkpoint, mark_complete, mark_incomplete
+from strategy.driver import Driver
 from strategy.figures import plot_run
 from strategy.interception import query_activations, save_intercepted
+from strategy.ledger import ClientFailed, LedgerStrategy
 from strategy.recorder import RunRecorder
-from strategy.splitfed import ClientFailed, SplitFedAvg
+from strategy.registry import entry
 
 PACKAGES = ("torch", "opacus", "flwr", "flwr-datasets", "numpy", "matplotlib", "pillow", "rich")
 
@@ -82,7 +84,7 @@ def write_config(run_dir: Path, cfg: RunConfig, extra: dict | None = None) -> No
             versions[name] = metadata.version(name)
         except metadata.PackageNotFoundError:
             versions[name] = None
-    settings = {k: v for k, v in asdict(cfg).items() if k != "extra"}
+    settings = cfg.settings_dict()
     payload = {
         "settings": settings,
         **(extra or {}),
@@ -105,21 +107,13 @@ def run_server(
     console = console or Console()
     torch.manual_seed(cfg.seed)
     device, head = build_split(cfg.dropout, cfg.norm_groups)
-    arrays = resume.array_record() if resume else ArrayRecord(joined_state(device, head))
-    first_round = resume.round + 1 if resume else 1
-    settings = {k: v for k, v in asdict(cfg).items() if k != "extra"}
-    strategy_kwargs = dict(
-        fraction_train=cfg.fraction_train,
-        fraction_evaluate=1.0,
-        min_train_nodes=1,
-        min_evaluate_nodes=1,
-        min_available_nodes=cfg.clients,
-    )
+    arrays, first_round = ArrayRecord(joined_state(device, head)), 1
     config = ConfigRecord(cfg.to_flwr())
+    chosen = entry(cfg.strategy)
     try:
         columns = (TextColumn("[bold]training"), BarColumn(), MofNCompleteColumn(), TextColumn("rounds"))
         with Progress(*columns, TimeElapsedColumn(), console=console, transient=False) as progress:
-            task = progress.add_task("rounds", total=cfg.rounds, completed=first_round - 1)
+            task = progress.add_task("rounds", total=cfg.rounds, completed=resume.round if resume else 0)
             recorder = RunRecorder(
                 run_dir,
                 cfg,
@@ -128,22 +122,13 @@ def run_server(
                 resume_after=resume.round if resume else None,
                 elapsed_before=resume.elapsed_seconds if resume else 0.0,
             )
-            strategy = SplitFedAvg(recorder, cfg.seed, cfg.clients, **strategy_kwargs)
+            ledger = LedgerStrategy(chosen.build(cfg), recorder, cfg.seed, cfg.clients, cfg.fraction_train)
+            driver = Driver(ledger, chosen.state, run_dir, cfg.settings_dict(), recorder.elapsed)
             if resume:
-                strategy.histories = dict(resume.histories)
-                strategy.over_budget = set(resume.over_budget)
-                strategy.intercepted_training = list(resume.intercepted_training)
-
-            def checkpoint(server_round: int, round_arrays: ArrayRecord) -> None:
-                state = {key: value.numpy() for key, value in round_arrays.items()}
-                ckpt = Checkpoint(server_round, state, strategy.histories, sorted(strategy.over_budget), settings)
-                ckpt.elapsed_seconds = recorder.elapsed()
-                ckpt.intercepted_training = strategy.intercepted_training
-                save_checkpoint(run_dir, ckpt)
-
+                arrays, first_round = driver.restore(resume)
             try:
-                strategy.identify(grid, config)
-                arrays, last = strategy.run_rounds(grid, arrays, first_round, cfg.rounds, config, checkpoint)
+                ledger.identify(grid, config)
+                arrays, last = driver.run(grid, arrays, first_round, cfg.rounds, config)
             finally:
                 recorder.close()
         if last < cfg.rounds:
@@ -152,11 +137,10 @@ def run_server(
                 f"without passing --max-epsilon {cfg.max_epsilon:g}"
             )
         inference = query_activations(grid, arrays, config)
-        save_intercepted(run_dir, inference, strategy.intercepted_training)
+        save_intercepted(run_dir, inference, ledger.intercepted_training)
         load_joined(device, head, arrays.to_torch_state_dict())
-        torch.save(
-            {"device": device.state_dict(), "head": head.state_dict(), "config": cfg.to_flwr()}, run_dir / "model.pt"
-        )
+        # Only the weights: the settings are in config.json, their one copy.
+        torch.save({"device": device.state_dict(), "head": head.state_dict()}, run_dir / "model.pt")
         plot_run(run_dir)
     except BaseException as exc:
         details = f"\n\n{exc.details}" if isinstance(exc, ClientFailed) else ""

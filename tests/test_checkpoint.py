@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 import csv
+import json
 import math
 
 import numpy as np
 import pytest
+import torch
 
 from core.config import RunConfig
 from core.errors import UserError
 from core.privacy import epsilon
+from core.protocol import Intercepted
 from strategy.checkpoint import (
+    CHANGED,
     CHECKPOINT,
     Checkpoint,
     is_incomplete,
@@ -19,6 +23,7 @@ from strategy.checkpoint import (
     mark_complete,
     mark_incomplete,
     save_checkpoint,
+    settings_digest,
 )
 from strategy.recorder import RunRecorder
 
@@ -33,17 +38,22 @@ def _checkpoint() -> Checkpoint:
         arrays=arrays,
         histories=histories,
         over_budget=[2],
-        settings={"clients": 3, "seed": 0},
+        settings_digest=settings_digest(SETTINGS),
         elapsed_seconds=12.5,
-        intercepted_training=[(0, activations, np.array([5, 9, 5]))],
+        intercepted_training=[Intercepted(0, activations, np.array([5, 9, 5]))],
+        strategy_state={"m_t": {"head.bias": np.full(20, 0.5)}, "v_t": None},
     )
+
+
+SETTINGS = {"clients": 3, "seed": 0, "lr": 0.005, "data_dir": "/data"}
 
 
 def test_checkpoint_round_trip(tmp_path) -> None:
     saved = _checkpoint()
     save_checkpoint(tmp_path, saved)
     loaded = load_checkpoint(tmp_path)
-    assert (loaded.round, loaded.over_budget, loaded.settings, loaded.elapsed_seconds) == (2, [2], saved.settings, 12.5)
+    assert (loaded.round, loaded.over_budget, loaded.elapsed_seconds) == (2, [2], 12.5)
+    assert loaded.settings_digest == saved.settings_digest and loaded.mismatches(SETTINGS) == []
     assert set(loaded.arrays) == set(saved.arrays)
     for key, value in saved.arrays.items():
         np.testing.assert_array_equal(loaded.arrays[key], value)
@@ -55,7 +65,27 @@ def test_checkpoint_round_trip(tmp_path) -> None:
     np.testing.assert_array_equal(index, [5, 9, 5])
     state = loaded.array_record().to_torch_state_dict()
     assert tuple(state["device.conv.weight"].shape) == (4, 1, 3, 3)
+    np.testing.assert_array_equal(loaded.strategy_state["m_t"]["head.bias"], np.full(20, 0.5))
+    assert loaded.strategy_state["v_t"] is None
     assert [p.name for p in tmp_path.iterdir()] == [CHECKPOINT]  # no temporary file left behind
+
+
+def test_checkpoint_holds_no_settings_only_their_digest(tmp_path) -> None:
+    save_checkpoint(tmp_path, _checkpoint())
+    payload = torch.load(tmp_path / CHECKPOINT, weights_only=False)
+    assert "settings" not in payload and set(payload["settings_digest"]) == set(SETTINGS)
+    assert "/data" not in repr(payload["settings_digest"])  # config.json is the one copy
+    ckpt = load_checkpoint(tmp_path)
+    assert ckpt.mismatches({**SETTINGS, "lr": 0.001, "seed": 1}) == ["lr", "seed"]
+    assert ckpt.mismatches({k: v for k, v in SETTINGS.items() if k != "clients"}) == ["clients"]
+    assert ckpt.mismatches({**SETTINGS, "new_setting": 1}) == []  # settings added since are not compared
+
+
+def test_settings_for_check_resume_come_from_config_json(tmp_path) -> None:
+    """Transitional: sim.py's check_resume compares ``ckpt.settings``; a setting changed since is marked."""
+    save_checkpoint(tmp_path, _checkpoint())
+    (tmp_path / "config.json").write_text(json.dumps({"settings": {**SETTINGS, "lr": 0.1}}))
+    assert load_checkpoint(tmp_path).settings == {**SETTINGS, "lr": CHANGED}
 
 
 @pytest.mark.parametrize("damage", ["missing", "truncated"])

@@ -5,7 +5,6 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 from opacus import PrivacyEngine
 from torch.utils.data import DataLoader, TensorDataset
 
@@ -14,8 +13,6 @@ from clients.train import split_step, train_local
 from core.config import RunConfig
 from core.privacy import epsilon
 from split.model import build_split
-from strategy.recorder import RunRecorder
-from strategy.splitfed import SplitFedAvg
 
 
 @pytest.fixture(scope="module")
@@ -103,66 +100,3 @@ def test_train_local_composes_history(batch):
     assert epsilon(second.history, 1e-5) > epsilon(first.history, 1e-5) > 0
     no_dp = train_local(device, head, images, labels, RunConfig(noise=0.0), [], seed=3)
     assert no_dp.history == [(0.0, 0.5, 2)] and epsilon(no_dp.history, 1e-5) == float("inf")
-
-
-def test_fedavg_weights_by_train_examples(tmp_path, monkeypatch):
-    """Two clients with 1 and 3 examples: the average is (1*a + 3*b) / 4 for device and head keys alike."""
-    from flwr.supercore.task_identity import TaskIdentity
-
-    for name, value in (("_task_id", 1), ("_run_id", 1), ("_node_id", 1)):  # as run_simulation sets them
-        monkeypatch.setattr(TaskIdentity, name, value, raising=False)
-    recorder = RunRecorder(tmp_path, RunConfig(clients=2))
-    strategy = SplitFedAvg(recorder, seed=0, clients=2, min_train_nodes=1, min_available_nodes=1)
-    replies = []
-    for node, (value, n) in enumerate([(1.0, 1), (5.0, 3)], start=1):
-        instruction = Message(RecordDict({"config": ConfigRecord({})}), dst_node_id=node, message_type="train")
-        instruction.metadata.__dict__["_message_id"] = f"m{node}"
-        arrays = ArrayRecord({"device.w": torch.full((2,), value), "head.b": torch.full((1,), 2 * value)})
-        metrics = MetricRecord(
-            {
-                "num-examples": n,
-                "partition-id": node - 1,
-                "train-loss": 1.0,
-                "train-acc": 0.5,
-                "epsilon": 1.0,
-                "delta": 1e-5,
-                "sample-rate": 0.5,
-                "noise-multiplier": 1.0,
-                "clip": 1.0,
-                "steps-round": 1,
-                "steps-total": 1,
-                "seconds": 0.1,
-            }
-        )
-        history = ConfigRecord({"noise": [1.0], "sample-rate": [0.5], "steps": [1]})
-        reply = Message(RecordDict({"arrays": arrays, "metrics": metrics, "privacy": history}), reply_to=instruction)
-        replies.append(reply)
-    arrays, _ = strategy.aggregate_train(1, replies)
-    state = arrays.to_torch_state_dict()
-    torch.testing.assert_close(state["device.w"], torch.full((2,), 4.0))  # (1*1 + 3*5) / 4
-    torch.testing.assert_close(state["head.b"], torch.full((1,), 8.0))
-    recorder.close()
-    assert len((tmp_path / "ledger.csv").read_text().strip().splitlines()) == 3  # header + 2 clients
-
-
-def test_a_missing_train_reply_stops_the_run(tmp_path, monkeypatch):
-    """A client asked to train that never replies (Flower's timeout drops it) must not vanish from the ledger."""
-    from flwr.supercore.task_identity import TaskIdentity
-
-    from strategy.splitfed import ClientFailed
-
-    for name, value in (("_task_id", 1), ("_run_id", 1), ("_node_id", 1)):  # as run_simulation sets them
-        monkeypatch.setattr(TaskIdentity, name, value, raising=False)
-    recorder = RunRecorder(tmp_path, RunConfig(clients=2))
-    strategy = SplitFedAvg(recorder, seed=0, clients=2, min_train_nodes=1, min_available_nodes=1)
-    strategy.partition_of = {11: 0, 12: 1}
-    sent = strategy.configure_train(1, ArrayRecord({"device.w": torch.zeros(2)}), ConfigRecord({}), grid=None)
-    assert sorted(m.metadata.dst_node_id for m in sent) == [11, 12]
-    instruction = sent[0]
-    instruction.metadata.__dict__["_message_id"] = "m1"
-    metrics = MetricRecord({"num-examples": 1, "partition-id": 0, "epsilon": 1.0})
-    history = ConfigRecord({"noise": [1.0], "sample-rate": [0.5], "steps": [1]})
-    reply = Message(RecordDict({"metrics": metrics, "privacy": history}), reply_to=instruction)
-    with pytest.raises(ClientFailed, match=r"client\(s\) \[1\] sent no reply in round 1"):
-        strategy.aggregate_train(1, [reply])
-    recorder.close()

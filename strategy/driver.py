@@ -1,0 +1,95 @@
+"""The round loop and its checkpoints: train, evaluate, checkpoint, for rounds ``first..num_rounds``.
+
+One place decides what a checkpoint holds and how a run continues from one: the global arrays, the ledger's state
+(``LedgerStrategy.state_dict``) and the inner strategy's state (``StateAdapter``, strategy/registry.py), so a
+server optimiser (FedAvgM's momentum, FedAdam's moments) resumes exactly where it stopped.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from flwr.app import ArrayRecord, ConfigRecord
+from flwr.serverapp import Grid
+
+from strategy.checkpoint import Checkpoint, save_checkpoint, settings_digest
+from strategy.ledger import LedgerStrategy
+from strategy.registry import StateAdapter
+
+
+class Driver:
+    """Runs a LedgerStrategy round by round on a Grid and writes ``checkpoint.pt`` into ``run_dir`` after each.
+
+    ``state``: the adapter for the ledger's inner strategy; ``settings``: the run's settings (their digest goes in
+    the checkpoint); ``elapsed()``: the run's wall time so far in seconds; ``timeout``: seconds to wait for the
+    replies of one phase.
+    """
+
+    def __init__(
+        self,
+        ledger: LedgerStrategy,
+        state: StateAdapter,
+        run_dir: Path,
+        settings: dict[str, Any],
+        elapsed: Callable[[], float] = lambda: 0.0,
+        timeout: float = 3600,
+    ) -> None:
+        self.ledger = ledger
+        self.state = state
+        self.run_dir = run_dir
+        self.digest = settings_digest(settings)
+        self.elapsed = elapsed
+        self.timeout = timeout
+
+    def checkpoint(self, server_round: int, arrays: ArrayRecord) -> Checkpoint:
+        """Write the state after ``server_round`` (global ``arrays``) to ``checkpoint.pt``; returns it."""
+        ledger = self.ledger.state_dict()
+        ckpt = Checkpoint(
+            round=server_round,
+            arrays={key: value.numpy() for key, value in arrays.items()},
+            histories=ledger["histories"],
+            over_budget=ledger["over_budget"],
+            settings_digest=self.digest,
+            elapsed_seconds=self.elapsed(),
+            intercepted_training=ledger["intercepted_training"],
+            strategy_state=self.state.state_dict(self.ledger.strategy),
+        )
+        save_checkpoint(self.run_dir, ckpt)
+        return ckpt
+
+    def restore(self, ckpt: Checkpoint) -> tuple[ArrayRecord, int]:
+        """Load ``ckpt`` into the ledger and its inner strategy; returns (global arrays, the round to run next)."""
+        self.ledger.load_state_dict(
+            {
+                "histories": ckpt.histories,
+                "over_budget": ckpt.over_budget,
+                "intercepted_training": ckpt.intercepted_training,
+            }
+        )
+        self.state.load_state_dict(self.ledger.strategy, ckpt.strategy_state)
+        return ckpt.array_record(), ckpt.round + 1
+
+    def run(
+        self, grid: Grid, arrays: ArrayRecord, first_round: int, num_rounds: int, config: ConfigRecord
+    ) -> tuple[ArrayRecord, int]:
+        """Rounds ``first_round..num_rounds`` (train the sampled clients, then evaluate every client, then
+        checkpoint); returns (the global arrays, the last round run).
+
+        Stops early, before ``num_rounds``, once every client has answered ``over-budget``: none of them can train.
+        """
+        ledger = self.ledger
+        for server_round in range(first_round, num_rounds + 1):
+            if ledger.all_over_budget():  # a resumed run that had already stopped
+                return arrays, server_round - 1
+            sent = ledger.configure_train(server_round, arrays, config, grid)
+            replies = grid.send_and_receive(sent, timeout=self.timeout)
+            new_arrays, _ = ledger.aggregate_train(server_round, replies)
+            arrays = new_arrays if new_arrays is not None else arrays
+            sent = ledger.configure_evaluate(server_round, arrays, config, grid)
+            ledger.aggregate_evaluate(server_round, grid.send_and_receive(sent, timeout=self.timeout))
+            self.checkpoint(server_round, arrays)
+            if ledger.all_over_budget():
+                return arrays, server_round
+        return arrays, num_rounds
