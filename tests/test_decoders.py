@@ -1,4 +1,5 @@
-"""attack/decoders.py: shapes, registry, the attacker's unseen test set, and a short real training run."""
+"""attack/decoders.py and attack/decoder_attack.py: shapes, registry, the attacker's unseen test set, a short real
+training run, and the decoder attacks as plug-ins."""
 
 from __future__ import annotations
 
@@ -6,6 +7,8 @@ import numpy as np
 import pytest
 import torch
 
+from attack.base import AttackerKnowledge, Intercepted
+from attack.decoder_attack import SeedDecoderAttack, UpDecoderAttack
 from attack.decoders import (
     DECODERS,
     SeedDecoder,
@@ -127,3 +130,31 @@ def test_training_is_reproducible_and_reconstruct_clips(
 def test_train_decoder_rejects_misaligned_inputs(train_activations: torch.Tensor, train_images: np.ndarray) -> None:
     with pytest.raises(ValueError, match="10 activations but 11 images"):
         train_decoder(build_decoder("up"), train_activations[:10], train_images[:11], epochs=1)
+
+
+@pytest.mark.parametrize("attack_class", [SeedDecoderAttack, UpDecoderAttack])
+def test_decoder_attack_is_the_seeded_training_procedure(
+    attack_class: type, device: DeviceNet, train_activations: torch.Tensor, train_images: np.ndarray
+) -> None:
+    epochs: list[int] = []
+    knowledge = AttackerKnowledge(
+        device,
+        lambda images: device_activations(device, images),
+        train_images[:64],
+        train_activations[:64],
+        seed=3,
+        epochs=2,
+        progress=lambda epoch, loss: epochs.append(epoch),
+    )
+    torch.manual_seed(99)  # whatever drew from torch's global RNG before must not matter: fit seeds it
+    attack = attack_class()
+    attack.fit(knowledge)
+    # The procedure run_attack followed before attacks were plug-ins: seed, build, train, reconstruct.
+    torch.manual_seed(3)
+    decoder = build_decoder(attack_class.decoder)
+    losses = train_decoder(decoder, train_activations[:64], train_images[:64], epochs=2, seed=3)
+    assert attack.losses == losses and attack.fit_summary() == {"final_train_mse": losses[-1]}
+    assert epochs == [1, 2]
+    rec = attack.reconstruct(Intercepted(train_activations[64:80], partition=0))
+    assert rec.shape == (16, 1, 105, 105) and rec.dtype == np.float32
+    np.testing.assert_array_equal(rec, reconstruct(decoder, train_activations[64:80]))

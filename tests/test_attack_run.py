@@ -1,0 +1,263 @@
+"""attack/: the registry, the evaluation sets, the run's settings, and run_attack on a tiny fabricated run.
+
+``make_run`` writes a finished run as training leaves it (config.json, model.pt, intercepted.npz, ledger.csv,
+metrics.csv) from an untrained device model, so these tests need no training; tests/test_report.py uses it too.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from rich.console import Console
+
+from attack.__main__ import main as attack_main
+from attack.base import Attack, AttackerKnowledge, Intercepted
+from attack.decoder_attack import SeedDecoderAttack
+from attack.metrics import mean_image_baseline
+from attack.registry import ATTACKS, build_attack, parse_attacks, register_attack
+from attack.run import load_run, run_attack
+from attack.sets import client_sets, small2_sets
+from clients.data import EVALUATION, OmniglotSet, load_set
+from core.config import RunConfig, flag_name
+from core.errors import UserError
+from split.cut import Cut
+from split.model import build_split, device_activations
+
+# Rows of the evaluation set each partition holds in the fabricated run: 6 images for client 0, 6 for client 1.
+CLIENT_ROWS = {0: np.arange(0, 6), 1: np.arange(700, 706)}
+TRAIN_ROWS = {0: CLIENT_ROWS[0][:4]}  # only client 0 trained in the last round (client 1 failed)
+
+
+def make_run(
+    run_dir: Path,
+    evaluation: OmniglotSet,
+    *,
+    noise: float = 0.5,
+    epsilons: tuple[float, ...] = (2.0, 3.0),
+    settings_in_json: bool = True,
+    config_in_model: bool = False,
+    **settings,
+) -> Path:
+    """A finished 2-client run in ``run_dir`` without training: returns ``run_dir``.
+
+    config.json holds RunConfig settings (``settings`` override the defaults; ``settings_in_json=False`` leaves them
+    out, as in no run so far); model.pt an untrained device and head (torch seed 0), with the kebab-case ``"config"``
+    of older runs when ``config_in_model``; intercepted.npz the device's activations of ``CLIENT_ROWS`` at inference
+    and ``TRAIN_ROWS`` in training; ledger.csv two rounds in which partition k ends at ``epsilons[k]``; metrics.csv
+    two rounds, the last with val_acc 0.25.
+    """
+    cfg = RunConfig(clients=2, rounds=2, noise=noise, **settings)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    payload = {"settings": cfg.settings_dict()} if settings_in_json else {}
+    (run_dir / "config.json").write_text(json.dumps({**payload, "versions": {}}, indent=2))
+    torch.manual_seed(0)
+    device, head = build_split(cfg.dropout, cfg.norm_groups)
+    saved = {"device": device.state_dict(), "head": head.state_dict()}
+    if config_in_model:
+        saved["config"] = cfg.to_flwr()
+    torch.save(saved, run_dir / "model.pt")
+    arrays = {}
+    for point, rows in (("inference", CLIENT_ROWS), ("train", TRAIN_ROWS)):
+        index = np.concatenate(list(rows.values()))
+        arrays[f"{point}_activations"] = device_activations(device, evaluation.as_float(index)).numpy()
+        arrays[f"{point}_partition"] = np.concatenate([np.full(len(r), pid) for pid, r in rows.items()])
+        arrays[f"{point}_index"] = index
+    np.savez(run_dir / "intercepted.npz", **arrays)
+    ledger = ["round,client,partition_id,n_train,epsilon,delta,accountant,status"]
+    for rnd in (1, 2):
+        for pid, eps in enumerate(epsilons):
+            ledger.append(f"{rnd},{100 + pid},{pid},6,{eps * rnd / 2},{cfg.delta},{cfg.accountant},trained")
+    (run_dir / "ledger.csv").write_text("\n".join(ledger) + "\n")
+    (run_dir / "metrics.csv").write_text("round,val_loss,val_acc\n1,3.0,0.05\n2,2.5,0.25\n")
+    return run_dir
+
+
+def _quiet() -> Console:
+    return Console(file=io.StringIO(), width=120)
+
+
+class MeanImageAttack(Attack):
+    """The know-nothing attack, written as a plug-in: every reconstruction is the surrogate set's mean image."""
+
+    def fit(self, knowledge: AttackerKnowledge) -> None:
+        self.image = mean_image_baseline(knowledge.surrogate, 1)[0]
+
+    def reconstruct(self, intercepted: Intercepted) -> np.ndarray:
+        return np.broadcast_to(self.image, (len(intercepted.activations), *self.image.shape))
+
+
+@pytest.fixture
+def mean_attack() -> list[AttackerKnowledge]:
+    """MeanImageAttack registered as "mean" for one test; yields the knowledge each fit was given."""
+    given: list[AttackerKnowledge] = []
+
+    class Recorded(MeanImageAttack):
+        def fit(self, knowledge: AttackerKnowledge) -> None:
+            given.append(knowledge)
+            super().fit(knowledge)
+
+    register_attack("mean")(Recorded)
+    yield given
+    del ATTACKS["mean"]
+
+
+def test_registry_names_and_refusals() -> None:
+    assert parse_attacks("seed,up") == ("seed", "up") == parse_attacks(["seed", "up"])
+    assert parse_attacks(["up, seed"]) == ("up", "seed")  # order kept: the last is primary
+    assert isinstance(build_attack("seed"), SeedDecoderAttack)
+    with pytest.raises(UserError, match=r"^unknown attack\(s\) 'nope'; choose from seed, up$"):
+        parse_attacks("seed,nope")
+    with pytest.raises(UserError, match=r"^unknown attack\(s\) 'nope'; choose from seed, up$"):
+        build_attack("nope")
+    with pytest.raises(UserError, match=r"'up' given twice"):
+        parse_attacks(["up", "seed,up"])
+    with pytest.raises(UserError, match="no attack given"):
+        parse_attacks(" , ")
+    with pytest.raises(ValueError, match="'seed' is already registered"):
+        register_attack("seed")(MeanImageAttack)
+    with pytest.raises(TypeError, match="subclass of attack.base.Attack"):
+        register_attack("other")(dict)
+    assert list(ATTACKS) == ["seed", "up"]  # neither refused registration left a trace
+
+
+@pytest.mark.parametrize("flag", ["--attacks", "--decoders"])
+def test_cli_refuses_unknown_attack_in_one_line(tmp_path: Path, capsys, flag: str) -> None:
+    assert attack_main([str(tmp_path / "run"), flag, "seed", "nope"]) == 2
+    err = capsys.readouterr().err
+    assert err == "error: unknown attack(s) 'nope'; choose from seed, up\n"
+    assert not (tmp_path / "run").exists()
+
+
+def test_run_attack_refuses_conflicting_names(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="disagree"):
+        run_attack(tmp_path, attacks="seed", decoders="up")
+
+
+def test_load_run_reads_settings_from_config_json(tmp_path: Path, evaluation: OmniglotSet) -> None:
+    run_dir = make_run(tmp_path / "run", evaluation, norm_groups=2, attack_epochs=7, attacks="up")
+    run = load_run(run_dir)
+    assert (run.config.norm_groups, run.config.attack_epochs, run.config.attacks, run.config.noise) == (2, 7, "up", 0.5)
+    assert run.device[2].num_groups == 2 and not run.device.training
+    torch.manual_seed(0)
+    expected, _ = build_split(0.0, 2)
+    for name, tensor in expected.state_dict().items():
+        torch.testing.assert_close(run.device.state_dict()[name], tensor, rtol=0, atol=0)
+    # The attacker's query goes through the run's cut (identity today): exactly the device's own output.
+    assert type(run.cut) is Cut
+    images = evaluation.as_float(np.arange(3))
+    torch.testing.assert_close(run.query(images), device_activations(expected, images), rtol=0, atol=0)
+    assert sorted(run.intercepted) == sorted(
+        f"{p}_{k}" for p in ("inference", "train") for k in ("activations", "partition", "index")
+    )
+
+
+def test_load_run_falls_back_to_model_config(tmp_path: Path, evaluation: OmniglotSet) -> None:
+    run_dir = make_run(tmp_path / "old", evaluation, settings_in_json=False, config_in_model=True, norm_groups=4)
+    assert load_run(run_dir).config.norm_groups == 4
+    # A setting older runs did not have takes its default; a kebab-case key this code no longer knows is kept aside.
+    saved = torch.load(run_dir / "model.pt", weights_only=False)
+    del saved["config"][flag_name("attack_epochs")]
+    saved["config"]["retired-flag"] = 1
+    torch.save(saved, run_dir / "model.pt")
+    cfg = load_run(run_dir).config
+    assert cfg.attack_epochs == 100 and cfg.extra == {"retired-flag": 1}
+    del saved["config"]
+    torch.save(saved, run_dir / "model.pt")
+    with pytest.raises(UserError, match="neither config.json nor model.pt holds the run's settings"):
+        load_run(run_dir)
+
+
+def test_client_sets_from_intercepted(tmp_path: Path, evaluation: OmniglotSet) -> None:
+    run = load_run(make_run(tmp_path / "run", evaluation))
+    sets = client_sets(run.intercepted, evaluation)
+    assert [s.name for s in sets] == ["client_0_inference", "client_1_inference", "client_0_train"]
+    assert [(s.kind, s.point, s.partition) for s in sets] == [
+        ("client", "inference", 0),
+        ("client", "inference", 1),
+        ("client", "train", 0),
+    ]
+    assert [s.figure for s in sets] == ["reconstructions_client_0.png", "reconstructions_client_1.png", None]
+    for s, rows in zip(sets, (CLIENT_ROWS[0], CLIENT_ROWS[1], TRAIN_ROWS[0]), strict=True):
+        np.testing.assert_array_equal(s.originals, evaluation.as_float(rows))
+        torch.testing.assert_close(s.activations, run.query(evaluation.as_float(rows)), rtol=0, atol=0)
+        assert s.files is None and s.intercepted.partition == s.partition
+        assert s.intercepted.activations is s.activations and s.intercepted.labels is None
+
+
+def test_small2_sets_split_by_overlap(small1: OmniglotSet, small2: OmniglotSet) -> None:
+    def query(images: np.ndarray) -> torch.Tensor:
+        """A stand-in device: each image's ink (number of dark pixels) in all 32 channels."""
+        return torch.from_numpy((images < 0.5).sum(axis=(1, 2, 3))).float()[:, None, None, None].expand(-1, 32, 1, 1)
+
+    unseen, seen = small2_sets(query, small1, small2)
+    assert (unseen.name, unseen.kind, unseen.point, unseen.partition) == ("unseen", "unseen", None, None)
+    assert (seen.name, seen.kind, seen.figure, unseen.figure) == ("seen", "seen", None, "reconstructions_unseen.png")
+    assert (len(unseen.originals), len(seen.originals)) == (2120, 1000)
+    assert set(seen.files) <= set(small1.files) and not set(unseen.files) & set(small1.files)
+    for s in (unseen, seen):
+        index = [small2.files.index(f) for f in s.files[:5]]
+        np.testing.assert_array_equal(s.originals[:5], small2.as_float(np.asarray(index)))
+        assert s.activations.shape == (len(s.files), 32, 1, 1)
+        torch.testing.assert_close(s.activations, query(s.originals), rtol=0, atol=0)
+        assert s.intercepted.partition is None
+
+
+def _every_20th(name: str, data_dir: str | None = None) -> OmniglotSet:
+    """``load_set`` with small1 and small2 cut to every 20th image (136 and 156 images, 50 of small2's shared with
+    small1's slice), so that a whole attack runs in seconds; the evaluation set stays whole (clients index it)."""
+    full = load_set(name, data_dir)
+    if name == EVALUATION:
+        return full
+    idx = np.arange(0, len(full), 20)
+    per_image = {k: getattr(full, k)[idx] for k in ("images", "alphabet", "character", "drawer")}
+    return dataclasses.replace(
+        full, **per_image, files=tuple(full.files[i] for i in idx), md5=tuple(full.md5[i] for i in idx)
+    )
+
+
+def test_registered_attack_is_scored_like_the_baseline(
+    tmp_path: Path, evaluation: OmniglotSet, mean_attack: list[AttackerKnowledge], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("attack.run.load_set", _every_20th)
+    # The run's own settings choose the attack and its epochs: nothing but the registration names "mean".
+    run_dir = make_run(tmp_path / "run", evaluation, attacks="mean", attack_epochs=3)
+    results = run_attack(run_dir, console=_quiet())
+
+    names = ["unseen", "seen", "client_0_inference", "client_1_inference", "client_0_train"]
+    assert list(results) == [*names, "clients_inference", "clients_train"]
+    assert json.loads((run_dir / "leakage.json").read_text()) == results
+    n = {"unseen": 106, "seen": 50, "client_0_inference": 6, "client_1_inference": 6, "client_0_train": 4}
+    n |= {"clients_inference": 12, "clients_train": 4}
+    for set_name, methods in results.items():
+        assert list(methods) == ["mean", "baseline"]
+        assert methods["mean"] == methods["baseline"]  # the plug-in reproduces the baseline to the last bit
+        assert methods["mean"]["n"] == n[set_name]
+    # The slice of small1's mean image against the unseen slice of small2.
+    assert results["unseen"]["mean"]["mse"] == pytest.approx(0.0744294286, rel=1e-9)
+    assert results["unseen"]["mean"]["ssim"] == pytest.approx(0.5978493512, rel=1e-9)
+    assert results["clients_inference"]["mean"]["ssim"] == pytest.approx(
+        np.mean([results[f"client_{k}_inference"]["mean"]["ssim"] for k in (0, 1)])
+    )
+
+    (knowledge,) = mean_attack  # fitted once, whatever the number of sets
+    assert knowledge.surrogate.shape == (136, 1, 105, 105) and knowledge.epochs == 3 and knowledge.seed == 0
+    assert knowledge.surrogate_activations.shape == (136, 32, 1, 1)
+    torch.testing.assert_close(knowledge.query(knowledge.surrogate[:4]), knowledge.surrogate_activations[:4])
+
+    with np.load(run_dir / "reconstructions_client_0_inference.npz") as z:
+        assert sorted(z.files) == ["kept", "originals", "reconstructions", "reconstructions_mean"]
+        np.testing.assert_array_equal(z["kept"], np.arange(6))
+        np.testing.assert_array_equal(z["reconstructions"], z["reconstructions_mean"])
+    with np.load(run_dir / "reconstructions_unseen.npz") as z:
+        assert len(z["files"]) == 106 and z["reconstructions"].dtype == np.float16
+    for png in ("reconstructions_unseen.png", "reconstructions_client_0.png", "reconstructions_client_1.png"):
+        assert (run_dir / png).read_bytes()[:4] == b"\x89PNG"
+    meta = json.loads((run_dir / "attack.json").read_text())
+    assert (meta["attacks"], meta["primary_decoder"], meta["epochs"]) == (["mean"], "mean", 3)
+    assert set(meta["timings"]["mean"]) == {"train_seconds"}
