@@ -84,9 +84,8 @@ def test_report_rows_markdown_and_figure(runs: list[Path]) -> None:
         baseline["ssim"],
     )
     plain = rows[order.index(("seed", "clients_train", "0.0"))]
-    assert math.isinf(float(plain["epsilon_median"])) and float(plain["ssim"]) == metrics(2, "seed", "clients_train")[
-        "ssim"
-    ]
+    assert math.isinf(float(plain["epsilon_median"]))
+    assert float(plain["ssim"]) == metrics(2, "seed", "clients_train")["ssim"]
 
     text = report.read_text()
     # One table row per CSV row, with the numbers rounded for reading.
