@@ -129,7 +129,10 @@ def run_attacks(
             timings[name] = {"train_seconds": time.perf_counter() - started, **attack.fit_summary()}
             progress.update(task, completed=epochs)  # an attack that does not train reports no epochs
             for s in sets:
-                recon[s.name][name] = attack.reconstruct(s.intercepted)
+                rec = attack.reconstruct(s.intercepted)
+                if rec.shape != s.originals.shape:  # a plug-in's mistake, named here rather than deep in the metrics
+                    raise ValueError(f"attack {name!r} returned {rec.shape} for set {s.name} of {s.originals.shape}")
+                recon[s.name][name] = rec
     return recon, timings
 
 
