@@ -45,14 +45,14 @@ def run(
 ) -> list[dict]:
     """Train as described in the module docstring; returns one row per round."""
     torch.manual_seed(cfg.seed)
-    state = joined_state(*build_split(cfg.dropout, cfg.norm_groups))
+    state = joined_state(*build_split(**cfg.model_options()))
     train_mode = local_head or ("copies" if head_mode == "copies" else "server")
     local_cfg = RunConfig(**{**cfg.settings_dict(), "head_mode": train_mode})
     rows, started, velocity = [], time.perf_counter(), {}
     for server_round in range(1, cfg.rounds + 1):
         states, weights, pooled_x, pooled_y = [], [], [], []
         for pid in range(cfg.clients):
-            device, head = build_split(cfg.dropout, cfg.norm_groups)
+            device, head = build_split(**cfg.model_options())
             load_joined(device, head, state)
             images, labels, _ = client_split(cfg, pid, "train")
             seed = local_round_seed(cfg.seed, pid, server_round)
@@ -77,9 +77,9 @@ def run(
                 delta = state[k] - new_state[k]
                 velocity[k] = momentum * velocity.get(k, 0) + delta
                 new_state[k] = state[k] - velocity[k]
-        device, head = build_split(cfg.dropout, cfg.norm_groups)
+        device, head = build_split(**cfg.model_options())
         load_joined(device, head, new_state)
-        if head_mode == "refit":
+        if head_mode in ("refit", "fixed"):
             for pid in range(cfg.clients):
                 images, labels, _ = client_split(cfg, pid, "train")
                 rng = np.random.default_rng([cfg.seed, pid, server_round, 2])
@@ -113,7 +113,9 @@ def run(
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="RunConfig settings, e.g. lr=0.001")
-    p.add_argument("--head", default="copies", choices=("copies", "server", "refit"), help="head mode (see above)")
+    p.add_argument(
+        "--head", default="copies", choices=("copies", "server", "refit", "fixed"), help="head mode (see above)"
+    )
     p.add_argument("--refit-fraction", type=float, default=1.0, help="refit: share of each client's train images")
     p.add_argument(
         "--local-head", default="", choices=("", "copies", "server"), help="override: head during local training"

@@ -21,6 +21,7 @@ DEVICES = ("auto", "cpu", "cuda")
 GRAD_SAMPLERS = ("fused", "fast", "opacus")  # how DP-SGD gets per-sample gradients: clients/grad_samplers.py
 STRATEGIES = ("fedavg", "fedavgm", "fedadam", "fedyogi", "fedprox")  # strategy/registry.py
 HEAD_MODES = ("copies", "server")
+INPUT_NORMS = ("none", "invert")
 SKEW_LOSSES = ("none", "restricted", "logit-adjust")
 N_ALPHABETS = 20
 
@@ -111,6 +112,13 @@ class RunConfig:
     optimizer: str = setting("adam", "optimizer", DP_TRAINING, OPTIMIZERS)
     dropout: float = setting(0.0, "dropout in device and head (0 as in the DP runs)", DP_TRAINING)
     norm_groups: int = setting(1, "GroupNorm groups (1 learns best)", DP_TRAINING)
+    input_norm: str = setting(
+        "none",
+        "what the device does to pixels first: none, or invert (strokes 1, background 0; ends the chance-level "
+        "plateau of the first epochs)",
+        DP_TRAINING,
+        INPUT_NORMS,
+    )
     grad_sampler: str = setting(
         "fused",
         "per-sample gradients: fused (own backward, no Opacus hooks), fast (Opacus hooks, own conv) or opacus",
@@ -189,6 +197,10 @@ class RunConfig:
                 f"got {self.clients}; use --partition shards, dirichlet or iid for more clients"
             )
         return self
+
+    def model_options(self) -> dict:
+        """Keywords of ``split.model.build_split`` for this run's model."""
+        return {"dropout": self.dropout, "norm_groups": self.norm_groups, "invert_input": self.input_norm == "invert"}
 
     def settings_dict(self) -> dict:
         """Every setting by field name (``extra`` left out): what ``config.json`` stores."""

@@ -19,16 +19,29 @@ N_CLASSES = 20
 _BLOCKS = ((7, 3, 3), (7, 3, 2), (5, 2, 2), (3, 2, 2))
 
 
+class Invert(nn.Module):
+    """images in [0,1] with white background -> 1 - images: strokes 1, background 0. No parameters.
+
+    Why: Omniglot is about 92 % white, so on raw pixels the first convolution's output is dominated by the
+    constant background and the model sits at chance-level loss for its first epochs. Measured centrally (Adam
+    1e-3, batch 32, 11,000 images): after 200 steps val acc 0.077 on raw pixels, 0.414 inverted.
+    """
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return 1.0 - images
+
+
 class DeviceNet(nn.Sequential):
     """Client-side convnet. images float32 [B,1,105,105] in [0,1] -> activations float32 [B,32,1,1].
 
     The output is what crosses the network to the server: the "activations" the attack inverts.
+    ``invert_input`` puts a fixed ``Invert`` before the first block (then the blocks are layers 1..).
     """
 
-    def __init__(self, dropout: float = 0.0, norm_groups: int = 1) -> None:
+    def __init__(self, dropout: float = 0.0, norm_groups: int = 1, invert_input: bool = False) -> None:
         if CUT_CHANNELS % norm_groups:
             raise ValueError(f"norm_groups must divide {CUT_CHANNELS}, got {norm_groups}")
-        layers: list[nn.Module] = []
+        layers: list[nn.Module] = [Invert()] if invert_input else []
         channels = 1
         for kernel, pool, stride in _BLOCKS:
             layers += [
@@ -55,9 +68,14 @@ class ServerHead(nn.Sequential):
         )
 
 
-def build_split(dropout: float = 0.0, norm_groups: int = 1, n_classes: int = N_CLASSES) -> tuple[DeviceNet, ServerHead]:
-    """A fresh (device, head) pair; seed torch beforehand for reproducible initial weights."""
-    return DeviceNet(dropout, norm_groups), ServerHead(n_classes, dropout)
+def build_split(
+    dropout: float = 0.0, norm_groups: int = 1, n_classes: int = N_CLASSES, invert_input: bool = False
+) -> tuple[DeviceNet, ServerHead]:
+    """A fresh (device, head) pair; seed torch beforehand for reproducible initial weights.
+
+    Callers with a RunConfig pass ``**cfg.model_options()``, so a new model option touches only the config and here.
+    """
+    return DeviceNet(dropout, norm_groups, invert_input), ServerHead(n_classes, dropout)
 
 
 def split_forward(device: nn.Module, head: nn.Module, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
