@@ -124,7 +124,12 @@ def parse_config(argv: Sequence[str] | None = None) -> tuple[RunConfig, argparse
         raise UserError(f"--noise has repeated values: {args.noise}")
     if len(args.noise) > 1 and args.target_epsilon:
         raise UserError("--target-epsilon picks one noise value; do not combine it with several --noise values")
-    return RunConfig(**values, noise=args.noise[0]).validate(), args
+    cfg = RunConfig(**values, noise=args.noise[0]).validate()
+    if not args.skip_attack:  # a misspelt attack would otherwise fail only after training
+        from attack.registry import parse_attacks
+
+        parse_attacks(cfg.attacks)
+    return cfg, args
 
 
 def dry_run(cfg: RunConfig, download: bool) -> None:

@@ -83,6 +83,12 @@ CASES = [
     (["--max-epsilon=-1"], "--max-epsilon must be > 0"),
     (["--max-epsilon", "2", "--noise", "0"], "--max-epsilon needs --noise > 0"),
     (["--fail-rate", "1"], "--fail-rate must be in [0, 1)"),
+    # choices of the new levers, checked before anything runs
+    (["--attacks", "seed,bogus"], "unknown attack(s) 'bogus'"),
+    (["--strategy", "fedsgd"], "--strategy must be one of"),
+    (["--head-mode", "both"], "--head-mode must be one of"),
+    (["--skew-loss", "focal"], "--skew-loss must be one of"),
+    (["--input-norm", "std"], "--input-norm must be one of"),
     # output directory
     (["--out", "{file}/run"], "is not a directory"),
     (["--out", "/proc/no-such-dir/run"], "cannot write to --out /proc/no-such-dir/run"),
