@@ -13,19 +13,9 @@ import numpy as np
 from flwr.app import Array, ArrayRecord, Error, Message, MessageType
 from flwr.supercore.task_identity import TaskIdentity
 
+from core import protocol
 from core.privacy import History, total_steps
-from core.protocol import (
-    ARRAYS_KEY,
-    CONFIG_KEY,
-    ROUND_KEY,
-    EvaluateReply,
-    Intercepted,
-    PartitionReply,
-    QueryReply,
-    TrainReply,
-    is_partition_query,
-    read_history,
-)
+from core.protocol import Intercepted, TrainReply
 
 NODES = {17: 2, 5: 0, 42: 1}  # Flower node id -> partition id: node order is not partition order
 
@@ -75,13 +65,13 @@ class FakeClients:
 
     def __call__(self, msg: Message, pid: int) -> Message:
         kind = msg.metadata.message_type
-        if kind == MessageType.QUERY and is_partition_query(msg.content):
-            return PartitionReply(pid, len(NODES)).to_message(msg)
-        arrays = {key: value.numpy() for key, value in msg.content[ARRAYS_KEY].items()}
+        if kind == MessageType.QUERY and protocol.is_partition_query(msg.content):
+            return protocol.PartitionReply(pid, len(NODES)).to_message(msg)
+        arrays = {key: value.numpy() for key, value in msg.content[protocol.ARRAYS_KEY].items()}
         if kind == MessageType.QUERY:
             activations = np.full((pid + 1, 32, 1, 1), float(arrays["device.w"].sum()), np.float32)
-            return QueryReply(Intercepted(pid, activations, np.arange(pid + 1) + 100 * pid)).to_message(msg)
-        server_round = int(msg.content[CONFIG_KEY][ROUND_KEY])
+            return protocol.QueryReply(Intercepted(pid, activations, np.arange(pid + 1) + 100 * pid)).to_message(msg)
+        server_round = int(msg.content[protocol.CONFIG_KEY][protocol.ROUND_KEY])
         if kind == MessageType.EVALUATE:
             metrics = {
                 "num-examples": 5,
@@ -89,11 +79,11 @@ class FakeClients:
                 "val-loss": float(arrays["device.w"].sum()),
                 "val-acc": 0.1,
             }
-            return EvaluateReply(metrics).to_message(msg)
+            return protocol.EvaluateReply(metrics).to_message(msg)
         assert kind == MessageType.TRAIN
         if (server_round, pid) == self.crash:
             return Message(Error(code=0, reason=f"Exception occurred. Message: boom in {pid}"), reply_to=msg)
-        own, sent = self.histories.get(pid, []), read_history(msg.content)
+        own, sent = self.histories.get(pid, []), protocol.read_history(msg.content)
         history = sent if total_steps(sent) > total_steps(own) else own
         if self.budget is not None and len(history) >= self.budget:
             return self._reply(pid, history, 0, "over-budget", "not trained: budget").to_message(msg)

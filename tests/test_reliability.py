@@ -1,8 +1,8 @@
 """End to end, tiny runs: determinism, --fail-rate, --max-epsilon, a crashing client, kill -9 and --resume.
 
-Every run is 2-3 clients with 64 images each (58 train: q = 0.5, 2 DP-SGD steps per round), --skip-attack.
-Two columns can never repeat between runs and are left out of the comparisons: ``client`` (the Flower node id,
-assigned afresh by every run) and the wall-clock seconds in metrics.csv.
+Every run is 2-3 clients with 64 images each (58 train: q = 0.5, 2 DP-SGD steps per round; 40 in the FedAdam
+run), --skip-attack. Two columns can never repeat between runs and are left out of the comparisons: ``client`` (the
+Flower node id, assigned afresh by every run) and the wall-clock seconds in metrics.csv.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from collections import defaultdict
 from pathlib import Path
 
 import pytest
+import torch
 
 from core.privacy import epsilon
 
@@ -103,16 +104,16 @@ def test_fail_rate_round_goes_on_and_failed_steps_are_counted(reference) -> None
     assert int(by_client["1"][-1]["steps_total"]) == 1 + 2 + 2  # round 1 (failed), rounds 2 and 3
 
 
-@pytest.mark.slow
-def test_kill_9_then_resume_equals_uninterrupted(reference, tmp_path: Path) -> None:
-    first, _ = reference
-    out = tmp_path / "killed"
-    cmd = [sys.executable, "sim.py", *REFERENCE, "--out", str(out)]
+def _kill_after(args: list[str], out: Path, csv_name: str, server_round: int) -> None:
+    """Start ``sim.py args --out out`` and kill -9 its whole process group once ``csv_name`` has a row of
+    ``server_round``; the run directory must then be left unfinished."""
+    cmd = [sys.executable, "sim.py", *args, "--out", str(out)]
     # Its own session: the kill reaches the Ray processes it starts too (they share its process group).
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     try:
         deadline = time.monotonic() + 2400
-        while not ((out / "ledger.csv").exists() and any(r["round"] == "2" for r in _rows(out / "ledger.csv"))):
+        path = out / csv_name
+        while not (path.exists() and any(r["round"] == str(server_round) for r in _rows(path))):
             assert proc.poll() is None, "the run ended before it could be killed"
             assert time.monotonic() < deadline
             time.sleep(0.2)
@@ -123,6 +124,13 @@ def test_kill_9_then_resume_equals_uninterrupted(reference, tmp_path: Path) -> N
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait(timeout=60)
     assert (out / "INCOMPLETE").exists() and not (out / "model.pt").exists()
+
+
+@pytest.mark.slow
+def test_kill_9_then_resume_equals_uninterrupted(reference, tmp_path: Path) -> None:
+    first, _ = reference
+    out = tmp_path / "killed"
+    _kill_after(REFERENCE, out, "ledger.csv", 2)
     refused = _sim("--resume", str(out), "--lr", "0.001")
     assert refused.returncode == 2 and "--lr 0.001 differs from the run's 0.005" in refused.stderr
     done = _sim("--resume", str(out), "--skip-attack")
@@ -132,6 +140,25 @@ def test_kill_9_then_resume_equals_uninterrupted(reference, tmp_path: Path) -> N
     assert not (out / "INCOMPLETE").exists() and (out / "model.pt").exists()
     again = _sim("--resume", str(out))
     assert again.returncode == 2 and "that run has finished" in again.stderr
+
+
+@pytest.mark.slow
+def test_kill_9_then_resume_equals_uninterrupted_with_a_server_optimiser(tmp_path: Path) -> None:
+    """FedAdam keeps moments between rounds: the checkpoint must carry them, or the resumed run steps differently."""
+    args = ["--clients", "3", "--rounds", "3", "--limit-per-client", "40", "--skip-attack", "--strategy", "fedadam"]
+    whole = tmp_path / "whole"
+    done = _sim(*args, "--out", str(whole))
+    assert done.returncode == 0, done.stderr[-3000:]
+    out = tmp_path / "killed"
+    _kill_after(args, out, "metrics.csv", 2)
+    done = _sim("--resume", str(out), "--skip-attack")
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "trained: 3 rounds" in done.stdout
+    _assert_same_run(whole, out)
+    a, b = (torch.load(d / "model.pt", weights_only=True) for d in (whole, out))
+    for part in ("device", "head"):
+        for key, value in a[part].items():
+            assert torch.equal(b[part][key], value), f"{part}.{key}"
 
 
 @pytest.mark.slow
