@@ -82,7 +82,7 @@ def _setup(msg: Message, context: Context) -> tuple[RunConfig, int, torch.nn.Mod
     torch_device = torch.device("cuda" if cfg.device == "cuda" else "cpu")
     if cfg.device == "auto":
         torch_device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device, head = build_split(cfg.dropout, cfg.norm_groups)
+    device, head = build_split(**cfg.model_options())
     load_joined(device, head, msg.content[ARRAYS_KEY].to_torch_state_dict())
     return cfg, partition_id, device, head, torch_device
 

@@ -106,7 +106,7 @@ def run_server(
     logging.getLogger("flwr").setLevel(logging.WARNING)  # our table reports each round; Flower's INFO would drown it
     console = console or Console()
     torch.manual_seed(cfg.seed)
-    device, head = build_split(cfg.dropout, cfg.norm_groups)
+    device, head = build_split(**cfg.model_options())
     arrays, first_round = ArrayRecord(joined_state(device, head)), 1
     config = ConfigRecord(cfg.to_flwr())
     chosen = entry(cfg.strategy)
