@@ -217,10 +217,8 @@ def check_resume(cfg: RunConfig, run_dir: Path) -> Checkpoint:
     if not is_incomplete(run_dir):
         raise UserError(f"--resume {run_dir}: that run has finished; nothing to resume")
     ckpt = load_checkpoint(run_dir)
-    saved = {k: v for k, v in ckpt.settings.items() if k not in RESUME_MAY_CHANGE + ("out",)}
-    current = {k: v for k, v in dataclasses.asdict(cfg).items() if k in saved}
-    if saved != current:
-        differ = sorted(k for k in saved if saved[k] != current.get(k))
+    differ = [k for k in ckpt.mismatches(cfg.settings_dict()) if k not in RESUME_MAY_CHANGE + ("out",)]
+    if differ:
         raise UserError(f"--resume {run_dir}: checkpoint.pt was written with other settings ({', '.join(differ)})")
     return ckpt
 

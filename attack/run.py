@@ -69,7 +69,7 @@ def load_run(run_dir: Path) -> FinishedRun:
             raise UserError(f"{run_dir} is not a finished run: {name} is missing (train it first with sim.py)")
     saved = torch.load(run_dir / "model.pt", map_location="cpu", weights_only=False)
     cfg = load_config(run_dir, saved)
-    device, _ = build_split(cfg.dropout, cfg.norm_groups)
+    device, _ = build_split(**cfg.model_options())
     device.load_state_dict(saved["device"])
     with np.load(run_dir / "intercepted.npz") as z:
         intercepted = {k: z[k] for k in z.files}

@@ -30,7 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a scri
 from clients.client_app import client_split, local_round_seed  # noqa: E402
 from clients.train import evaluate, train_local  # noqa: E402
 from core.config import RunConfig, settings  # noqa: E402
-from split.head import fit_head  # noqa: E402
+from split.head import fit_head, head_fit_sample  # noqa: E402
 from split.model import build_split, device_activations, joined_state, load_joined  # noqa: E402
 
 
@@ -47,7 +47,6 @@ def run(
     torch.manual_seed(cfg.seed)
     state = joined_state(*build_split(**cfg.model_options()))
     train_mode = local_head or ("copies" if head_mode == "copies" else "server")
-    local_cfg = RunConfig(**{**cfg.settings_dict(), "head_mode": train_mode})
     rows, started, velocity = [], time.perf_counter(), {}
     for server_round in range(1, cfg.rounds + 1):
         states, weights, pooled_x, pooled_y = [], [], [], []
@@ -60,7 +59,15 @@ def run(
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 result = train_local(
-                    device, head, images, labels, local_cfg, [], seed, record_cut=head_mode == "server"
+                    device,
+                    head,
+                    images,
+                    labels,
+                    cfg,
+                    [],
+                    seed,
+                    record_cut=head_mode == "server",
+                    freeze_head=train_mode == "server",
                 )
             states.append(joined_state(device, head))
             weights.append(result.n_train)
@@ -82,8 +89,7 @@ def run(
         if head_mode in ("refit", "fixed"):
             for pid in range(cfg.clients):
                 images, labels, _ = client_split(cfg, pid, "train")
-                rng = np.random.default_rng([cfg.seed, pid, server_round, 2])
-                keep = torch.from_numpy(rng.permutation(len(labels))[: max(1, round(refit_fraction * len(labels)))])
+                keep = head_fit_sample(cfg.seed, pid, server_round, len(labels), refit_fraction)
                 pooled_x.append(device_activations(device, images[keep]))
                 pooled_y.append(labels[keep])
         if head_mode != "copies":

@@ -34,14 +34,18 @@ from core.protocol import (
     PRIVACY_KEY,
     ROUND_KEY,
     EvaluateReply,
+    HeadFitReply,
     Intercepted,
     PartitionReply,
     QueryReply,
     TrainReply,
     history_record,
+    is_head_fit_query,
     is_partition_query,
     read_history,
 )
+from split.cut import build_cut
+from split.head import head_fit_sample
 from split.model import build_split, device_activations, joined_state, load_joined
 
 
@@ -199,12 +203,25 @@ def query(msg: Message, context: Context) -> Message:
     if is_partition_query(msg.content):
         node = context.node_config
         return PartitionReply(int(node["partition-id"]), int(node["num-partitions"])).to_message(msg)
+    if is_head_fit_query(msg.content):
+        return _head_fit(msg, context)
     cfg, pid, device, _, torch_device = _setup(msg, context)
     shard_images, _, train_idx = client_split(cfg, pid, "train")
     val_images, _, val_idx = client_split(cfg, pid, "val")
-    activations = device_activations(device.to(torch_device), torch.cat([shard_images, val_images]))
+    activations = device_activations(device.to(torch_device), torch.cat([shard_images, val_images]), cut=build_cut())
     index = np.concatenate([train_idx, val_idx]).astype(np.int64)
     return QueryReply(Intercepted(pid, activations.numpy(), index)).to_message(msg)
+
+
+def _head_fit(msg: Message, context: Context) -> Message:
+    """``--head-mode refit``: a seeded ``--head-fit-fraction`` of this client's training images through the new
+    global device model (and the run's cut), with their labels, for the server to refit its head on."""
+    cfg, pid, device, _, torch_device = _setup(msg, context)
+    images, labels, _ = client_split(cfg, pid, "train")
+    server_round = int(msg.content[CONFIG_KEY][ROUND_KEY])
+    keep = head_fit_sample(cfg.seed, pid, server_round, len(labels), cfg.head_fit_fraction)
+    activations = device_activations(device.to(torch_device), images[keep], cut=build_cut())
+    return HeadFitReply(pid, activations.numpy(), labels[keep].numpy()).to_message(msg)
 
 
 def build_client_app(mods: list[Mod] | None = None) -> ClientApp:

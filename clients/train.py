@@ -74,7 +74,7 @@ def split_step(
     detached). ``device_opt`` may be an Opacus DPOptimizer, with ``device`` its GradSampleModule or a
     ``PerSampleDevice`` (which takes the cut gradient itself and sets the per-sample gradients). ``cut``: what
     the device does to its activations before sending them (``split.cut``; identity when None). ``head_opt``
-    None: the head is the server's and stays fixed during the round (``--head-mode server``). ``logit_bias``
+    None: the head stays fixed during the round (``train_local(freeze_head=True)``). ``logit_bias``
     float32 [n_classes] is added to the logits in the loss only (``label_skew_bias``); accuracy uses raw logits.
     """
     cut = cut or Cut()
@@ -109,6 +109,7 @@ def train_local(
     torch_device: torch.device | str = "cpu",
     record_cut: bool = False,
     max_steps: int | None = None,
+    freeze_head: bool = False,
 ) -> LocalResult:
     """Train ``device`` (in place) with DP-SGD and ``head`` (in place) for ``cfg.local_epochs`` epochs.
 
@@ -129,8 +130,9 @@ def train_local(
         generator=torch.Generator().manual_seed(seed),
     )
     device_opt = make_optimizer(cfg.optimizer, device.parameters(), cfg.lr)
-    # SplitFed v1 trains a head copy per client; a server-held head stays fixed during the round.
-    head_opt = make_optimizer(cfg.optimizer, head.parameters(), cfg.lr) if cfg.head_mode == "copies" else None
+    # Each client's round trains its own head copy (SplitFed v1, in both head modes); ``freeze_head`` keeps the
+    # server's head fixed instead (measured by benchmarks/levers.py, not offered by sim.py: it learned worse).
+    head_opt = None if freeze_head else make_optimizer(cfg.optimizer, head.parameters(), cfg.lr)
     bias = label_skew_bias(cfg.skew_loss, labels, head[-1].out_features)
     anchor = [p.detach().clone() for p in device.parameters()] if cfg.strategy == "fedprox" else None
     engine, wrapped = None, None

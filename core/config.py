@@ -20,7 +20,7 @@ ACCOUNTANTS = ("rdp", "prv", "rdp-classic")
 DEVICES = ("auto", "cpu", "cuda")
 GRAD_SAMPLERS = ("fused", "fast", "opacus")  # how DP-SGD gets per-sample gradients: clients/grad_samplers.py
 STRATEGIES = ("fedavg", "fedavgm", "fedadam", "fedyogi", "fedprox")  # strategy/registry.py
-HEAD_MODES = ("copies", "server")
+HEAD_MODES = ("copies", "refit")
 INPUT_NORMS = ("none", "invert")
 SKEW_LOSSES = ("none", "restricted", "logit-adjust")
 N_ALPHABETS = 20
@@ -63,16 +63,19 @@ class RunConfig:
     limit_per_client: int = setting(0, "cap images per client; 0 = all", FEDERATION)
     val_fraction: float = setting(0.1, "share of each shard for validation", FEDERATION)
     head_mode: str = setting(
-        "copies",
-        "who trains the head: copies = one copy per client per round, averaged (SplitFed v1); server = the server's "
-        "head, fixed during a round, then trained on the activations and labels it received (see README)",
+        "refit",
+        "the server's head: copies = one copy per client per round, averaged (SplitFed v1); refit = the same, then "
+        "the server refits the averaged head on fresh activations of a sample of every client's images (see README)",
         FEDERATION,
         HEAD_MODES,
     )
-    head_epochs: int = setting(5, "--head-mode server: epochs over the round's received activations", FEDERATION)
-    head_lr: float = setting(1e-3, "--head-mode server: Adam learning rate of the server's head", FEDERATION)
+    head_epochs: int = setting(5, "--head-mode refit: epochs over the pooled activations", FEDERATION)
+    head_lr: float = setting(1e-3, "--head-mode refit: Adam learning rate of the refit", FEDERATION)
+    head_fit_fraction: float = setting(
+        0.25, "--head-mode refit: share of each client's training images sent for the refit", FEDERATION
+    )
     skew_loss: str = setting(
-        "none",
+        "restricted",
         "client loss under label skew: restricted = softmax over the client's own classes (FedRS, alpha 0); "
         "logit-adjust = balanced softmax with the client's class frequencies",
         DP_TRAINING,
@@ -108,12 +111,12 @@ class RunConfig:
     accountant: str = setting("rdp", "privacy accountant", DP_TRAINING, ACCOUNTANTS)
     local_epochs: int = setting(1, "local epochs per round", DP_TRAINING)
     batch_size: int = setting(32, "expected (Poisson) batch size", DP_TRAINING)
-    lr: float = setting(0.005, "learning rate", DP_TRAINING)
+    lr: float = setting(0.002, "learning rate (0.005 in the 2020 DP runs; see README, Levers)", DP_TRAINING)
     optimizer: str = setting("adam", "optimizer", DP_TRAINING, OPTIMIZERS)
     dropout: float = setting(0.0, "dropout in device and head (0 as in the DP runs)", DP_TRAINING)
     norm_groups: int = setting(1, "GroupNorm groups (1 learns best)", DP_TRAINING)
     input_norm: str = setting(
-        "none",
+        "invert",
         "what the device does to pixels first: none, or invert (strokes 1, background 0; ends the chance-level "
         "plateau of the first epochs)",
         DP_TRAINING,
@@ -149,7 +152,9 @@ class RunConfig:
         """Raise UserError with one line for the first invalid setting; return self."""
         _positive_int(self, "clients", "rounds", "local_epochs", "batch_size", "alphabets_per_client", "attack_epochs")
         _positive_int(self, "head_epochs")
-        _finite(self, "head_lr")
+        _finite(self, "head_lr", "head_fit_fraction")
+        if not 0 < self.head_fit_fraction <= 1:
+            raise UserError(f"--head-fit-fraction must be in (0, 1], got {self.head_fit_fraction}")
         if self.head_lr <= 0:
             raise UserError(f"--head-lr must be > 0, got {self.head_lr}")
         _finite(self, "noise", "lr", "clip", "delta", "alpha", "target_epsilon", "fraction_train", "val_fraction")

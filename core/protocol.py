@@ -9,6 +9,8 @@ Messages:
   server holds one, ``privacy`` (the client's accountant history). Reply: ``TrainReply``.
 - evaluate: ``arrays`` and ``config``. Reply: ``EvaluateReply``.
 - query with ``config.query == "partition-id"``: reply ``PartitionReply`` (the node's partition id).
+- query with ``config.query == "head-fit"`` (``--head-mode refit``): ``arrays`` and ``config``; reply
+  ``HeadFitReply`` (a seeded sample of the client's training images through the device model, with labels).
 - any other query: ``arrays`` and ``config``; reply ``QueryReply`` (every private image through the device model).
 """
 
@@ -30,6 +32,8 @@ STATUS_KEY = "status"  # {"status": one of STATUSES, "message": str}
 INTERCEPTED_KEY = "intercepted"  # {"activations": float32 [n,32,1,1], "index": int64 [n]}
 QUERY_KEY = "query"  # in a query's config: what is asked
 QUERY_PARTITION_ID = "partition-id"  # value of config["query"] for the start-up question
+QUERY_HEAD_FIT = "head-fit"  # value of config["query"] when the server refits its head (--head-mode refit)
+HEAD_FIT_KEY = "head-fit"  # {"activations": float32 [n,32,1,1], "labels": int64 [n]}
 ROUND_KEY = "server-round"  # in the train / evaluate config
 
 STATUSES = ("trained", "failed", "over-budget")
@@ -86,6 +90,38 @@ def partition_query(config: ConfigRecord) -> RecordDict:
 
 def is_partition_query(content: RecordDict) -> bool:
     return content.config_records.get(CONFIG_KEY, {}).get(QUERY_KEY) == QUERY_PARTITION_ID
+
+
+def head_fit_query(arrays: ArrayRecord, config: ConfigRecord, server_round: int) -> RecordDict:
+    """The content of the query that asks for head-fitting activations through the global model in ``arrays``."""
+    asked = ConfigRecord({**config, QUERY_KEY: QUERY_HEAD_FIT, ROUND_KEY: server_round})
+    return RecordDict({ARRAYS_KEY: arrays, CONFIG_KEY: asked})
+
+
+def is_head_fit_query(content: RecordDict) -> bool:
+    return content.config_records.get(CONFIG_KEY, {}).get(QUERY_KEY) == QUERY_HEAD_FIT
+
+
+@dataclass
+class HeadFitReply:
+    """A client's answer to the head-fit query: a seeded sample of its training images through the received device
+    model and their labels (what the server's head is refitted on). activations float32 [n,32,1,1], labels int64 [n].
+    """
+
+    partition: int
+    activations: np.ndarray
+    labels: np.ndarray
+
+    def to_message(self, reply_to: Message) -> Message:
+        record = ArrayRecord({"activations": Array(self.activations), "labels": Array(self.labels.astype(np.int64))})
+        content = RecordDict({HEAD_FIT_KEY: record, METRICS_KEY: MetricRecord({"partition-id": self.partition})})
+        return Message(content, reply_to=reply_to)
+
+    @classmethod
+    def from_message(cls, msg: Message) -> HeadFitReply:
+        record = msg.content[HEAD_FIT_KEY]
+        partition = int(msg.content[METRICS_KEY]["partition-id"])
+        return cls(partition, record["activations"].numpy(), record["labels"].numpy())
 
 
 @dataclass

@@ -7,9 +7,22 @@ client's few (what makes averaged per-client head copies poor under label skew).
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+
+def head_fit_sample(seed: int, partition: int, server_round: int, n: int, fraction: float) -> torch.Tensor:
+    """Which of a client's ``n`` training images it sends for the head refit in ``server_round``: int64 [k],
+    sorted, k = max(1, round(fraction n)); drawn by an RNG seeded (seed, partition, round), so resumes agree."""
+    rng = np.random.default_rng([seed, partition, server_round, 2])
+    return torch.from_numpy(np.sort(rng.permutation(n)[: max(1, round(fraction * n))]))
+
+
+def head_fit_seed(seed: int, server_round: int) -> int:
+    """The seed of the refit's batch order in ``server_round``."""
+    return int(np.random.SeedSequence([seed, server_round, 3]).generate_state(1)[0])
 
 
 def fit_head(

@@ -35,7 +35,6 @@ from core.protocol import Intercepted
 CHECKPOINT = "checkpoint.pt"
 INCOMPLETE = "INCOMPLETE"
 FORMAT = 2  # 2: settings digests instead of the settings, and the server strategy's state
-CHANGED = "<changed since checkpoint.pt was written>"
 
 
 def settings_digest(settings: dict[str, Any]) -> dict[str, str]:
@@ -63,10 +62,6 @@ class Checkpoint:
     elapsed_seconds: float = 0.0
     intercepted_training: list[Intercepted] = field(default_factory=list)
     strategy_state: dict[str, Any] = field(default_factory=dict)
-    # Transitional, not stored: config.json's settings as load_checkpoint read them, with every setting whose digest
-    # differs replaced by CHANGED, so that sim.py's check_resume (which compares ``settings``) refuses it. Remove
-    # once check_resume calls ``mismatches``.
-    settings: dict[str, Any] = field(default_factory=dict, repr=False)
 
     def array_record(self) -> ArrayRecord:
         return ArrayRecord({key: Array(value) for key, value in self.arrays.items()})
@@ -103,7 +98,7 @@ def load_checkpoint(run_dir: Path) -> Checkpoint:
     try:
         payload = torch.load(path, weights_only=False)
         assert payload["format"] == FORMAT
-        ckpt = Checkpoint(
+        return Checkpoint(
             round=int(payload["round"]),
             arrays=dict(payload["arrays"]),
             histories={int(pid): history_from_lists(h) for pid, h in payload["histories"].items()},
@@ -115,18 +110,6 @@ def load_checkpoint(run_dir: Path) -> Checkpoint:
         )
     except Exception as exc:  # any damage reads the same to the user: the file cannot be used
         raise UserError(f"--resume {run_dir}: {CHECKPOINT} is unreadable ({type(exc).__name__})") from None
-    ckpt.settings = _settings_as_checked(run_dir, ckpt)
-    return ckpt
-
-
-def _settings_as_checked(run_dir: Path, ckpt: Checkpoint) -> dict[str, Any]:
-    """Transitional (see ``Checkpoint.settings``): config.json's settings, CHANGED where the digest differs."""
-    try:
-        saved = json.loads((run_dir / "config.json").read_text())["settings"]
-    except (OSError, ValueError, KeyError, TypeError):
-        return {key: CHANGED for key in ckpt.settings_digest}
-    differ = set(ckpt.mismatches(saved))
-    return {key: CHANGED if key in differ else saved[key] for key in ckpt.settings_digest}
 
 
 def mark_incomplete(run_dir: Path, note: str) -> None:

@@ -35,6 +35,7 @@ class Driver:
         settings: dict[str, Any],
         elapsed: Callable[[], float] = lambda: 0.0,
         timeout: float = 3600,
+        head_fitter: Callable[[Grid, ArrayRecord, ConfigRecord, int], ArrayRecord] | None = None,
     ) -> None:
         self.ledger = ledger
         self.state = state
@@ -42,6 +43,7 @@ class Driver:
         self.digest = settings_digest(settings)
         self.elapsed = elapsed
         self.timeout = timeout
+        self.head_fitter = head_fitter  # --head-mode refit: strategy.head_fit.HeadFitter
 
     def checkpoint(self, server_round: int, arrays: ArrayRecord) -> Checkpoint:
         """Write the state after ``server_round`` (global ``arrays``) to ``checkpoint.pt``; returns it."""
@@ -74,8 +76,8 @@ class Driver:
     def run(
         self, grid: Grid, arrays: ArrayRecord, first_round: int, num_rounds: int, config: ConfigRecord
     ) -> tuple[ArrayRecord, int]:
-        """Rounds ``first_round..num_rounds`` (train the sampled clients, then evaluate every client, then
-        checkpoint); returns (the global arrays, the last round run).
+        """Rounds ``first_round..num_rounds`` (train the sampled clients, refit the head when there is a head
+        fitter, then evaluate every client, then checkpoint); returns (the global arrays, the last round run).
 
         Stops early, before ``num_rounds``, once every client has answered ``over-budget``: none of them can train.
         """
@@ -86,6 +88,8 @@ class Driver:
             sent = ledger.configure_train(server_round, arrays, config, grid)
             replies = grid.send_and_receive(sent, timeout=self.timeout)
             new_arrays, _ = ledger.aggregate_train(server_round, replies)
+            if new_arrays is not None and self.head_fitter is not None:  # before evaluation: it uses the new head
+                new_arrays = self.head_fitter(grid, new_arrays, config, server_round)
             arrays = new_arrays if new_arrays is not None else arrays
             sent = ledger.configure_evaluate(server_round, arrays, config, grid)
             ledger.aggregate_evaluate(server_round, grid.send_and_receive(sent, timeout=self.timeout))

@@ -28,6 +28,7 @@ from split.model import build_split, joined_state, load_joined
 from strategy.checkpoint import Checkpoint, mark_complete, mark_incomplete
 from strategy.driver import Driver
 from strategy.figures import plot_run
+from strategy.head_fit import HeadFitter
 from strategy.interception import query_activations, save_intercepted
 from strategy.ledger import ClientFailed, LedgerStrategy
 from strategy.recorder import RunRecorder
@@ -123,7 +124,8 @@ def run_server(
                 elapsed_before=resume.elapsed_seconds if resume else 0.0,
             )
             ledger = LedgerStrategy(chosen.build(cfg), recorder, cfg.seed, cfg.clients, cfg.fraction_train)
-            driver = Driver(ledger, chosen.state, run_dir, cfg.settings_dict(), recorder.elapsed)
+            fitter = HeadFitter(cfg) if cfg.head_mode == "refit" else None
+            driver = Driver(ledger, chosen.state, run_dir, cfg.settings_dict(), recorder.elapsed, head_fitter=fitter)
             if resume:
                 arrays, first_round = driver.restore(resume)
             try:

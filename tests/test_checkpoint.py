@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import csv
-import json
 import math
 
 import numpy as np
@@ -15,7 +14,6 @@ from core.errors import UserError
 from core.privacy import epsilon
 from core.protocol import Intercepted
 from strategy.checkpoint import (
-    CHANGED,
     CHECKPOINT,
     Checkpoint,
     is_incomplete,
@@ -79,13 +77,6 @@ def test_checkpoint_holds_no_settings_only_their_digest(tmp_path) -> None:
     assert ckpt.mismatches({**SETTINGS, "lr": 0.001, "seed": 1}) == ["lr", "seed"]
     assert ckpt.mismatches({k: v for k, v in SETTINGS.items() if k != "clients"}) == ["clients"]
     assert ckpt.mismatches({**SETTINGS, "new_setting": 1}) == []  # settings added since are not compared
-
-
-def test_settings_for_check_resume_come_from_config_json(tmp_path) -> None:
-    """Transitional: sim.py's check_resume compares ``ckpt.settings``; a setting changed since is marked."""
-    save_checkpoint(tmp_path, _checkpoint())
-    (tmp_path / "config.json").write_text(json.dumps({"settings": {**SETTINGS, "lr": 0.1}}))
-    assert load_checkpoint(tmp_path).settings == {**SETTINGS, "lr": CHANGED}
 
 
 @pytest.mark.parametrize("damage", ["missing", "truncated"])
