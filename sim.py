@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 
 from core.config import ATTACK, DP_TRAINING, FEDERATION, RUN, RunConfig, flag_name, settings
 from core.errors import UserError
+from core.privacy import EPSILON_COVERS
 
 if TYPE_CHECKING:
     from strategy.checkpoint import Checkpoint
@@ -203,7 +204,8 @@ def train(cfg: RunConfig, run_dir: Path, chosen: dict, resume: Checkpoint | None
     last = rows[-1]
     print(
         f"trained: {len(rows)} rounds, val acc {last['val_acc']:.3f}, epsilon {last['epsilon_min']:.3g}..."
-        f"{last['epsilon_max']:.3g} ({cfg.accountant}, delta={cfg.delta:g}); run directory {run_dir}"
+        f"{last['epsilon_max']:.3g} ({cfg.accountant}, delta={cfg.delta:g}); run directory {run_dir}\n"
+        f"  note: {EPSILON_COVERS}"
     )
     return run_dir
 

@@ -19,6 +19,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 from core import files
+from core.privacy import EPSILON_COVERS
 
 SETS = ("unseen", "clients_inference", "clients_train")
 COLUMNS = (
@@ -168,6 +169,8 @@ def _markdown(out_dir: Path, run_dirs: list[Path], rows: list[dict]) -> str:
         "How well a curious server reconstructs clients' images from the activations it receives, per epsilon.",
         "`unseen`: small2 images the attacker never saw; `clients_inference` / `clients_train`: clients' private",
         "images from intercepted activations (mean over clients). Baseline: small1's mean image.",
+        "",
+        f"What epsilon covers: {EPSILON_COVERS}.",
         "",
         "![leakage vs epsilon](leakage_vs_epsilon.png)",
         "",

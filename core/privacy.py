@@ -37,6 +37,12 @@ from opacus.accountants.analysis.rdp import compute_rdp
 
 History = list[tuple[float, float, int]]
 
+# Printed beside every epsilon the tool shows (terminal, figures, report, README): what the guarantee is about.
+EPSILON_COVERS = (
+    "epsilon is per client and record-level (one image), for the device weights it trained with DP-SGD; it does not "
+    "cover the activations and labels that cross the cut, nor the server's head"
+)
+
 # The RDP orders of TF Privacy's compute_dp_sgd_privacy, 2019-2020 (compute_dp_sgd_privacy_lib.py at v0.5.1).
 CLASSIC_ORDERS: tuple[float, ...] = tuple(
     [1.25, 1.5, 1.75, 2.0, 2.25, 2.5, 3.0, 3.5, 4.0, 4.5] + [float(a) for a in range(5, 64)] + [128.0, 256.0, 512.0]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import math
+import textwrap
 from collections import defaultdict
 from pathlib import Path
 
@@ -13,6 +14,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 from core import files
+from core.privacy import EPSILON_COVERS
 
 
 def _read(path: Path) -> list[dict]:
@@ -45,7 +47,8 @@ def _plot_epsilon(run_dir: Path, ledger: list[dict]) -> Path:
     delta = ledger[0]["delta"] if ledger else "?"
     ax.set(xlabel="round", ylabel=f"epsilon (delta={delta}, {accountant})", title="Privacy spent per client")
     ax.grid(alpha=0.3)
-    return _save(fig, run_dir / "epsilon_per_round.png")
+    fig.text(0.01, 0.005, textwrap.fill(EPSILON_COVERS, 110), fontsize=6, va="bottom")
+    return _save(fig, run_dir / "epsilon_per_round.png", bottom=0.07)
 
 
 def _plot_accuracy(run_dir: Path, metrics: list[dict], clients: list[dict]) -> Path:
@@ -72,8 +75,9 @@ def _plot_accuracy(run_dir: Path, metrics: list[dict], clients: list[dict]) -> P
     return _save(fig, run_dir / "accuracy_per_round.png")
 
 
-def _save(fig: plt.Figure, path: Path) -> Path:
-    fig.tight_layout()
+def _save(fig: plt.Figure, path: Path, bottom: float = 0.0) -> Path:
+    """``bottom``: share of the figure's height kept free below the axes (for a footnote)."""
+    fig.tight_layout(rect=(0, bottom, 1, 1))
     files.write_with(path, lambda fh: fig.savefig(fh, format="png", dpi=120))
     plt.close(fig)
     return path

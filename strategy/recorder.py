@@ -59,6 +59,11 @@ def _weighted(rows: list[dict], key: str, weight: str = "num-examples") -> float
     return sum(r[key] * r[weight] for r in rows) / total if total else math.nan
 
 
+def _shown(value: float, digits: int = 3) -> str:
+    """A number for the terminal: "–" where there is none (a round in which no client trained has no train acc)."""
+    return "–" if math.isnan(value) else f"{value:.{digits}f}"
+
+
 class _CsvAppender:
     """A CSV file with a fixed header whose rows are flushed as they are written.
 
@@ -189,8 +194,8 @@ class RunRecorder:
     def _title(self, row: dict, not_trained: int) -> str:
         skipped = f", {not_trained} client(s) did not train" if not_trained else ""
         return (
-            f"[bold]round {row['round']}/{self.cfg.rounds}[/]: val acc {row['val_acc']:.3f}, "
-            f"train acc {row['train_acc']:.3f}{skipped}, {row['round_seconds']:.1f} s "
+            f"[bold]round {row['round']}/{self.cfg.rounds}[/]: val acc {_shown(row['val_acc'])}, "
+            f"train acc {_shown(row['train_acc'])}{skipped}, {row['round_seconds']:.1f} s "
             f"(elapsed {row['elapsed_seconds']:.0f} s)"
         )
 
