@@ -70,3 +70,23 @@ def test_new_defaults_learn_under_label_skew_and_the_old_ones_do_not(tmp_path, o
     # Measured here: new 0.269, old 0.053 (chance 0.05); 4 rounds of 4 clients x 240 training images.
     assert new >= 0.20, f"new defaults: val acc {new:.3f}"
     assert old <= 0.12, f"old defaults: val acc {old:.3f}"
+
+
+def _ledger(tmp_path: Path, omniglot_root: Path, **settings) -> list[dict]:
+    cfg = RunConfig(**{**SKEWED, "limit_per_client": 40, "rounds": 2, "noise": 0.5, **settings})
+    cfg.data_dir = str(omniglot_root)
+    run_dir = tmp_path / f"{cfg.head_mode}-{cfg.strategy}"
+    run_dir.mkdir(parents=True)
+    nodes = {100 + pid: pid for pid in range(cfg.clients)}
+    run_server(FakeGrid(RealClients(cfg.clients), nodes), cfg.validate(), run_dir, Console(file=io.StringIO()))
+    with (run_dir / "ledger.csv").open(newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
+def test_ledger_is_the_same_for_every_head_mode_and_strategy(tmp_path, omniglot_root, monkeypatch) -> None:
+    """The privacy ledger depends on sigma, q and steps only: not on how the server aggregates or fits its head."""
+    set_task_identity(monkeypatch)
+    base = _ledger(tmp_path, omniglot_root, head_mode="copies", strategy="fedavg")
+    assert len(base) == 8 and all(row["status"] == "trained" for row in base)
+    for head_mode, strategy in (("refit", "fedadam"), ("refit", "fedprox"), ("copies", "fedavgm")):
+        assert _ledger(tmp_path, omniglot_root, head_mode=head_mode, strategy=strategy) == base, (head_mode, strategy)
