@@ -19,7 +19,6 @@ import json
 import os
 import sys
 import time
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -27,11 +26,12 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a script from anywhere
 
-from clients.client_app import client_split, local_round_seed  # noqa: E402
-from clients.train import evaluate, train_local  # noqa: E402
+from benchmarks.run import client_round, refit_head  # noqa: E402
+from clients.client_app import client_split  # noqa: E402
+from clients.train import evaluate  # noqa: E402
 from core.config import RunConfig, settings  # noqa: E402
-from split.head import fit_head, head_fit_sample  # noqa: E402
-from split.model import build_split, device_activations, joined_state, load_joined  # noqa: E402
+from split.head import fit_head, head_fit_seed  # noqa: E402
+from split.model import build_split, joined_state, load_joined  # noqa: E402
 
 
 def _average(states: list[dict[str, torch.Tensor]], weights: list[int], prefix: str) -> dict[str, torch.Tensor]:
@@ -51,24 +51,9 @@ def run(
     for server_round in range(1, cfg.rounds + 1):
         states, weights, pooled_x, pooled_y = [], [], [], []
         for pid in range(cfg.clients):
-            device, head = build_split(**cfg.model_options())
-            load_joined(device, head, state)
-            images, labels, _ = client_split(cfg, pid, "train")
-            seed = local_round_seed(cfg.seed, pid, server_round)
-            torch.manual_seed(seed)
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                result = train_local(
-                    device,
-                    head,
-                    images,
-                    labels,
-                    cfg,
-                    [],
-                    seed,
-                    record_cut=head_mode == "server",
-                    freeze_head=train_mode == "server",
-                )
+            device, head, labels, result = client_round(
+                cfg, state, pid, server_round, record_cut=head_mode == "server", freeze_head=train_mode == "server"
+            )
             states.append(joined_state(device, head))
             weights.append(result.n_train)
             if head_mode == "server":
@@ -86,16 +71,12 @@ def run(
                 new_state[k] = state[k] - velocity[k]
         device, head = build_split(**cfg.model_options())
         load_joined(device, head, new_state)
-        if head_mode in ("refit", "fixed"):
-            for pid in range(cfg.clients):
-                images, labels, _ = client_split(cfg, pid, "train")
-                keep = head_fit_sample(cfg.seed, pid, server_round, len(labels), refit_fraction)
-                pooled_x.append(device_activations(device, images[keep]))
-                pooled_y.append(labels[keep])
-        if head_mode != "copies":
-            fit_head(
-                head, torch.cat(pooled_x), torch.cat(pooled_y), cfg.head_epochs, cfg.head_lr, cfg.seed + server_round
-            )
+        if head_mode == "refit":
+            refit_head(cfg, device, head, server_round, refit_fraction)
+            new_state = joined_state(device, head)
+        elif head_mode == "server":
+            seed = head_fit_seed(cfg.seed, server_round)
+            fit_head(head, torch.cat(pooled_x), torch.cat(pooled_y), cfg.head_epochs, cfg.head_lr, seed)
             new_state = joined_state(device, head)
         state = new_state
         accs, ns = [], []
@@ -119,9 +100,7 @@ def run(
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="RunConfig settings, e.g. lr=0.001")
-    p.add_argument(
-        "--head", default="copies", choices=("copies", "server", "refit", "fixed"), help="head mode (see above)"
-    )
+    p.add_argument("--head", default="copies", choices=("copies", "server", "refit"), help="head mode (see above)")
     p.add_argument("--refit-fraction", type=float, default=1.0, help="refit: share of each client's train images")
     p.add_argument(
         "--local-head", default="", choices=("", "copies", "server"), help="override: head during local training"

@@ -42,11 +42,12 @@ from attack.decoders import build_decoder, train_decoder  # noqa: E402
 from clients import grad_samplers  # noqa: E402
 from clients.client_app import client_split, local_round_seed  # noqa: E402
 from clients.data import EVALUATION, SMALL1, load_set  # noqa: E402
-from clients.train import evaluate, split_step, train_local  # noqa: E402
+from clients.train import LocalResult, evaluate, split_step, train_local  # noqa: E402
 from core import files  # noqa: E402
 from core.config import GRAD_SAMPLERS, RunConfig  # noqa: E402
 from core.errors import UserError  # noqa: E402
 from split.allocator import keep_freed_memory  # noqa: E402
+from split.head import fit_head, head_fit_sample, head_fit_seed  # noqa: E402
 from split.model import build_split, device_activations, joined_state, load_joined  # noqa: E402
 
 TARGETS = {  # metric -> (comparison, target)
@@ -208,32 +209,60 @@ def _fedavg(states: list[dict[str, torch.Tensor]], weights: list[int]) -> dict[s
     return {k: sum(s[k] * (w / total) for s, w in zip(states, weights, strict=True)) for k in states[0]}
 
 
+def client_round(
+    cfg: RunConfig, state: dict[str, torch.Tensor], pid: int, server_round: int, **train_kwargs
+) -> tuple[nn.Module, nn.Module, torch.Tensor, LocalResult]:
+    """One client's local round as the ClientApp runs it (same seed, same step), from the global ``state``, with no
+    earlier privacy history: (device, head, its training labels, the result). ``train_kwargs`` go to train_local."""
+    device, head = build_split(**cfg.model_options())
+    load_joined(device, head, state)
+    images, labels, _ = client_split(cfg, pid, "train")
+    seed = local_round_seed(cfg.seed, pid, server_round)
+    torch.manual_seed(seed)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        result = train_local(device, head, images, labels, cfg, [], seed, **train_kwargs)
+    return device, head, labels, result
+
+
+def refit_head(cfg: RunConfig, device: nn.Module, head: nn.Module, server_round: int, fraction: float) -> None:
+    """The server's head refit (``strategy.head_fit``) without Flower: ``head`` trained in place on the same seeded
+    sample of every client's training images through ``device``."""
+    xs, ys = [], []
+    for pid in range(cfg.clients):
+        images, labels, _ = client_split(cfg, pid, "train")
+        keep = head_fit_sample(cfg.seed, pid, server_round, len(labels), fraction)
+        xs.append(device_activations(device, images[keep]))
+        ys.append(labels[keep])
+    seed = head_fit_seed(cfg.seed, server_round)
+    fit_head(head, torch.cat(xs), torch.cat(ys), cfg.head_epochs, cfg.head_lr, seed)
+
+
 def plain_loop(cfg: RunConfig) -> float:
-    """Seconds for the simulation's client work without Flower: per round every client trains (same seeds) and
-    validates, FedAvg in between, then the final inference query. All cores to one process."""
+    """Seconds for the simulation's client work without Flower: per round every client trains (same seeds), FedAvg,
+    the head refit (``--head-mode refit``), every client validates; then the final inference query. All cores to
+    one process."""
     torch.set_num_threads(os.cpu_count() or 1)
     started = time.perf_counter()
     torch.manual_seed(cfg.seed)
-    state = joined_state(*build_split(cfg.dropout, cfg.norm_groups))
+    state = joined_state(*build_split(**cfg.model_options()))
     for server_round in range(1, cfg.rounds + 1):
         states, weights = [], []
         for pid in range(cfg.clients):
-            device, head = build_split(cfg.dropout, cfg.norm_groups)
-            load_joined(device, head, state)
-            images, labels, _ = client_split(cfg, pid, "train")
-            seed = local_round_seed(cfg.seed, pid, server_round)
-            torch.manual_seed(seed)
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                result = train_local(device, head, images, labels, cfg, [], seed, record_cut=server_round == cfg.rounds)
+            device, head, _, result = client_round(cfg, state, pid, server_round, record_cut=server_round == cfg.rounds)
             states.append(joined_state(device, head))
             weights.append(result.n_train)
         state = _fedavg(states, weights)
+        if cfg.head_mode == "refit":
+            device, head = build_split(**cfg.model_options())
+            load_joined(device, head, state)
+            refit_head(cfg, device, head, server_round, cfg.head_fit_fraction)
+            state = joined_state(device, head)
         for pid in range(cfg.clients):
-            device, head = build_split(cfg.dropout, cfg.norm_groups)
+            device, head = build_split(**cfg.model_options())
             load_joined(device, head, state)
             evaluate(device, head, *client_split(cfg, pid, "val")[:2])
-    device, head = build_split(cfg.dropout, cfg.norm_groups)
+    device, head = build_split(**cfg.model_options())
     load_joined(device, head, state)
     for pid in range(cfg.clients):
         device_activations(device, torch.cat([client_split(cfg, pid, p)[0] for p in ("train", "val")]))
