@@ -57,7 +57,7 @@ def make_run(
     payload = {"settings": cfg.settings_dict()} if settings_in_json else {}
     (run_dir / "config.json").write_text(json.dumps({**payload, "versions": {}}, indent=2))
     torch.manual_seed(0)
-    device, head = build_split(cfg.dropout, cfg.norm_groups)
+    device, head = build_split(**cfg.model_options())
     saved = {"device": device.state_dict(), "head": head.state_dict()}
     if config_in_model:
         saved["config"] = cfg.to_flwr()
@@ -143,9 +143,10 @@ def test_load_run_reads_settings_from_config_json(tmp_path: Path, evaluation: Om
     run_dir = make_run(tmp_path / "run", evaluation, norm_groups=2, attack_epochs=7, attacks="up")
     run = load_run(run_dir)
     assert (run.config.norm_groups, run.config.attack_epochs, run.config.attacks, run.config.noise) == (2, 7, "up", 0.5)
-    assert run.device[2].num_groups == 2 and not run.device.training
+    norms = [m for m in run.device.modules() if isinstance(m, torch.nn.GroupNorm)]
+    assert norms and all(m.num_groups == 2 for m in norms) and not run.device.training
     torch.manual_seed(0)
-    expected, _ = build_split(0.0, 2)
+    expected, _ = build_split(**run.config.model_options())
     for name, tensor in expected.state_dict().items():
         torch.testing.assert_close(run.device.state_dict()[name], tensor, rtol=0, atol=0)
     # The attacker's query goes through the run's cut (identity today): exactly the device's own output.
