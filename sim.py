@@ -126,10 +126,10 @@ def parse_config(argv: Sequence[str] | None = None) -> tuple[RunConfig, argparse
     if len(args.noise) > 1 and args.target_epsilon:
         raise UserError("--target-epsilon picks one noise value; do not combine it with several --noise values")
     cfg = RunConfig(**values, noise=args.noise[0]).validate()
-    if not args.skip_attack:  # a misspelt attack would otherwise fail only after training
-        from attack.registry import parse_attacks
+    # Checked even with --skip-attack: a later `python -m attack` reads them from config.json.
+    from attack.registry import parse_attacks
 
-        parse_attacks(cfg.attacks)
+    parse_attacks(cfg.attacks)
     return cfg, args
 
 
