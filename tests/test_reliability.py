@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from core.config import RunConfig
 from core.privacy import epsilon
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -132,7 +133,7 @@ def test_kill_9_then_resume_equals_uninterrupted(reference, tmp_path: Path) -> N
     out = tmp_path / "killed"
     _kill_after(REFERENCE, out, "ledger.csv", 2)
     refused = _sim("--resume", str(out), "--lr", "0.001")
-    assert refused.returncode == 2 and "--lr 0.001 differs from the run's 0.005" in refused.stderr
+    assert refused.returncode == 2 and f"--lr 0.001 differs from the run's {RunConfig().lr:g}" in refused.stderr
     done = _sim("--resume", str(out), "--skip-attack")
     assert done.returncode == 0, done.stderr[-3000:]
     assert "trained: 4 rounds" in done.stdout
