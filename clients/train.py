@@ -118,6 +118,8 @@ def train_local(
     clipping or noise (shuffled batches) and records the steps with noise 0, i.e. epsilon = inf.
     ``record_cut`` keeps every activation that crossed the cut (what a curious server sees during training).
     ``max_steps`` stops the round early (``--fail-rate``'s simulated crash); the steps taken are in the history.
+    ``cfg.skew_loss`` offsets the logits in the loss (``label_skew_bias``); with ``cfg.strategy == "fedprox"`` the
+    device is pulled towards its starting (global) weights after every step (``_proximal_step``).
     Sets this process's allocator to keep freed memory (``split.allocator``): about 2x faster steps on the CPU.
     """
     keep_freed_memory()
@@ -134,6 +136,7 @@ def train_local(
     # server's head fixed instead (measured by benchmarks/levers.py, not offered by sim.py: it learned worse).
     head_opt = None if freeze_head else make_optimizer(cfg.optimizer, head.parameters(), cfg.lr)
     bias = label_skew_bias(cfg.skew_loss, labels, head[-1].out_features)
+    bias = bias.to(torch_device) if bias is not None else None
     anchor = [p.detach().clone() for p in device.parameters()] if cfg.strategy == "fedprox" else None
     engine, wrapped = None, None
     model = device
