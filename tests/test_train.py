@@ -9,7 +9,7 @@ from opacus import PrivacyEngine
 from torch.utils.data import DataLoader, TensorDataset
 
 from clients.data import EVALUATION, load_set
-from clients.train import split_step, train_local
+from clients.train import _proximal_step, label_skew_bias, split_step, train_local
 from core.config import RunConfig
 from core.privacy import epsilon
 from split.model import build_split
@@ -100,3 +100,29 @@ def test_train_local_composes_history(batch):
     assert epsilon(second.history, 1e-5) > epsilon(first.history, 1e-5) > 0
     no_dp = train_local(device, head, images, labels, RunConfig(noise=0.0), [], seed=3)
     assert no_dp.history == [(0.0, 0.5, 2)] and epsilon(no_dp.history, 1e-5) == float("inf")
+
+
+def test_label_skew_bias_restricts_or_calibrates_to_the_clients_classes() -> None:
+    labels = torch.tensor([0, 0, 0, 2])
+    restricted = label_skew_bias("restricted", labels, 4)
+    assert restricted.tolist() == [0.0, float("-inf"), 0.0, float("-inf")]
+    adjusted = label_skew_bias("logit-adjust", labels, 4)
+    torch.testing.assert_close(adjusted, torch.tensor([0.75, 1e-4, 0.25, 1e-4]).log())
+    assert label_skew_bias("none", labels, 4) is None
+    # Restricted: the loss of a sample ignores the absent classes' logits entirely.
+    logits = torch.tensor([[1.0, 50.0, 0.0, -3.0]], requires_grad=True)
+    loss = torch.nn.functional.cross_entropy(logits + restricted, torch.tensor([0]))
+    loss.backward()
+    assert logits.grad[0, 1] == 0 and logits.grad[0, 3] == 0
+    torch.testing.assert_close(loss, torch.nn.functional.cross_entropy(torch.tensor([[1.0, 0.0]]), torch.tensor([0])))
+
+
+def test_proximal_step_pulls_towards_the_global_weights() -> None:
+    device = torch.nn.Linear(2, 1)
+    anchor = [p.detach().clone() for p in device.parameters()]
+    with torch.no_grad():
+        for p in device.parameters():
+            p.add_(1.0)
+    _proximal_step(device, anchor, 0.25)
+    for p, a in zip(device.parameters(), anchor, strict=True):
+        torch.testing.assert_close(p.detach(), a + 0.75)
