@@ -26,18 +26,12 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a script from anywhere
 
-from benchmarks.run import client_round, refit_head  # noqa: E402
+from benchmarks.run import client_round, fedavg, refit_head  # noqa: E402
 from clients.client_app import client_split  # noqa: E402
 from clients.train import evaluate  # noqa: E402
 from core.config import RunConfig, settings  # noqa: E402
 from split.head import fit_head, head_fit_seed  # noqa: E402
 from split.model import build_split, joined_state, load_joined  # noqa: E402
-
-
-def _average(states: list[dict[str, torch.Tensor]], weights: list[int], prefix: str) -> dict[str, torch.Tensor]:
-    total = sum(weights)
-    keys = [k for k in states[0] if k.startswith(prefix)]
-    return {k: sum(s[k] * (w / total) for s, w in zip(states, weights, strict=True)) for k in keys}
 
 
 def run(
@@ -59,9 +53,9 @@ def run(
             if head_mode == "server":
                 pooled_x.append(result.cut_activations)
                 pooled_y.append(labels[result.cut_positions])
-        new_state = _average(states, weights, "device.")
+        new_state = fedavg(states, weights, "device.")
         if head_mode == "copies" or train_mode == "copies":
-            new_state.update(_average(states, weights, "head."))
+            new_state.update(fedavg(states, weights, "head."))
         else:
             new_state.update({k: v for k, v in state.items() if k.startswith("head.")})
         if momentum:  # FedAvgM (Hsu et al. 2019): v <- beta v + (w - w_avg); w <- w - v  (server lr 1)

@@ -204,9 +204,11 @@ def bench_attack(epochs: int) -> dict:
     return {"attack_seconds": seconds["cpu"] * 100 / epochs, "levers": levers}
 
 
-def _fedavg(states: list[dict[str, torch.Tensor]], weights: list[int]) -> dict[str, torch.Tensor]:
+def fedavg(states: list[dict[str, torch.Tensor]], weights: list[int], prefix: str = "") -> dict[str, torch.Tensor]:
+    """FedAvg of ``states`` weighted by ``weights`` (training examples), for the keys starting with ``prefix``."""
     total = sum(weights)
-    return {k: sum(s[k] * (w / total) for s, w in zip(states, weights, strict=True)) for k in states[0]}
+    keys = [k for k in states[0] if k.startswith(prefix)]
+    return {k: sum(s[k] * (w / total) for s, w in zip(states, weights, strict=True)) for k in keys}
 
 
 def client_round(
@@ -252,7 +254,7 @@ def plain_loop(cfg: RunConfig) -> float:
             device, head, _, result = client_round(cfg, state, pid, server_round, record_cut=server_round == cfg.rounds)
             states.append(joined_state(device, head))
             weights.append(result.n_train)
-        state = _fedavg(states, weights)
+        state = fedavg(states, weights)
         if cfg.head_mode == "refit":
             device, head = build_split(**cfg.model_options())
             load_joined(device, head, state)

@@ -22,7 +22,7 @@ from clients.grad_samplers import PerSampleDevice
 from core.config import RunConfig
 from core.privacy import History, make_accountant, sample_rate, total_steps
 from split.allocator import keep_freed_memory
-from split.cut import Cut
+from split.cut import Cut, build_cut
 
 
 @dataclass
@@ -137,6 +137,7 @@ def train_local(
     head_opt = None if freeze_head else make_optimizer(cfg.optimizer, head.parameters(), cfg.lr)
     bias = label_skew_bias(cfg.skew_loss, labels, head[-1].out_features)
     bias = bias.to(torch_device) if bias is not None else None
+    sender = build_cut().to(torch_device)  # the same cut as the client's queries (split.cut)
     anchor = [p.detach().clone() for p in device.parameters()] if cfg.strategy == "fedprox" else None
     engine, wrapped = None, None
     model = device
@@ -160,7 +161,9 @@ def train_local(
             if steps == max_steps:
                 break
             x, y = x.to(torch_device), y.to(torch_device)
-            batch_loss, batch_correct, cut = split_step(model, head, device_opt, head_opt, x, y, logit_bias=bias)
+            batch_loss, batch_correct, cut = split_step(
+                model, head, device_opt, head_opt, x, y, cut=sender, logit_bias=bias
+            )
             if anchor is not None:
                 _proximal_step(device, anchor, cfg.lr * cfg.proximal_mu)
             loss_sum, correct, seen, steps = loss_sum + batch_loss, correct + batch_correct, seen + len(y), steps + 1

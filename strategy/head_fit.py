@@ -13,13 +13,14 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MessageType
+from flwr.app import Array, ArrayRecord, ConfigRecord
 from flwr.serverapp import Grid
 
 from core.config import RunConfig
 from core.protocol import HeadFitReply, head_fit_query
 from split.head import fit_head, head_fit_seed
 from split.model import build_split, load_joined
+from strategy.interception import query_every_client
 
 
 class HeadFitter:
@@ -32,14 +33,9 @@ class HeadFitter:
 
     def __call__(self, grid: Grid, arrays: ArrayRecord, config: ConfigRecord, server_round: int) -> ArrayRecord:
         content = head_fit_query(arrays, config, server_round)
-        messages = [Message(content, dst_node_id=n, message_type=MessageType.QUERY) for n in grid.get_node_ids()]
-        replies = []
-        for reply in grid.send_and_receive(messages, timeout=self.timeout):
-            if reply.has_error():
-                node = reply.metadata.src_node_id
-                raise RuntimeError(f"client on node {node} failed to answer the head-fit query: {reply.error}")
-            replies.append(HeadFitReply.from_message(reply))
-        replies.sort(key=lambda r: r.partition)  # pooled in partition order: same seed, same head
+        answers = query_every_client(grid, content, "the head-fit query", self.timeout)
+        # pooled in partition order: same seed, same head
+        replies = sorted((HeadFitReply.from_message(m) for m in answers), key=lambda r: r.partition)
         activations = torch.from_numpy(np.concatenate([r.activations for r in replies]))
         labels = torch.from_numpy(np.concatenate([r.labels for r in replies]))
         device, head = build_split(**self.cfg.model_options())

@@ -33,18 +33,23 @@ def latest_per_client(kept: list[Intercepted], new: Iterable[Intercepted]) -> li
     return [latest[pid] for pid in sorted(latest)]
 
 
+def query_every_client(grid: Grid, content: RecordDict, what: str, timeout: float = 3600) -> list[Message]:
+    """Send the query ``content`` to every node and return the replies; raises if a client failed to answer
+    (``what`` names the query in that message)."""
+    messages = [Message(content, dst_node_id=node, message_type=MessageType.QUERY) for node in grid.get_node_ids()]
+    replies = list(grid.send_and_receive(messages, timeout=timeout))
+    for reply in replies:
+        if reply.has_error():
+            raise RuntimeError(f"client on node {reply.metadata.src_node_id} failed to answer {what}: {reply.error}")
+    return replies
+
+
 def query_activations(
     grid: Grid, arrays: ArrayRecord, config: ConfigRecord, timeout: float = 3600
 ) -> list[Intercepted]:
     """Ask every client for its images' activations through the model in ``arrays``; raises if a client failed."""
     content = RecordDict({ARRAYS_KEY: arrays, CONFIG_KEY: config})
-    messages = [Message(content, dst_node_id=node, message_type=MessageType.QUERY) for node in grid.get_node_ids()]
-    out = []
-    for reply in grid.send_and_receive(messages, timeout=timeout):
-        if reply.has_error():
-            raise RuntimeError(f"client on node {reply.metadata.src_node_id} failed to answer the query: {reply.error}")
-        out.append(QueryReply.from_message(reply).intercepted)
-    return out
+    return [QueryReply.from_message(r).intercepted for r in query_every_client(grid, content, "the query", timeout)]
 
 
 def _stack(parts: list[Intercepted], point: str) -> dict[str, np.ndarray]:
