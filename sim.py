@@ -69,7 +69,15 @@ def build_parser(suppress_defaults: bool = False) -> argparse.ArgumentParser:
 
 # Settings a resumed run may change: where the data is, what hardware runs it, and the attack that follows
 # training; not what training computes.
-RESUME_MAY_CHANGE = ("data_dir", "device", "cpus_per_client", "gpus_per_client", "attack_epochs", "attacks")
+RESUME_MAY_CHANGE = (
+    "data_dir",
+    "device",
+    "cpus_per_client",
+    "gpus_per_client",
+    "attack_epochs",
+    "attacks",
+    "surrogate",
+)
 
 
 def explicit_flags(argv: Sequence[str] | None) -> set[str]:

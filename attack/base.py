@@ -1,11 +1,16 @@
 """The attack interface and the threat model it works under (EXPERIMENT.md, "The attack in the original").
 
-What the curious server holds is ``AttackerKnowledge``: query access to the final global device model through the
-run's cut, and its own surrogate images (small1) — never a client's images. What it inverts is ``Intercepted``:
-activations that crossed the cut, with the partition they came from where the server knows it.
+The curious server is honest but curious: it runs the protocol and keeps everything the protocol hands it.
+``AttackerKnowledge`` is what it holds before it looks at a client's activations: the final global device model
+(query access through the run's cut), the server head it hosts (so it can label any activation), and public
+images of its own (the surrogate) — never a client's images. ``Intercepted`` is one set of activations it received,
+with what came with them: the sender, the labels training sends beside every activation, and the device model that
+produced them (a client's own updated model, which it sent back at the end of the round).
 
-An attack is fitted once on its knowledge, then reconstructs any number of intercepted sets. Register a new one
-in ``attack.registry``; ``attack.run`` then trains, scores and writes it like the built-in decoders.
+An attack is fitted once on the knowledge, then reconstructs any number of intercepted sets. Register a new one in
+``attack.registry``; ``attack.run`` then trains, scores and writes it like the built-in ones. An attack that
+refines another's output (``refines = True``, e.g. the white-box optimisation) receives the best fitted decoder's
+reconstructions as its start.
 """
 
 from __future__ import annotations
@@ -13,10 +18,13 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import ClassVar
 
 import numpy as np
 import torch
 from torch import nn
+
+Query = Callable[..., torch.Tensor]
 
 
 @dataclass(frozen=True)
@@ -24,49 +32,86 @@ class AttackerKnowledge:
     """What the threat model gives the server before it sees a client's activations.
 
     device: the final global device model (eval mode); an attack may run it, never change it.
-    query: images float32 [N,1,105,105] in [0,1] -> what the device sends for them, float32 [N,32,1,1] on the CPU
-        (the device model through the run's cut, ``split.model.device_activations``).
-    surrogate: the attacker's own images (small1), float32 [M,1,105,105] in [0,1].
-    surrogate_activations: ``query(surrogate)``, float32 [M,32,1,1], computed once per run: the device is frozen, so
-        every attack and every epoch can reuse it.
+    query: ``query(images, device=None)``: images float32 [N,1,105,105] in [0,1] -> what ``device`` (default the
+        final global model) sends for them through the run's cut, float32 [N,32,1,1] on the CPU.
+    classify: activations [N,32,1,1] -> int64 [N], the label the server's head predicts (the server hosts it).
+    n_classes: how many labels the task has (the head's outputs).
+    surrogate: the attacker's own public images, float32 [M,1,105,105] in [0,1] (``attack.surrogate``).
+    surrogate_activations: ``query(surrogate)``, float32 [M,32,1,1], computed once: the device is frozen, so every
+        attack and every epoch reuses it.
     seed: seed for the attack's weights and batch order.
-    epochs: training epochs over the surrogate set, for attacks that train.
+    epochs: the most training epochs over the surrogate, for attacks that train (they may stop early).
     progress: ``progress(epoch, loss)`` after each epoch (epoch counted from 1), or None.
+    cut: the run's cut (``split.cut.Cut``), for attacks that run a device model themselves; None: identity.
+    align: ``align(intercepted)`` -> its activations as the final global model would have sent them
+        (``attack.align.Aligner``); None: use them as they are.
     """
 
     device: nn.Module
-    query: Callable[[np.ndarray | torch.Tensor], torch.Tensor]
+    query: Query
+    classify: Callable[[torch.Tensor], np.ndarray]
+    n_classes: int
     surrogate: np.ndarray
     surrogate_activations: torch.Tensor
     seed: int = 0
     epochs: int = 100
     progress: Callable[[int, float], None] | None = None
+    align: Callable[[Intercepted], torch.Tensor] | None = None
+    cut: nn.Module | None = None
+
+    def global_activations(self, intercepted: Intercepted) -> torch.Tensor:
+        """``intercepted``'s activations in the final global model's terms (see ``align``)."""
+        return intercepted.activations if self.align is None else self.align(intercepted)
 
 
 @dataclass(frozen=True)
 class Intercepted:
-    """Activations the server received: float32 [n,32,1,1] as they crossed the cut.
+    """Activations the server received: float32 [n,32,1,1] as they crossed the cut, and what came with them.
 
     partition: the client that sent them (None for the attacker's own test queries of small2);
-    labels: int64 [n] alphabet labels when the server saw them (training sends them; inference does not), else None.
+    labels: int64 [n] labels the server saw beside them (training sends them; inference does not), else None;
+    device: the device model that produced them when it is not the final global model (a client's updated model
+        at the end of its last round, for training-time activations), else None.
     """
 
     activations: torch.Tensor
     partition: int | None = None
     labels: np.ndarray | None = None
+    device: nn.Module | None = None
+
+    def __len__(self) -> int:
+        return len(self.activations)
+
+    def rows(self, index: np.ndarray) -> Intercepted:
+        """The same set restricted to ``index`` (int array of rows)."""
+        labels = None if self.labels is None else self.labels[index]
+        return Intercepted(self.activations[torch.as_tensor(index)], self.partition, labels, self.device)
 
 
 class Attack(ABC):
-    """A reconstruction attack: ``fit`` once on the attacker's knowledge, then ``reconstruct`` intercepted sets."""
+    """A reconstruction attack: ``fit`` once on the attacker's knowledge, then ``reconstruct`` intercepted sets.
+
+    refines: True for an attack that starts from another attack's reconstruction (``reconstruct(..., start=)``).
+    max_images: the most images of one set it reconstructs (an expensive attack scores a seeded subsample).
+    """
+
+    refines: ClassVar[bool] = False
+    max_images: ClassVar[int | None] = None
 
     @abstractmethod
     def fit(self, knowledge: AttackerKnowledge) -> None:
         """Prepare the attack (e.g. train a decoder on the surrogate set); called once, before ``reconstruct``."""
 
     @abstractmethod
-    def reconstruct(self, intercepted: Intercepted) -> np.ndarray:
-        """The attacker's guess of the images behind ``intercepted``: float32 [n,1,105,105] in [0,1], row-aligned."""
+    def reconstruct(self, intercepted: Intercepted, start: np.ndarray | None = None) -> np.ndarray:
+        """The attacker's guess of the images behind ``intercepted``: float32 [n,1,105,105] in [0,1], row-aligned.
+        ``start``: for a refining attack, another attack's guess of the same rows."""
 
     def fit_summary(self) -> dict[str, float]:
-        """Numbers about the fit for attack.json (e.g. the final training loss); none by default."""
+        """Numbers about the fit for attack.json (e.g. the held-out loss); none by default."""
         return {}
+
+    def holdout_mse(self) -> float | None:
+        """Pixel MSE on the surrogate's held-out slice, for attacks that measure it: how the run picks the best
+        decoder to start a refining attack from. None by default."""
+        return None

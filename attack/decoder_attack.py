@@ -1,5 +1,14 @@
-"""The learned-decoder attack of the 2020 experiment: train a decoder on (query(x), x) for the attacker's own x,
-then apply it to intercepted activations. One registered attack per decoder of ``attack.decoders``.
+"""Learned-decoder attacks: train a decoder on (query(x), x) for the attacker's own public x, then apply it to
+intercepted activations. One registered attack per variant:
+
+- ``seed``: the 2020 experiment's decoder (``SeedDecoder``), pixel MSE;
+- ``up``: the upsampling decoder (``UpDecoder``), pixel MSE plus an SSIM term;
+- ``cond``: the upsampling decoder conditioned on the label: its input is the activations and a one-hot label.
+  Training sends the true label beside every activation; where none was sent (inference, the attacker's own
+  queries, its public images, whose alphabets are not the task's) the label is the one the server's head predicts.
+
+Every variant keeps a seeded held-out slice of the surrogate, stops when its pixel MSE stops improving and keeps
+the best epoch. Activations a client's own model produced are mapped to the global model's first (``attack.align``).
 """
 
 from __future__ import annotations
@@ -10,47 +19,89 @@ import numpy as np
 import torch
 
 from attack.base import Attack, AttackerKnowledge, Intercepted
-from attack.decoders import build_decoder, reconstruct, train_decoder
+from attack.decoders import TrainLog, build_decoder, reconstruct, train_decoder
+
+HOLDOUT_FRACTION, HOLDOUT_MAX = 0.1, 500  # surrogate rows held out for early stopping
+PATIENCE = 4  # epochs without a better held-out MSE before training stops
+SSIM_WEIGHT = 0.1  # weight of (1 - SSIM) beside pixel MSE for the upsampling decoders
 
 
 class DecoderAttack(Attack):
-    """Fits the decoder named ``decoder`` (a key of ``attack.decoders.DECODERS``) with Adam and pixel MSE."""
+    """Fits the decoder named ``decoder`` (a key of ``attack.decoders.DECODERS``) with Adam."""
 
     decoder: ClassVar[str]
+    conditioned: ClassVar[bool] = False
+    ssim_weight: ClassVar[float] = 0.0
+    batch_size: ClassVar[int] = 64
 
     def __init__(self) -> None:
         self.model: torch.nn.Module | None = None
-        self.losses: list[float] = []
+        self.knowledge: AttackerKnowledge | None = None
+        self.log = TrainLog()
+
+    def features(self, activations: torch.Tensor, labels: np.ndarray | None) -> torch.Tensor:
+        """The decoder's input: the activations, with a one-hot label appended when conditioned (the head's
+        prediction where ``labels`` is None)."""
+        if not self.conditioned:
+            return activations
+        assert self.knowledge is not None
+        if labels is None:
+            labels = self.knowledge.classify(activations)
+        one_hot = torch.nn.functional.one_hot(torch.as_tensor(labels, dtype=torch.int64), self.knowledge.n_classes)
+        return torch.cat([activations.flatten(1), one_hot.float()], dim=1)
 
     def fit(self, knowledge: AttackerKnowledge) -> None:
+        self.knowledge = knowledge
+        inputs = self.features(knowledge.surrogate_activations, None)
+        options = {"in_features": inputs.shape[1]} if self.conditioned else {}
         # Seeded right before the build: the initial weights and UpDecoder's dropout draws then depend on the seed
         # alone, whichever attacks ran before this one.
         torch.manual_seed(knowledge.seed)
-        self.model = build_decoder(self.decoder)
-        self.losses = train_decoder(
+        self.model = build_decoder(self.decoder, **options)
+        self.log = train_decoder(
             self.model,
-            knowledge.surrogate_activations,
+            inputs,
             knowledge.surrogate,
             epochs=knowledge.epochs,
+            batch_size=self.batch_size,
             seed=knowledge.seed,
             progress=knowledge.progress,
+            holdout=min(HOLDOUT_MAX, int(HOLDOUT_FRACTION * len(inputs))),
+            patience=PATIENCE,
+            ssim_weight=self.ssim_weight,
         )
 
-    def reconstruct(self, intercepted: Intercepted) -> np.ndarray:
-        assert self.model is not None, "fit the attack before reconstructing"
-        return reconstruct(self.model, intercepted.activations)
+    def reconstruct(self, intercepted: Intercepted, start: np.ndarray | None = None) -> np.ndarray:
+        assert self.model is not None and self.knowledge is not None, "fit the attack before reconstructing"
+        activations = self.knowledge.global_activations(intercepted)
+        return reconstruct(self.model, self.features(activations, intercepted.labels))
 
     def fit_summary(self) -> dict[str, float]:
-        return {"final_train_mse": self.losses[-1]} if self.losses else {}
+        summary: dict[str, float] = {"epochs": len(self.log.train), "best_epoch": self.log.best_epoch}
+        if self.log.train:
+            summary["final_train_loss"] = self.log.train[-1]
+        if self.log.holdout:
+            summary["holdout_mse"] = self.log.best_holdout
+        return summary
+
+    def holdout_mse(self) -> float | None:
+        return self.log.best_holdout
 
 
 class SeedDecoderAttack(DecoderAttack):
-    """The original experiment's decoder (``SeedDecoder``)."""
+    """The original experiment's decoder (``SeedDecoder``), pixel MSE."""
 
     decoder = "seed"
 
 
 class UpDecoderAttack(DecoderAttack):
-    """The stronger upsampling decoder (``UpDecoder``)."""
+    """The upsampling decoder (``UpDecoder``), pixel MSE plus an SSIM term."""
 
     decoder = "up"
+    ssim_weight = SSIM_WEIGHT
+
+
+class ConditionedDecoderAttack(UpDecoderAttack):
+    """The upsampling decoder with the label as a second input (true where sent, else the head's prediction)."""
+
+    conditioned = True

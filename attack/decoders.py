@@ -1,4 +1,4 @@
-"""Decoders that invert the device model: activations [B,32,1,1] -> images [B,1,105,105].
+"""Decoders that invert the device model: activations [B,32,1,1] (or any feature vector) -> images [B,1,105,105].
 
 The attacker queries the (aggregated) device model with its own surrogate images, trains a decoder on the
 (activation, image) pairs, then applies it to intercepted activations (shared/docs/EXPERIMENT.md, "The attack").
@@ -6,6 +6,7 @@ The attacker queries the (aggregated) device model with its own surrogate images
 - ``SeedDecoder`` ("seed"): the 2020 experiment's decoder, four valid transposed convolutions, all ReLU.
 - ``UpDecoder`` ("up"): a linear map to a 64x7x7 feature grid, transposed-convolution upsampling blocks with
   GroupNorm (7 -> 14 -> 27 -> 53), bilinear to 105, and a sigmoid, so its output is already in [0,1].
+- ``cond``: an UpDecoder whose input is the activations and a one-hot label (``attack.decoder_attack``).
 
 Activations are computed once (``split.model.device_activations``) and reused every epoch: the device model is
 frozen during the attack, so an epoch of decoder training costs only the decoder.
@@ -15,11 +16,13 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 from torch import nn
 
+from attack.metrics import ssim_torch
 from split.model import CUT_CHANNELS, IMAGE_SIDE, as_float_tensor, batched_eval
 
 # About 92 % of Omniglot pixels are white: starting the sigmoid there skips the epochs spent learning the background.
@@ -74,7 +77,13 @@ class UpDecoder(nn.Module):
     Upsampling logits rather than intensities keeps stroke edges sharp after the sigmoid.
     """
 
-    def __init__(self, widths: tuple[int, ...] = (64, 32, 16, 8), base: int = 7, dropout: float = 0.7) -> None:
+    def __init__(
+        self,
+        widths: tuple[int, ...] = (64, 32, 16, 8),
+        base: int = 7,
+        dropout: float = 0.7,
+        in_features: int = CUT_CHANNELS,
+    ) -> None:
         super().__init__()
         if not 2 <= len(widths) <= 5:
             # 2 widths: one block (output 14x14) ... 5 widths: four blocks (output 105x105, no interpolation).
@@ -82,7 +91,7 @@ class UpDecoder(nn.Module):
         self.base, self.width0 = base, widths[0]
         # Dropout on the grid: without it the decoder memorises small1 (measured on unseen small2: MSE 0.065 after 5
         # epochs, 0.082 after 40); with p=0.7 it reached 0.064 after 100 epochs and kept improving.
-        self.stem = nn.Sequential(nn.Linear(CUT_CHANNELS, widths[0] * base * base), nn.ReLU(), nn.Dropout(dropout))
+        self.stem = nn.Sequential(nn.Linear(in_features, widths[0] * base * base), nn.ReLU(), nn.Dropout(dropout))
         # First block doubles exactly (7 -> 14); the others give odd sides 27, 53 whose double minus one is 105.
         kernels = [4] + [3] * (len(widths) - 2)
         self.blocks = nn.Sequential(
@@ -101,11 +110,26 @@ class UpDecoder(nn.Module):
 DECODERS: dict[str, type[nn.Module]] = {"seed": SeedDecoder, "up": UpDecoder}
 
 
-def build_decoder(name: str) -> nn.Module:
-    """A fresh decoder by registry name ("seed" or "up"); seed torch beforehand for reproducible weights."""
+def build_decoder(name: str, **options: int) -> nn.Module:
+    """A fresh decoder by registry name ("seed" or "up"; ``options`` go to its constructor, e.g. ``in_features``);
+    seed torch beforehand for reproducible weights."""
     if name not in DECODERS:
         raise ValueError(f"unknown decoder {name!r}; choose from {', '.join(DECODERS)}")
-    return DECODERS[name]()
+    return DECODERS[name](**options)
+
+
+@dataclass
+class TrainLog:
+    """What ``train_decoder`` measured: the mean training loss of each epoch, the held-out pixel MSE after each
+    epoch (empty without a held-out slice), and the epoch whose weights were kept (the last without one)."""
+
+    train: list[float] = field(default_factory=list)
+    holdout: list[float] = field(default_factory=list)
+    best_epoch: int = 0
+
+    @property
+    def best_holdout(self) -> float | None:
+        return self.holdout[self.best_epoch - 1] if self.holdout else None
 
 
 def train_decoder(
@@ -117,37 +141,62 @@ def train_decoder(
     lr: float = 1e-3,
     seed: int = 0,
     progress: Callable[[int, float], None] | None = None,
-) -> list[float]:
-    """Fit ``decoder`` in place to map ``activations`` back to ``images`` (Adam, pixel MSE).
+    holdout: int = 0,
+    patience: int = 4,
+    ssim_weight: float = 0.0,
+) -> TrainLog:
+    """Fit ``decoder`` in place to map ``activations`` back to ``images`` (Adam; loss: pixel MSE, plus
+    ``ssim_weight`` x (1 - SSIM) when given, which rewards stroke structure over a blurred average).
 
-    activations: float32 [N,32,1,1] (from ``split.model.device_activations``); images: float32 [N,1,105,105] in [0,1].
-    Batches are reshuffled each epoch by a ``torch.Generator`` seeded with ``seed`` (initial weights come from the
-    caller's torch seed). ``progress(epoch, loss)`` is called after each epoch, epoch counted from 1.
-    Returns the mean training loss (per-pixel MSE, averaged over samples) of each epoch.
-    Runs on the decoder's device; inputs may live on the CPU.
+    activations: float32 [N,...] (from ``split.model.device_activations``, or any per-image feature vector);
+    images: float32 [N,1,105,105] in [0,1]. holdout: that many rows, drawn by ``seed``, are kept out of training;
+    after each epoch their pixel MSE is measured, the best epoch's weights are kept, and training stops once
+    ``patience`` epochs pass without a better one (at most ``epochs``). Batches are reshuffled each epoch by a
+    ``torch.Generator`` seeded with ``seed`` (initial weights come from the caller's torch seed).
+    ``progress(epoch, loss)`` is called after each epoch, epoch counted from 1. Runs on the decoder's device.
     """
     x, y = as_float_tensor(activations), as_float_tensor(images)
     if len(x) != len(y):
         raise ValueError(f"{len(x)} activations but {len(y)} images")
+    if not 0 <= holdout < len(x):
+        raise ValueError(f"holdout must leave training rows: {holdout} of {len(x)}")
     device = next(decoder.parameters()).device
-    optimizer = torch.optim.Adam(decoder.parameters(), lr=lr)
     generator = torch.Generator().manual_seed(seed)
-    decoder.train()
-    losses: list[float] = []
+    order = torch.randperm(len(x), generator=generator)
+    held, train = order[:holdout], order[holdout:]
+    optimizer = torch.optim.Adam(decoder.parameters(), lr=lr)
+    log = TrainLog()
+    best_state = None
     for epoch in range(1, epochs + 1):
+        decoder.train()
         total = 0.0
-        for batch in torch.randperm(len(x), generator=generator).split(batch_size):
+        for batch in train[torch.randperm(len(train), generator=generator)].split(batch_size):
             xb, yb = x[batch].to(device), y[batch].to(device)
-            loss = nn.functional.mse_loss(decoder(xb), yb)
+            out = decoder(xb)
+            loss = nn.functional.mse_loss(out, yb)
+            if ssim_weight:
+                loss = loss + ssim_weight * (1.0 - ssim_torch(out, yb).mean())
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
             total += loss.item() * len(batch)
-        losses.append(total / len(x))
+        log.train.append(total / len(train))
         if progress is not None:
-            progress(epoch, losses[-1])
+            progress(epoch, log.train[-1])
+        if not holdout:
+            log.best_epoch = epoch
+            continue
+        held_mse = float(((reconstruct(decoder, x[held]) - y[held].numpy()) ** 2).mean())
+        log.holdout.append(held_mse)
+        if held_mse < min(log.holdout[:-1], default=np.inf):
+            log.best_epoch = epoch
+            best_state = {k: v.detach().clone() for k, v in decoder.state_dict().items()}
+        elif epoch - log.best_epoch >= patience:
+            break
+    if best_state is not None:
+        decoder.load_state_dict(best_state)
     decoder.eval()
-    return losses
+    return log
 
 
 def reconstruct(decoder: nn.Module, activations: np.ndarray | torch.Tensor, batch_size: int = 512) -> np.ndarray:

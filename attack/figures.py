@@ -27,29 +27,34 @@ def pick(n_total: int, n: int, seed: int) -> np.ndarray:
 
 
 def save_grid(
-    originals: np.ndarray, reconstructions: np.ndarray, path: str | os.PathLike, title: str, n: int = 10
+    originals: np.ndarray,
+    reconstructions: np.ndarray | dict[str, np.ndarray],
+    path: str | os.PathLike,
+    title: str,
+    n: int = 10,
 ) -> Path:
-    """Write a PNG with the first ``n`` originals (top row) above their reconstructions (bottom row).
+    """Write a PNG with the first ``n`` originals (top row) above their reconstructions (one row per entry of
+    ``reconstructions`` when it is a dict {row label: images}, else one row "reconstruction").
 
     originals, reconstructions: aligned [k,1,H,W] or [k,H,W] in [0,1] (already selected by the caller, e.g. with
     ``pick``); grey colormap with 0 = black and 1 = white, values outside [0,1] saturate. The file appears
     atomically (written beside ``path``, then renamed), so a reader never sees half a PNG. Returns the path.
     """
-    if originals.shape != reconstructions.shape:
-        raise ValueError(f"originals {originals.shape} and reconstructions {reconstructions.shape} differ in shape")
+    named = reconstructions if isinstance(reconstructions, dict) else {"reconstruction": reconstructions}
+    for images in named.values():
+        if originals.shape != images.shape:
+            raise ValueError(f"originals {originals.shape} and reconstructions {images.shape} differ in shape")
     k = min(n, len(originals))
     if k == 0:
         raise ValueError("no images to draw")
     path = Path(path)
     side = originals.shape[-2:]
-    rows = (
-        ("original", np.asarray(originals[:k], dtype=np.float32).reshape(k, *side)),
-        ("reconstruction", np.asarray(reconstructions[:k], dtype=np.float32).reshape(k, *side)),
-    )
+    rows = [("original", np.asarray(originals[:k], dtype=np.float32).reshape(k, *side))]
+    rows += [(label, np.asarray(images[:k], dtype=np.float32).reshape(k, *side)) for label, images in named.items()]
 
-    fig = Figure(figsize=(_PANEL_INCHES * k, _PANEL_INCHES * 2 + 0.4), dpi=100)
+    fig = Figure(figsize=(_PANEL_INCHES * k, _PANEL_INCHES * len(rows) + 0.4), dpi=100)
     FigureCanvasAgg(fig)
-    axes = fig.subplots(2, k, squeeze=False)
+    axes = fig.subplots(len(rows), k, squeeze=False)
     for row, (label, images) in enumerate(rows):
         for col in range(k):
             ax = axes[row, col]

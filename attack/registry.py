@@ -9,13 +9,16 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 
 from attack.base import Attack
-from attack.decoder_attack import SeedDecoderAttack, UpDecoderAttack
+from attack.decoder_attack import ConditionedDecoderAttack, SeedDecoderAttack, UpDecoderAttack
+from attack.whitebox import WhiteBoxAttack
 from core.errors import UserError
 
 # Insertion order is the order of the choices in --help.
 ATTACKS: dict[str, type[Attack]] = {
     "seed": SeedDecoderAttack,
     "up": UpDecoderAttack,
+    "cond": ConditionedDecoderAttack,
+    "whitebox": WhiteBoxAttack,
 }
 
 
@@ -40,12 +43,14 @@ def attack_names() -> tuple[str, ...]:
 
 def parse_attacks(value: str | Sequence[str]) -> tuple[str, ...]:
     """Attack names from ``"seed,up"`` or ``["seed", "up"]`` (items may hold commas too); UserError when a name is
-    unknown or given twice, or none is given. Order is kept: the last is the primary attack."""
+    unknown or given twice, or none is given, or every one refines another's output. Order is kept."""
     items = [value] if isinstance(value, str) else list(value)
     names = tuple(name.strip() for item in items for name in item.split(",") if name.strip())
     _refuse_unknown(names)
     if not names:
         raise UserError(f"no attack given; choose from {', '.join(ATTACKS)}")
+    if all(ATTACKS[name].refines for name in names):
+        raise UserError(f"attack(s) {', '.join(names)} refine a decoder's output; add a decoder (e.g. seed)")
     twice = sorted({name for name in names if names.count(name) > 1})
     if twice:
         raise UserError(f"attack(s) {', '.join(map(repr, twice))} given twice")

@@ -1,21 +1,24 @@
 """The curious server's attack on a finished run directory, and the leakage files it writes.
 
-Threat model (EXPERIMENT.md, ``attack.base``): the server holds the final global device model (query access through
-the run's cut) and a surrogate set (small1). Each attack is fitted once on that knowledge, then reconstructs every
-evaluation set (``attack.sets``): small2's ``unseen`` / ``seen`` images and each client's intercepted activations.
-``clients_inference`` / ``clients_train`` are the means of the per-client metrics (each client weighted equally).
+Threat model (``attack.base``): the server holds the final global device model (query access through the run's cut),
+the head it hosts, each client's own device model from its last round, the labels training sends, and public images
+of its own (``attack.surrogate``). Each attack is fitted once on that knowledge, then reconstructs every evaluation
+set (``attack.sets``): small2's ``unseen`` / ``seen`` images and each client's intercepted activations. A refining
+attack (the white-box optimisation) starts from the decoder with the lowest held-out MSE on the surrogate.
 
-Every set is scored for each attack and for the ``baseline`` that outputs small1's mean image (knowing nothing).
+Every set is also scored for the ``baseline`` that outputs the surrogate's mean image (knowing nothing), and gets a
+``best`` row: the attack with the highest re-identification there (the worst case for the client).
+``clients_inference`` / ``clients_train`` weight each client equally.
 
-The procedure, one function a step: ``load_run`` -> ``build_sets`` -> ``run_attacks`` -> ``score`` ->
-``write_outputs``; ``run_attack`` chains them.
+The procedure, one function a step: ``load_run`` -> ``build_sets`` -> ``fit_attacks`` -> ``attack_sets`` (reconstruct,
+score and write one set at a time, so memory holds one set) -> ``summarize_sets`` -> ``write_outputs``;
+``run_attack`` chains them.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -27,20 +30,23 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from attack.base import AttackerKnowledge
+from attack.align import Aligner
+from attack.base import Attack, AttackerKnowledge
 from attack.figures import pick, save_grid
-from attack.metrics import leakage_metrics, mean_image_baseline
+from attack.metrics import INTERVAL_KEYS, METRIC_KEYS, PerImage, mean_image_baseline, per_image, summarize
 from attack.registry import build_attack, parse_attacks
 from attack.sets import POINTS, EvalSet, client_sets, small2_sets
+from attack.surrogate import surrogate_images
 from clients.data import EVALUATION, SMALL1, SMALL2, OmniglotSet, load_set
 from core import files
 from core.config import RunConfig, settings
 from core.errors import UserError
 from split.cut import Cut, build_cut
-from split.model import build_split, device_activations
+from split.model import batched_eval, build_split, device_activations
+from strategy.interception import local_devices
 
-METRIC_KEYS = ("n", "mse", "psnr", "ssim", "reid_top1", "reid_chance")
-SAVE_PER_CLIENT = 100  # reconstructions kept per client set in its .npz (metrics use every image)
+CSV_KEYS = (*METRIC_KEYS, *(f"{k}_{e}" for k in INTERVAL_KEYS for e in ("lo", "hi")))
+SAVE_PER_SET = 100  # reconstructions kept per set in its .npz (the metrics use every scored row)
 FIGURE_IMAGES = 10
 
 
@@ -48,18 +54,27 @@ FIGURE_IMAGES = 10
 class FinishedRun:
     """What the attack reads from a run directory.
 
-    config: the run's settings; device: the final global device model (eval mode); cut: the run's cut;
-    intercepted: the arrays of intercepted.npz (see ``attack.sets.client_sets``).
+    config: the run's settings; device / head: the final global device model and the server's head (eval mode);
+    cut: the run's cut; intercepted: the arrays of intercepted.npz (see ``attack.sets.client_sets``);
+    client_devices: each client's own device model from its last training round (empty for older runs).
     """
 
     config: RunConfig
     device: torch.nn.Module
+    head: torch.nn.Module
     cut: Cut
     intercepted: dict[str, np.ndarray]
+    client_devices: dict[int, torch.nn.Module]
 
-    def query(self, images: np.ndarray | torch.Tensor) -> torch.Tensor:
-        """What the device sends for ``images`` float32 [N,1,105,105] in [0,1]: float32 [N,32,1,1] on the CPU."""
-        return device_activations(self.device, images, cut=self.cut)
+    def query(self, images: np.ndarray | torch.Tensor, device: torch.nn.Module | None = None) -> torch.Tensor:
+        """What ``device`` (default the final global one) sends for ``images`` float32 [N,1,105,105] in [0,1]:
+        float32 [N,32,1,1] on the CPU."""
+        return device_activations(device if device is not None else self.device, images, cut=self.cut)
+
+    def classify(self, activations: torch.Tensor) -> np.ndarray:
+        """The label the server's head predicts for each activation: int64 [N]."""
+        out = self.head[-1].out_features
+        return batched_eval(self.head, activations, 1024, (out,)).argmax(dim=1).numpy()
 
 
 def load_run(run_dir: Path) -> FinishedRun:
@@ -69,13 +84,19 @@ def load_run(run_dir: Path) -> FinishedRun:
             raise UserError(f"{run_dir} is not a finished run: {name} is missing (train it first with sim.py)")
     saved = torch.load(run_dir / "model.pt", map_location="cpu", weights_only=False)
     cfg = load_config(run_dir, saved)
-    device, _ = build_split(**cfg.model_options())
+    device, head = build_split(**cfg.model_options())
     device.load_state_dict(saved["device"])
+    head.load_state_dict(saved["head"])
     with np.load(run_dir / "intercepted.npz") as z:
         intercepted = {k: z[k] for k in z.files}
+    client_devices = {}
+    for pid, state in local_devices(intercepted).items():
+        own, _ = build_split(**cfg.model_options())
+        own.load_state_dict({k: torch.from_numpy(v) for k, v in state.items()})
+        client_devices[pid] = own.eval()
     # The one place the attacker's cut is built. Identity today: a run that chose another cut would record it in
     # its settings, and the attacker's queries must send through the same cut as the clients did.
-    return FinishedRun(cfg, device.eval(), build_cut(), intercepted)
+    return FinishedRun(cfg, device.eval(), head.eval(), build_cut(), intercepted, client_devices)
 
 
 def load_config(run_dir: Path, saved: dict) -> RunConfig:
@@ -96,21 +117,21 @@ def load_config(run_dir: Path, saved: dict) -> RunConfig:
     raise UserError(f"{run_dir}: neither config.json nor model.pt holds the run's settings")
 
 
-def build_sets(run: FinishedRun, small1: OmniglotSet, small2: OmniglotSet, evaluation: OmniglotSet) -> list[EvalSet]:
+def build_sets(
+    run: FinishedRun, small1: OmniglotSet, small2: OmniglotSet, evaluation: OmniglotSet, seed: int = 0
+) -> list[EvalSet]:
     """Every evaluation set of the run, in leakage.json's order: unseen, seen, clients' inference, clients' train."""
-    return small2_sets(run.query, small1, small2) + client_sets(run.intercepted, evaluation)
+    return small2_sets(run.query, small1, small2) + client_sets(
+        run.intercepted, evaluation, run.client_devices, seed=seed
+    )
 
 
-def run_attacks(
-    names: Sequence[str], knowledge: AttackerKnowledge, sets: list[EvalSet], console: Console
-) -> tuple[dict[str, dict[str, np.ndarray]], dict[str, dict[str, float]]]:
-    """Fit each attack once and reconstruct every set with it.
-
-    Returns ``(recon, timings)``: ``recon[set name][attack]`` float32 [n,1,105,105] in [0,1], and per attack its
-    fit time in seconds (``train_seconds``) with its ``fit_summary()``.
-    """
-    recon: dict[str, dict[str, np.ndarray]] = {s.name: {} for s in sets}
-    timings = {}
+def fit_attacks(
+    names: Sequence[str], knowledge: AttackerKnowledge, console: Console
+) -> tuple[dict[str, Attack], dict[str, dict[str, float]]]:
+    """Fit each attack once; returns the fitted attacks by name and, per attack, its fit time in seconds
+    (``train_seconds``) with its ``fit_summary()``."""
+    fitted, timings = {}, {}
     epochs = knowledge.epochs
     columns = (TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
     with Progress(*columns, console=console) as progress:
@@ -119,42 +140,79 @@ def run_attacks(
 
             def advance(epoch: int, loss: float, task=task, name=name) -> None:
                 progress.advance(task)
-                if not console.is_terminal and (epoch % 10 == 0 or epoch == epochs):
-                    # Redirected output gets no live bar until the end: a line every 10 epochs instead.
-                    console.print(f"attack {name}: epoch {epoch}/{epochs}, train MSE {loss:.4f}")
+                if not console.is_terminal and epoch % 5 == 0:
+                    # Redirected output gets no live bar until the end: a line every 5 epochs instead.
+                    console.print(f"attack {name}: epoch {epoch}, train loss {loss:.4f}")
 
             attack = build_attack(name)
             started = time.perf_counter()
             attack.fit(dataclasses.replace(knowledge, progress=advance))
-            timings[name] = {"train_seconds": time.perf_counter() - started, **attack.fit_summary()}
-            progress.update(task, completed=epochs)  # an attack that does not train reports no epochs
-            for s in sets:
-                rec = attack.reconstruct(s.intercepted)
-                if rec.shape != s.originals.shape:  # a plug-in's mistake, named here rather than deep in the metrics
-                    raise ValueError(f"attack {name!r} returned {rec.shape} for set {s.name} of {s.originals.shape}")
-                recon[s.name][name] = rec
-    return recon, timings
+            timings[name] = {"train_seconds": time.perf_counter() - started}
+            progress.update(task, completed=epochs)  # early stopping and attacks that do not train end here
+            fitted[name] = attack
+    return fitted, timings
 
 
-def score(sets: list[EvalSet], recon: dict[str, dict[str, np.ndarray]], baseline_image: np.ndarray) -> dict:
-    """``{set: {method: metrics}}`` for each attack in ``recon`` and the ``baseline`` (``baseline_image``
-    float32 [1,105,105] for every image), plus ``clients_<point>``, the equal-weight mean over clients."""
-    results: dict[str, dict[str, dict]] = {}
+def start_attack(fitted: dict[str, Attack]) -> str:
+    """The attack whose output a refining attack starts from: the lowest held-out MSE, else the first decoder."""
+    candidates = [name for name, attack in fitted.items() if not attack.refines]
+    measured = [name for name in candidates if fitted[name].holdout_mse() is not None]
+    return min(measured, key=lambda name: fitted[name].holdout_mse()) if measured else candidates[0]
+
+
+def attack_sets(
+    fitted: dict[str, Attack], sets: list[EvalSet], baseline_image: np.ndarray, run_dir: Path, seed: int
+) -> tuple[dict[str, dict[str, PerImage]], dict[str, float]]:
+    """Reconstruct, score and write one set at a time: ``{set: {method: PerImage}}`` with the ``baseline``, and
+    the seconds spent reconstructing per attack. Writes each set's .npz and figure (``write_set``)."""
+    scores: dict[str, dict[str, PerImage]] = {}
+    seconds = dict.fromkeys(fitted, 0.0)
+    first, start_from = next(iter(fitted)), start_attack(fitted)
     for s in sets:
-        results[s.name] = {name: leakage_metrics(s.originals, rec) for name, rec in recon[s.name].items()}
-        results[s.name]["baseline"] = leakage_metrics(s.originals, np.broadcast_to(baseline_image, s.originals.shape))
+        recon: dict[str, tuple[np.ndarray, np.ndarray]] = {}  # method -> (rows, reconstructions)
+        for name, attack in fitted.items():
+            rows = s.scored
+            if attack.max_images is not None and len(rows) > attack.max_images:
+                rows = rows[pick(len(rows), attack.max_images, seed)]
+            began = time.perf_counter()
+            if attack.refines:
+                base_rows, base = recon[start_from]
+                rec = attack.reconstruct(s.intercepted(rows), start=base[np.searchsorted(base_rows, rows)])
+            else:
+                rec = attack.reconstruct(s.intercepted(rows))
+            seconds[name] += time.perf_counter() - began
+            if rec.shape != (len(rows), *s.originals.shape[1:]):  # a plug-in's mistake, named here
+                raise ValueError(f"attack {name!r} returned {rec.shape} for {len(rows)} rows of set {s.name}")
+            recon[name] = (rows, rec)
+        rows = s.scored
+        recon["baseline"] = (rows, np.broadcast_to(baseline_image, (len(rows), *baseline_image.shape)))
+        scores[s.name] = {
+            name: per_image(s.originals_of(r), rec, s.originals, s.own[r]) for name, (r, rec) in recon.items()
+        }
+        write_set(run_dir, s, recon, first, best_method(scores[s.name], fitted), seed)
+    return scores, seconds
+
+
+def best_method(scores: dict[str, PerImage], fitted: dict[str, Attack]) -> str:
+    """The attack with the highest top-1 re-identification on a set (then SSIM): the worst case for the client."""
+    return max(fitted, key=lambda name: (float((scores[name].rank < 1).mean()), float(scores[name].ssim.mean())))
+
+
+def summarize_sets(scores: dict[str, dict[str, PerImage]], sets: list[EvalSet], fitted: dict, seed: int) -> dict:
+    """``{set: {method: numbers}}`` for each attack, the ``baseline`` and ``best`` (its numbers plus ``attack``),
+    plus ``clients_<point>``, the equal-weight mean over clients (its ``best`` is the attack best on that mean)."""
+    results: dict[str, dict[str, dict]] = {}
+    for name, by_method in scores.items():
+        results[name] = {method: summarize(values, seed) for method, values in by_method.items()}
     for point in POINTS:
-        per_client = [results[s.name] for s in sets if s.kind == "client" and s.point == point]
-        if per_client:
-            results[f"clients_{point}"] = {m: _mean_metrics([r[m] for r in per_client]) for m in per_client[0]}
+        names = [s.name for s in sets if s.kind == "client" and s.point == point]
+        if names:
+            methods = scores[names[0]]
+            results[f"clients_{point}"] = {m: summarize([scores[n][m] for n in names], seed) for m in methods}
+    for by_method in results.values():
+        best = max(fitted, key=lambda m: (by_method[m]["reid_top1"], by_method[m]["ssim"]))
+        by_method["best"] = {**by_method[best], "attack": best}
     return results
-
-
-def _mean_metrics(rows: list[dict]) -> dict:
-    """Equal-weight mean over clients (n is the total)."""
-    out = {k: float(np.mean([r[k] for r in rows])) for k in METRIC_KEYS if k != "n"}
-    out["n"] = int(sum(r["n"] for r in rows))
-    return out
 
 
 def run_attack(
@@ -166,13 +224,14 @@ def run_attack(
     console: Console | None = None,
     *,
     attacks: Sequence[str] | str | None = None,
+    surrogate: str | None = None,
 ) -> dict:
-    """Fit each attack on small1 and score every evaluation set; writes the leakage files into ``run_dir``.
+    """Fit each attack on the surrogate and score every evaluation set; writes the leakage files into ``run_dir``.
 
     attacks (``decoders`` is the older name of the same thing): registered names (``attack.registry``) as a sequence
-    or ``"seed,up"``; default: the run's ``attacks`` setting. The last one is primary: its reconstructions fill the
-    figures and the ``reconstructions`` array of each .npz. epochs: default the run's ``attack_epochs``.
-    Returns ``{set: {method: metrics}}`` (also written as leakage.json).
+    or ``"seed,cond"``; default: the run's ``attacks`` setting. The first one fills the figures beside the best.
+    epochs: the most decoder epochs, default the run's ``attack_epochs``. surrogate: "small1" or "public", default
+    the run's. Returns ``{set: {method: numbers}}`` (also written as leakage.json).
     """
     if attacks is not None and decoders is not None and parse_attacks(attacks) != parse_attacks(decoders):
         raise ValueError(f"attacks={attacks!r} and decoders={decoders!r} disagree; give one of them")
@@ -183,79 +242,124 @@ def run_attack(
     run = load_run(run_dir)
     names = names or parse_attacks(run.config.attacks)
     epochs = epochs if epochs is not None else run.config.attack_epochs
+    surrogate = surrogate or run.config.surrogate
     data_dir = data_dir or run.config.data_dir or None
+    began = time.perf_counter()
     small1, small2, evaluation = (load_set(name, data_dir) for name in (SMALL1, SMALL2, EVALUATION))
-    surrogate = small1.as_float()
-    # Queried once: the device is frozen, so every attack's epochs then cost only the attack.
-    knowledge = AttackerKnowledge(run.device, run.query, surrogate, run.query(surrogate), seed, epochs)
-    sets = build_sets(run, small1, small2, evaluation)
+    public, described = surrogate_images(surrogate, data_dir)
+    public_activations = run.query(public)  # once: the device is frozen, so every attack's epochs reuse it
+    n_classes = run.head[-1].out_features
+    knowledge = AttackerKnowledge(
+        run.device, run.query, run.classify, n_classes, public, public_activations, seed, epochs, cut=run.cut
+    )
+    knowledge = dataclasses.replace(knowledge, align=Aligner(run.query, public, public_activations))
+    sets = build_sets(run, small1, small2, evaluation, seed)
+    query_seconds = time.perf_counter() - began
 
-    recon, timings = run_attacks(names, knowledge, sets, console)
-    results = score(sets, recon, mean_image_baseline(surrogate, 1)[0])
-    write_outputs(run_dir, results, sets, recon, names[-1], seed)
+    fitted, timings = fit_attacks(names, knowledge, console)
+    began = time.perf_counter()
+    scores, seconds = attack_sets(fitted, sets, mean_image_baseline(public, 1)[0], run_dir, seed)
+    attack_seconds = time.perf_counter() - began
+    began = time.perf_counter()
+    results = summarize_sets(scores, sets, fitted, seed)
+    write_outputs(run_dir, results)
+    for name, attack in fitted.items():
+        timings[name] |= {"reconstruct_seconds": seconds[name], **attack.fit_summary()}
     meta = {
         "run": str(run_dir),
         "attacks": list(names),
         "decoders": list(names),  # the name attack/report.py read before "attacks"
-        "primary_decoder": names[-1],
+        "primary_decoder": names[0],
+        "refines_from": start_attack(fitted),
         "epochs": epochs,
-        "surrogate": f"{SMALL1} ({len(small1)} images)",
+        "surrogate": f"{surrogate}: {described}, {len(public)} images",
         "timings": timings,
+        "seconds": {
+            "queries": query_seconds,
+            "fit": sum(t["train_seconds"] for t in timings.values()),
+            "reconstruct_score_write_sets": attack_seconds,
+            "summarize_write": time.perf_counter() - began,
+        },
     }
     files.write_text(run_dir / "attack.json", json.dumps(meta, indent=2) + "\n")
-    # Redirected to a file, rich would use 80 columns and cut the numbers.
-    console.print(summary_table(results, names), width=None if console.is_terminal else 120)
+    print_summary(console, results, names)
     return results
 
 
-def write_outputs(
-    run_dir: Path, results: dict, sets: list[EvalSet], recon: dict[str, dict[str, np.ndarray]], primary: str, seed: int
+def write_set(
+    run_dir: Path, s: EvalSet, recon: dict[str, tuple[np.ndarray, np.ndarray]], first: str, best: str, seed: int
 ) -> None:
-    """leakage.json / .csv, one ``reconstructions_<set>.npz`` per set, and the figures (README, "Output files")."""
+    """One set's ``reconstructions_<set>.npz`` (up to ``SAVE_PER_SET`` scored rows: originals, each method's
+    reconstruction where it made one, uint8 0..255) and its figure (originals, the first attack, the best one)."""
+    rows, _ = recon[first]
+    keep = rows[pick(len(rows), SAVE_PER_SET, seed)] if len(rows) > SAVE_PER_SET else rows
+    arrays = {"rows": keep, "originals": _uint8(s.originals_of(keep))}
+    for name, (r, rec) in recon.items():
+        if name == "baseline":
+            continue
+        where = np.searchsorted(r, keep)
+        found = (where < len(r)) & (r[np.minimum(where, len(r) - 1)] == keep)
+        arrays[f"rows_{name}"] = keep[found]
+        arrays[f"reconstructions_{name}"] = _uint8(rec[where[found]])
+    if s.files is not None:
+        arrays["files"] = np.asarray([s.files[i] for i in keep])
+    files.savez(run_dir / f"reconstructions_{s.name}.npz", **arrays)
+    if s.figure is None:
+        return
+    best_rows, best_rec = recon[best]  # the figure shows rows every drawn method reconstructed
+    shown = best_rows[pick(len(best_rows), FIGURE_IMAGES, seed)]
+    panels = {first: recon[first][1][np.searchsorted(recon[first][0], shown)]}
+    panels[f"{best} (best)"] = best_rec[np.searchsorted(best_rows, shown)]
+    save_grid(s.originals_of(shown), panels, run_dir / s.figure, f"{s.name}: reconstructions")
+
+
+def _uint8(images: np.ndarray) -> np.ndarray:
+    return np.round(np.clip(images, 0.0, 1.0) * 255).astype(np.uint8)
+
+
+def write_outputs(run_dir: Path, results: dict) -> None:
+    """leakage.json and leakage.csv (README, "Output files")."""
     files.write_text(run_dir / "leakage.json", json.dumps(results, indent=2) + "\n")
-    lines = [",".join(("set", "method", *METRIC_KEYS))]
+    lines = [",".join(("set", "method", "attack", *CSV_KEYS))]
     for set_name, methods in results.items():
         for method, m in methods.items():
-            lines.append(",".join([set_name, method] + [f"{m[k]:.6g}" if k != "n" else str(m[k]) for k in METRIC_KEYS]))
+            cells = [f"{m[k]:.6g}" if k not in ("n", "pool") else str(m[k]) for k in CSV_KEYS]
+            lines.append(",".join([set_name, method, m.get("attack", method), *cells]))
     files.write_text(run_dir / "leakage.csv", "\n".join(lines) + "\n")
-    for s in sets:
-        keep = np.arange(len(s.originals))
-        if s.kind == "client" and len(keep) > SAVE_PER_CLIENT:
-            keep = pick(len(s.originals), SAVE_PER_CLIENT, seed)
-        arrays = {"originals": s.originals[keep].astype(np.float16), "kept": keep}
-        arrays["reconstructions"] = recon[s.name][primary][keep].astype(np.float16)
-        for name, rec in recon[s.name].items():
-            arrays[f"reconstructions_{name}"] = rec[keep].astype(np.float16)
-        if s.files is not None:
-            arrays["files"] = np.asarray([s.files[i] for i in keep])
-        files.savez(run_dir / f"reconstructions_{s.name}.npz", **arrays)
-        if s.figure is not None:
-            shown = pick(len(s.originals), min(FIGURE_IMAGES, len(s.originals)), seed)
-            m = results[s.name][primary]
-            title = f"{s.name} ({primary} decoder): SSIM {m['ssim']:.3f}, re-id {m['reid_top1']:.3f}"
-            save_grid(s.originals[shown], recon[s.name][primary][shown], run_dir / s.figure, title)
+
+
+def _interval(m: dict, key: str, digits: int) -> str:
+    return f"{m[key]:.{digits}f} [{m[key + '_lo']:.{digits}f}, {m[key + '_hi']:.{digits}f}]"
 
 
 def summary_table(results: dict, attacks: Sequence[str]) -> Table:
-    """Rows for the small2 sets and the client means (per-client rows are in leakage.csv)."""
-    table = Table(title="Reconstruction leakage (lower MSE, higher PSNR / SSIM / re-id = more leakage)")
-    for column in ("set", "method", "n", "MSE", "PSNR dB", "SSIM", "re-id top-1", "chance"):
+    """Rows for the small2 sets and the client means, each attack, the best and the baseline (per-client rows are
+    in leakage.csv); re-id and SSIM with their 95 % intervals."""
+    table = Table(title="Reconstruction leakage (lower MSE, higher SSIM / re-id = more leakage; [95 % interval])")
+    for column in ("set", "method", "n", "MSE", "SSIM", "re-id top-1", "re-id top-5", "chance"):
         table.add_column(column, justify="left" if column in ("set", "method") else "right", no_wrap=True)
     for set_name in ("unseen", "seen", "clients_inference", "clients_train"):
         if set_name not in results:
             continue
-        for method in (*attacks, "baseline"):
+        for method in (*attacks, "best", "baseline"):
             m = results[set_name][method]
-            psnr = "inf" if math.isinf(m["psnr"]) else f"{m['psnr']:.2f}"
+            label = f"best: {m['attack']}" if method == "best" else method
             table.add_row(
                 set_name,
-                method,
+                label,
                 str(m["n"]),
                 f"{m['mse']:.4f}",
-                psnr,
-                f"{m['ssim']:.3f}",
-                f"{m['reid_top1']:.3f}",
+                _interval(m, "ssim", 3),
+                _interval(m, "reid_top1", 3),
+                _interval(m, "reid_top5", 3),
                 f"{m['reid_chance']:.4f}",
             )
         table.add_section()
     return table
+
+
+def print_summary(console: Console, results: dict, attacks: Sequence[str]) -> None:
+    """The summary table at its natural width, whatever the terminal, file or CI log (never cut or wrapped)."""
+    table = summary_table(results, attacks)
+    width = Console(width=10_000).measure(table).maximum
+    console.print(table, width=max(width, console.width if console.is_terminal else 0), crop=False, overflow="ignore")

@@ -3,9 +3,14 @@
 - ``unseen``: small2 minus the 1,000 files also in small1 (2,120 images the attacker never saw): the honest number.
 - ``seen``: those 1,000 shared files, reported separately (EXPERIMENT.md, the pitfall).
 - ``client_<k>_inference`` / ``client_<k>_train``: client k's private images from the activations the server
-  intercepted at inference (final global model) and during the client's last training round (its local model).
+  intercepted at inference (final global model, no labels) and during the client's last training round (its own
+  updated model, with the labels training sends).
 
-A set's kind, point and partition are fields, so nothing downstream parses its name.
+Each set attacks and scores ``scored``, a seeded sample of its rows (every row of small2's sets; ``per_client``
+rows of a client's set), and re-identifies each reconstruction among **all** the set's distinct originals, so a
+sample changes the error bars, never the chance level. Training-time activations come from Poisson-sampled batches,
+so one image can stand behind several rows: its copies are one candidate, not several tied ones.
+A set's kind, point and partition are fields: nothing downstream parses its name.
 """
 
 from __future__ import annotations
@@ -16,11 +21,14 @@ from typing import Literal
 
 import numpy as np
 import torch
+from torch import nn
 
 from attack.base import Intercepted
+from attack.figures import pick
 from clients.data import OmniglotSet, shared_files
 
 POINTS = ("inference", "train")  # where the server intercepted a client's activations (intercepted.npz prefixes)
+PER_CLIENT = 100  # rows of each client set that are attacked and scored
 
 
 @dataclass(frozen=True)
@@ -29,8 +37,11 @@ class EvalSet:
 
     kind: "unseen" / "seen" (small2, the attacker's own test queries) or "client" (a client's private images);
     point: "inference" or "train" for client sets, None for small2; partition: the client's partition id or None.
-    activations: float32 [n,32,1,1], what crossed the cut; originals: float32 [n,1,105,105] in [0,1], the images
-    behind them (for scoring only: the attacker never gets them); files: small2 file names of the rows, else None.
+    activations: float32 [n,32,1,1], what crossed the cut; originals: float32 [m,1,105,105] in [0,1], the distinct
+    images behind them (for scoring only: the attacker never gets them); own: int64 [n], each row's image in
+    ``originals``; scored: int64 rows that are attacked and scored;
+    labels: int64 [n] labels the server saw with the activations, or None; device: the model that produced them
+    when not the final global one; files: small2 file names of the rows, else None.
     """
 
     kind: Literal["unseen", "seen", "client"]
@@ -38,6 +49,10 @@ class EvalSet:
     partition: int | None
     activations: torch.Tensor
     originals: np.ndarray
+    own: np.ndarray
+    scored: np.ndarray
+    labels: np.ndarray | None = None
+    device: nn.Module | None = None
     files: list[str] | None = None
 
     @property
@@ -45,10 +60,15 @@ class EvalSet:
         """Key in leakage.json: "unseen", "seen" or "client_<k>_<point>"."""
         return self.kind if self.kind != "client" else f"client_{self.partition}_{self.point}"
 
-    @property
-    def intercepted(self) -> Intercepted:
-        """What an attack is given: the activations and, for a client's set, the partition that sent them."""
-        return Intercepted(self.activations, self.partition)
+    def intercepted(self, rows: np.ndarray | None = None) -> Intercepted:
+        """What an attack is given for ``rows`` (default ``scored``): activations, sender, labels, device."""
+        rows = self.scored if rows is None else rows
+        whole = Intercepted(self.activations, self.partition, self.labels, self.device)
+        return whole.rows(rows)
+
+    def originals_of(self, rows: np.ndarray) -> np.ndarray:
+        """The original image behind each of ``rows``: float32 [len(rows),1,105,105]."""
+        return self.originals[self.own[rows]]
 
     @property
     def figure(self) -> str | None:
@@ -62,30 +82,50 @@ class EvalSet:
 
 def small2_sets(query: Callable[[np.ndarray], torch.Tensor], small1: OmniglotSet, small2: OmniglotSet) -> list[EvalSet]:
     """The ``unseen`` and ``seen`` sets: small2 split by whether a file is also in small1, each sent through
-    ``query`` (images float32 [N,1,105,105] -> activations [N,32,1,1], the attacker's own queries of the device)."""
+    ``query`` (images float32 [N,1,105,105] -> activations [N,32,1,1], the attacker's own queries of the device).
+    Every row is scored; no labels (the attacker's queries get none)."""
     seen_mask = shared_files(small1, small2)
     sets = []
     for kind, mask in (("unseen", ~seen_mask), ("seen", seen_mask)):
         idx = np.flatnonzero(mask)
         originals = small2.as_float(idx)
-        sets.append(EvalSet(kind, None, None, query(originals), originals, [small2.files[i] for i in idx]))
+        files = [small2.files[i] for i in idx]
+        rows = np.arange(len(idx))
+        sets.append(EvalSet(kind, None, None, query(originals), originals, rows, rows, files=files))
     return sets
 
 
-def client_sets(intercepted: dict[str, np.ndarray], evaluation: OmniglotSet) -> list[EvalSet]:
+def client_sets(
+    intercepted: dict[str, np.ndarray],
+    evaluation: OmniglotSet,
+    devices: dict[int, nn.Module] | None = None,
+    per_client: int = PER_CLIENT,
+    seed: int = 0,
+) -> list[EvalSet]:
     """One set per (point, partition) present in intercepted.npz, inference sets first, partitions ascending.
 
     intercepted: ``<point>_activations`` [n,32,1,1], ``<point>_partition`` [n] and ``<point>_index`` [n] (row in the
     evaluation set) for each point. A partition with no row at a point (e.g. it failed its last round) has no set
     there. Partitions are those seen at inference: every client's images go through the final model.
+    devices: each client's own device model from its last round (``strategy.interception.local_devices``); its
+    training-time set records it. Training-time sets carry the labels training sent with the activations (the
+    image's alphabet, which is the task label). ``per_client`` rows of each set are scored, drawn by
+    (seed, partition, point).
     """
+    devices = devices or {}
     partitions = sorted(set(intercepted["inference_partition"].tolist()))
     sets = []
-    for point in POINTS:
+    for p, point in enumerate(POINTS):
         for pid in partitions:
             rows = intercepted[f"{point}_partition"] == pid
-            if rows.any():
-                activations = torch.from_numpy(intercepted[f"{point}_activations"][rows])
-                originals = evaluation.as_float(intercepted[f"{point}_index"][rows])
-                sets.append(EvalSet("client", point, pid, activations, originals))
+            if not rows.any():
+                continue
+            index = intercepted[f"{point}_index"][rows]
+            activations = torch.from_numpy(intercepted[f"{point}_activations"][rows])
+            labels = evaluation.alphabet[index].astype(np.int64) if point == "train" else None
+            scored = pick(len(index), per_client, seed * 100_003 + pid * 2 + p)
+            device = devices.get(pid) if point == "train" else None
+            distinct, own = np.unique(index, return_inverse=True)
+            originals = evaluation.as_float(distinct)
+            sets.append(EvalSet("client", point, pid, activations, originals, own, scored, labels, device))
     return sets

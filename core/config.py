@@ -21,6 +21,7 @@ DEVICES = ("auto", "cpu", "cuda")
 GRAD_SAMPLERS = ("fused", "fast", "opacus")  # how DP-SGD gets per-sample gradients: clients/grad_samplers.py
 STRATEGIES = ("fedavg", "fedavgm", "fedadam", "fedyogi", "fedprox")  # strategy/registry.py
 HEAD_MODES = ("copies", "refit")
+SURROGATES = ("small1", "public")  # the attacker's public images (attack.surrogate)
 INPUT_NORMS = ("none", "invert")
 SKEW_LOSSES = ("none", "restricted", "logit-adjust")
 N_ALPHABETS = 20
@@ -142,9 +143,20 @@ class RunConfig:
         RUN,
     )
     # --- attack (the curious server)
-    attack_epochs: int = setting(100, "decoder training epochs on small1", ATTACK)
+    attack_epochs: int = setting(
+        100, "most decoder training epochs over the surrogate (each stops early on a held-out slice)", ATTACK
+    )
     attacks: str = setting(
-        "seed,up", "attacks to run, comma-separated, from attack.registry (the last is primary)", ATTACK
+        "seed,cond,whitebox",
+        "attacks to run, comma-separated, from attack.registry (figures show the first beside the best)",
+        ATTACK,
+    )
+    surrogate: str = setting(
+        "small1",
+        "the attacker's public images: small1 (2,720) or public (images_background minus small2's alphabets and "
+        "files, 16,160)",
+        ATTACK,
+        choices=SURROGATES,
     )
     extra: dict = field(default_factory=dict, repr=False)
 

@@ -58,11 +58,17 @@ EVALUATE_METRICS = ("num-examples", "partition-id", "val-loss", "val-acc")
 
 class Intercepted(NamedTuple):
     """What one client sent across the cut: activations float32 [n,32,1,1] and each row's image, int64 [n] (row
-    in the evaluation set; for scoring only). A tuple, so ``(pid, activations, index) = x`` unpacks it."""
+    in the evaluation set; for scoring only).
+
+    device: for training-time records, the device weights (``DeviceNet`` state, numpy) the client sent back at the
+    end of that round, which the server holds anyway: the model that produced these activations. The server fills
+    it in from the reply's arrays; it does not travel inside the record.
+    """
 
     partition: int
     activations: np.ndarray
     index: np.ndarray
+    device: dict[str, np.ndarray] | None = None
 
     def to_record(self) -> ArrayRecord:
         return ArrayRecord({"activations": Array(self.activations), "index": Array(self.index.astype(np.int64))})

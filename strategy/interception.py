@@ -9,6 +9,8 @@ Two interception points:
 Arrays in the file (N rows for inference, M for train): ``<point>_activations`` float32 [.,32,1,1],
 ``<point>_partition`` int64 (client partition id), ``<point>_index`` int64 (row in the evaluation set, sorted
 file order). The index is the experimenter's ground truth for scoring; the attack never uses it to reconstruct.
+For the ``train`` point, ``train_device_<partition>/<name>`` holds the device weights that client sent back at the
+end of that round (the server's copy of the model that produced the activations).
 """
 
 from __future__ import annotations
@@ -52,21 +54,39 @@ def query_activations(
     return [QueryReply.from_message(r).intercepted for r in query_every_client(grid, content, "the query", timeout)]
 
 
+DEVICE_PREFIX = "train_device_"
+
+
 def _stack(parts: list[Intercepted], point: str) -> dict[str, np.ndarray]:
-    parts = sorted(parts, key=lambda p: p[0])
+    parts = sorted(parts, key=lambda p: p.partition)
     if not parts:
         return {
             f"{point}_activations": np.zeros((0, 32, 1, 1), np.float32),
             f"{point}_partition": np.zeros(0, np.int64),
             f"{point}_index": np.zeros(0, np.int64),
         }
-    return {
-        f"{point}_activations": np.concatenate([a for _, a, _ in parts]).astype(np.float32),
-        f"{point}_partition": np.concatenate([np.full(len(i), pid, np.int64) for pid, _, i in parts]),
-        f"{point}_index": np.concatenate([i for _, _, i in parts]).astype(np.int64),
+    stacked = {
+        f"{point}_activations": np.concatenate([p.activations for p in parts]).astype(np.float32),
+        f"{point}_partition": np.concatenate([np.full(len(p.index), p.partition, np.int64) for p in parts]),
+        f"{point}_index": np.concatenate([p.index for p in parts]).astype(np.int64),
     }
+    for p in parts:
+        for name, value in (p.device or {}).items():
+            stacked[f"{DEVICE_PREFIX}{p.partition}/{name}"] = value
+    return stacked
+
+
+def local_devices(intercepted: dict[str, np.ndarray]) -> dict[int, dict[str, np.ndarray]]:
+    """The per-client device weights in the arrays of intercepted.npz: {partition: DeviceNet state}; empty for runs
+    written before they were kept."""
+    out: dict[int, dict[str, np.ndarray]] = {}
+    for key, value in intercepted.items():
+        if key.startswith(DEVICE_PREFIX):
+            pid, name = key[len(DEVICE_PREFIX) :].split("/", 1)
+            out.setdefault(int(pid), {})[name] = value
+    return out
 
 
 def save_intercepted(run_dir: Path, inference: list[Intercepted], train: list[Intercepted]) -> Path:
-    """Write ``intercepted.npz`` atomically; returns its path. Each list: (partition, activations, index)."""
+    """Write ``intercepted.npz`` atomically; returns its path. Each list: ``Intercepted`` records."""
     return files.savez(run_dir / "intercepted.npz", **_stack(inference, "inference"), **_stack(train, "train"))

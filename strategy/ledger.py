@@ -79,6 +79,11 @@ def raise_on_errors(replies: list[Message], phase: str, partition_of: dict[int, 
             raise ClientFailed(f"{who} failed during {phase}: {error_line(msg.error.reason)}", msg.error.reason)
 
 
+def device_weights(arrays: ArrayRecord) -> dict[str, np.ndarray]:
+    """The ``device.*`` part of a joined model record, as a DeviceNet state dict of numpy arrays."""
+    return {key[len("device.") :]: value.numpy() for key, value in arrays.items() if key.startswith("device.")}
+
+
 class LedgerStrategy(Strategy):
     """Any Flower ``strategy`` by partition id, with accountant histories kept on the server, every train reply in
     the ledger, and failed clients never ignored.
@@ -170,7 +175,12 @@ class LedgerStrategy(Strategy):
         missing = sorted(set(self.asked) - {reply.partition_id for reply, _ in received})
         if missing:  # Flower drops replies that time out; their steps would be missing from the ledger
             raise ClientFailed(f"client(s) {missing} sent no reply in round {server_round} (timed out)", "")
-        new = [reply.intercepted for reply, _ in received if reply.intercepted is not None]
+        # Each record keeps the device weights sent with it: the attacker decodes them with the model that made them.
+        new = [
+            reply.intercepted._replace(device=device_weights(reply.arrays))
+            for reply, _ in received
+            if reply.intercepted is not None and reply.arrays is not None
+        ]
         self.intercepted_training = latest_per_client(self.intercepted_training, new)
         rows = []
         for reply, msg in received:

@@ -11,7 +11,20 @@ from skimage.filters import gaussian
 from skimage.metrics import structural_similarity
 
 from attack.figures import pick, save_grid
-from attack.metrics import chance, leakage_metrics, mean_image_baseline, mse, psnr, reidentification, ssim
+from attack.metrics import (
+    PerImage,
+    chance,
+    leakage_metrics,
+    mean_image_baseline,
+    mse,
+    per_image,
+    psnr,
+    reid_ranks,
+    reidentification,
+    ssim,
+    ssim_per_image,
+    summarize,
+)
 from clients.data import OmniglotSet
 
 
@@ -76,7 +89,7 @@ def test_ssim_agrees_with_scikit_image(
     orig = originals[:60]
     rec = {"noisy": noisy[:60], "blurred": blurred[:60], "flat": np.full_like(orig, 0.9)}[damage]
     reference = _skimage_ssim(orig, rec)
-    assert ssim(orig, rec, batch_size=16) == pytest.approx(reference, abs=0.005)
+    assert ssim(orig, rec, batch_size=16) == pytest.approx(reference, abs=1e-5)
     # The damages are distinct enough that this test would catch a metric that ignores its input.
     assert {"noisy": 0.2 < reference < 0.45, "blurred": reference > 0.8, "flat": 0.6 < reference < 0.8}[damage]
 
@@ -115,8 +128,10 @@ def test_chance_and_leakage_keys(originals: np.ndarray, noisy: np.ndarray) -> No
     with pytest.raises(ValueError):
         chance(0)
     metrics = leakage_metrics(originals[:100], noisy[:100])
-    assert list(metrics) == ["n", "mse", "psnr", "ssim", "reid_top1", "reid_chance"]
-    assert metrics["n"] == 100 and metrics["reid_chance"] == 0.01
+    point = ["n", "pool", "mse", "psnr", "ssim", "reid_top1", "reid_top5", "reid_chance"]
+    intervals = [f"{k}_{e}" for k in ("mse", "psnr", "ssim", "reid_top1", "reid_top5") for e in ("lo", "hi")]
+    assert list(metrics) == point + intervals
+    assert metrics["n"] == 100 and metrics["pool"] == 100 and metrics["reid_chance"] == 0.01
     assert metrics["mse"] == pytest.approx(mse(originals[:100], noisy[:100]))
     assert metrics["reid_top1"] == 1.0  # noise of sigma 0.2 hides no Omniglot character among 100
 
@@ -149,3 +164,61 @@ def test_save_grid_writes_a_png(tmp_path, originals: np.ndarray, blurred: np.nda
     with Image.open(target) as image:
         assert image.format == "PNG" and image.width > image.height > 100
     assert [p.name for p in target.parent.iterdir()] == ["grid.png"]  # no temporary file left behind
+
+
+def test_per_image_ssim_matches_scikit_image_image_by_image(originals: np.ndarray, blurred: np.ndarray) -> None:
+    values = ssim_per_image(originals[:20], blurred[:20])
+    reference = [
+        structural_similarity(a[0], b[0], gaussian_weights=True, sigma=1.5, use_sample_covariance=False, data_range=1)
+        for a, b in zip(originals[:20], blurred[:20], strict=True)
+    ]
+    np.testing.assert_allclose(values, reference, atol=1e-5)
+
+
+def test_top5_and_ranks_match_brute_force(originals: np.ndarray) -> None:
+    orig = originals[:120].astype(np.float64)
+    mean = orig.mean(axis=0)
+    rec = np.clip(mean + 0.2 * (orig - mean) + np.random.default_rng(4).normal(0.0, 0.35, orig.shape), 0, 1)
+    dist = np.stack([((orig - r) ** 2).sum(axis=(1, 2, 3)) for r in rec])
+    own = dist[np.arange(120), np.arange(120)]
+    # Others at least as close as its own original, within the float32 tie margin of 0.05 (squared distance).
+    expected_rank = (dist <= own[:, None] + 0.05).sum(axis=1) - 1
+    ranks = reid_ranks(originals[:120], rec.astype(np.float32), chunk=50)
+    np.testing.assert_array_equal(ranks, expected_rank)
+    top1, top5 = float(np.mean(expected_rank < 1)), float(np.mean(expected_rank < 5))
+    assert 0.0 < top1 < top5 < 1.0  # both hits and misses, and top-5 finds more
+    assert reidentification(originals[:120], rec.astype(np.float32), k=5) == pytest.approx(top5)
+
+
+def test_a_sample_is_ranked_among_the_whole_pool(originals: np.ndarray, noisy: np.ndarray) -> None:
+    rows = np.array([3, 50, 51, 499])
+    sample = per_image(originals[rows], noisy[rows], candidates=originals, own=rows)
+    whole = per_image(originals, noisy)
+    np.testing.assert_array_equal(sample.rank, whole.rank[rows])
+    np.testing.assert_allclose(sample.ssim, whole.ssim[rows])
+    assert sample.pool == 500 and summarize(sample)["reid_chance"] == 1 / 500
+
+
+def test_bootstrap_intervals_cover_the_point_and_shrink_with_n(originals: np.ndarray, noisy: np.ndarray) -> None:
+    rng = np.random.default_rng(5)
+    hits = (rng.random(400) < 0.3).astype(np.int64)
+    part = PerImage(rng.random(400) * 0.1, rng.random(400), np.where(hits, 0, 7), 400)
+    small = PerImage(part.mse[:40], part.ssim[:40], part.rank[:40], 400)
+    big, few = summarize(part), summarize(small)
+    for key in ("mse", "psnr", "ssim", "reid_top1", "reid_top5"):
+        assert big[f"{key}_lo"] <= big[key] <= big[f"{key}_hi"]
+        assert few[f"{key}_lo"] <= few[key] <= few[f"{key}_hi"]
+        assert big[f"{key}_hi"] - big[f"{key}_lo"] < few[f"{key}_hi"] - few[f"{key}_lo"]
+    # The re-id interval of 400 Bernoulli(0.3) draws: about +-1.96 sqrt(0.21 / 400) = +-0.045 around the point.
+    assert big["reid_top1_hi"] - big["reid_top1_lo"] == pytest.approx(2 * 1.96 * math.sqrt(0.21 / 400), rel=0.2)
+    assert summarize(part, seed=1) != big and summarize(part) == big  # seeded
+    # Clients weighted equally: the mean of two parts' means, whatever their sizes.
+    both = summarize([part, small])
+    assert both["ssim"] == pytest.approx((part.ssim.mean() + small.ssim.mean()) / 2)
+    assert both["n"] == 440 and both["pool"] == 800
+
+
+def test_identical_sets_give_degenerate_intervals(originals: np.ndarray) -> None:
+    metrics = leakage_metrics(originals[:30], originals[:30])
+    assert metrics["psnr"] == metrics["psnr_lo"] == metrics["psnr_hi"] == math.inf
+    assert metrics["reid_top1_lo"] == metrics["reid_top1_hi"] == 1.0

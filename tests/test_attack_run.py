@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 import torch
 from rich.console import Console
+from skimage.metrics import structural_similarity
 
 from attack.__main__ import main as attack_main
 from attack.base import Attack, AttackerKnowledge, Intercepted
@@ -23,7 +24,7 @@ from attack.metrics import mean_image_baseline
 from attack.registry import ATTACKS, build_attack, parse_attacks, register_attack
 from attack.run import load_run, run_attack
 from attack.sets import client_sets, small2_sets
-from clients.data import EVALUATION, OmniglotSet, load_set
+from clients.data import EVALUATION, SMALL1, SMALL2, OmniglotSet, load_set
 from core.config import RunConfig, flag_name
 from core.errors import UserError
 from split.cut import Cut
@@ -31,7 +32,9 @@ from split.model import build_split, device_activations
 
 # Rows of the evaluation set each partition holds in the fabricated run: 6 images for client 0, 6 for client 1.
 CLIENT_ROWS = {0: np.arange(0, 6), 1: np.arange(700, 706)}
-TRAIN_ROWS = {0: CLIENT_ROWS[0][:4]}  # only client 0 trained in the last round (client 1 failed)
+# Only client 0 trained in the last round (client 1 failed); Poisson batches sent image 2 twice.
+TRAIN_ROWS = {0: np.array([0, 1, 2, 2, 3])}
+CHOICES = "seed, up, cond, whitebox"
 
 
 def make_run(
@@ -68,6 +71,10 @@ def make_run(
         arrays[f"{point}_activations"] = device_activations(device, evaluation.as_float(index)).numpy()
         arrays[f"{point}_partition"] = np.concatenate([np.full(len(r), pid) for pid, r in rows.items()])
         arrays[f"{point}_index"] = index
+    # Client 0's own device from its last round: a model other than the global one (torch seed 1).
+    torch.manual_seed(1)
+    own, _ = build_split(**cfg.model_options())
+    arrays |= {f"train_device_0/{k}": v.numpy() for k, v in own.state_dict().items()}
     np.savez(run_dir / "intercepted.npz", **arrays)
     ledger = ["round,client,partition_id,n_train,epsilon,delta,accountant,status"]
     for rnd in (1, 2):
@@ -88,7 +95,7 @@ class MeanImageAttack(Attack):
     def fit(self, knowledge: AttackerKnowledge) -> None:
         self.image = mean_image_baseline(knowledge.surrogate, 1)[0]
 
-    def reconstruct(self, intercepted: Intercepted) -> np.ndarray:
+    def reconstruct(self, intercepted: Intercepted, start: np.ndarray | None = None) -> np.ndarray:
         return np.broadcast_to(self.image, (len(intercepted.activations), *self.image.shape))
 
 
@@ -109,12 +116,14 @@ def mean_attack() -> list[AttackerKnowledge]:
 
 def test_registry_names_and_refusals() -> None:
     assert parse_attacks("seed,up") == ("seed", "up") == parse_attacks(["seed", "up"])
-    assert parse_attacks(["up, seed"]) == ("up", "seed")  # order kept: the last is primary
+    assert parse_attacks(["up, seed"]) == ("up", "seed")  # order kept: the first fills the figures
     assert isinstance(build_attack("seed"), SeedDecoderAttack)
-    with pytest.raises(UserError, match=r"^unknown attack\(s\) 'nope'; choose from seed, up$"):
+    with pytest.raises(UserError, match=rf"^unknown attack\(s\) 'nope'; choose from {CHOICES}$"):
         parse_attacks("seed,nope")
-    with pytest.raises(UserError, match=r"^unknown attack\(s\) 'nope'; choose from seed, up$"):
+    with pytest.raises(UserError, match=rf"^unknown attack\(s\) 'nope'; choose from {CHOICES}$"):
         build_attack("nope")
+    with pytest.raises(UserError, match="refine a decoder's output; add a decoder"):
+        parse_attacks("whitebox")
     with pytest.raises(UserError, match=r"'up' given twice"):
         parse_attacks(["up", "seed,up"])
     with pytest.raises(UserError, match="no attack given"):
@@ -123,14 +132,14 @@ def test_registry_names_and_refusals() -> None:
         register_attack("seed")(MeanImageAttack)
     with pytest.raises(TypeError, match="subclass of attack.base.Attack"):
         register_attack("other")(dict)
-    assert list(ATTACKS) == ["seed", "up"]  # neither refused registration left a trace
+    assert list(ATTACKS) == ["seed", "up", "cond", "whitebox"]  # neither refused registration left a trace
 
 
 @pytest.mark.parametrize("flag", ["--attacks", "--decoders"])
 def test_cli_refuses_unknown_attack_in_one_line(tmp_path: Path, capsys, flag: str) -> None:
     assert attack_main([str(tmp_path / "run"), flag, "seed", "nope"]) == 2
     err = capsys.readouterr().err
-    assert err == "error: unknown attack(s) 'nope'; choose from seed, up\n"
+    assert err == f"error: unknown attack(s) 'nope'; choose from {CHOICES}\n"
     assert not (tmp_path / "run").exists()
 
 
@@ -153,9 +162,16 @@ def test_load_run_reads_settings_from_config_json(tmp_path: Path, evaluation: Om
     assert type(run.cut) is Cut
     images = evaluation.as_float(np.arange(3))
     torch.testing.assert_close(run.query(images), device_activations(expected, images), rtol=0, atol=0)
-    assert sorted(run.intercepted) == sorted(
+    assert {k for k in run.intercepted if not k.startswith("train_device_")} == {
         f"{p}_{k}" for p in ("inference", "train") for k in ("activations", "partition", "index")
-    )
+    }
+    # Client 0's own last-round device model is the server's copy, not the global one.
+    assert sorted(run.client_devices) == [0] and not run.client_devices[0].training
+    torch.manual_seed(1)
+    own, _ = build_split(**run.config.model_options())
+    torch.testing.assert_close(run.query(images, run.client_devices[0]), device_activations(own, images))
+    # The head the server hosts labels activations.
+    assert run.classify(run.query(images)).shape == (3,)
 
 
 def test_load_run_falls_back_to_model_config(tmp_path: Path, evaluation: OmniglotSet) -> None:
@@ -176,7 +192,7 @@ def test_load_run_falls_back_to_model_config(tmp_path: Path, evaluation: Omniglo
 
 def test_client_sets_from_intercepted(tmp_path: Path, evaluation: OmniglotSet) -> None:
     run = load_run(make_run(tmp_path / "run", evaluation))
-    sets = client_sets(run.intercepted, evaluation)
+    sets = client_sets(run.intercepted, evaluation, run.client_devices)
     assert [s.name for s in sets] == ["client_0_inference", "client_1_inference", "client_0_train"]
     assert [(s.kind, s.point, s.partition) for s in sets] == [
         ("client", "inference", 0),
@@ -185,10 +201,19 @@ def test_client_sets_from_intercepted(tmp_path: Path, evaluation: OmniglotSet) -
     ]
     assert [s.figure for s in sets] == ["reconstructions_client_0.png", "reconstructions_client_1.png", None]
     for s, rows in zip(sets, (CLIENT_ROWS[0], CLIENT_ROWS[1], TRAIN_ROWS[0]), strict=True):
-        np.testing.assert_array_equal(s.originals, evaluation.as_float(rows))
+        np.testing.assert_array_equal(s.originals_of(np.arange(len(rows))), evaluation.as_float(rows))
+        np.testing.assert_array_equal(s.originals, evaluation.as_float(np.unique(rows)))  # distinct candidates
+        np.testing.assert_array_equal(s.scored, np.arange(len(rows)))  # fewer rows than PER_CLIENT: all scored
         torch.testing.assert_close(s.activations, run.query(evaluation.as_float(rows)), rtol=0, atol=0)
-        assert s.files is None and s.intercepted.partition == s.partition
-        assert s.intercepted.activations is s.activations and s.intercepted.labels is None
+        got = s.intercepted()
+        assert s.files is None and got.partition == s.partition
+        torch.testing.assert_close(got.activations, s.activations, rtol=0, atol=0)
+    inference, train = sets[0].intercepted(), sets[2].intercepted()
+    # Inference sends no labels and comes from the global model; training sends labels, from the client's model.
+    assert inference.labels is None and inference.device is None
+    np.testing.assert_array_equal(train.labels, evaluation.alphabet[TRAIN_ROWS[0]])
+    assert train.device is run.client_devices[0]
+    assert len(sets[2].originals) == 4 and list(sets[2].own) == [0, 1, 2, 2, 3]
 
 
 def test_small2_sets_split_by_overlap(small1: OmniglotSet, small2: OmniglotSet) -> None:
@@ -206,7 +231,7 @@ def test_small2_sets_split_by_overlap(small1: OmniglotSet, small2: OmniglotSet) 
         np.testing.assert_array_equal(s.originals[:5], small2.as_float(np.asarray(index)))
         assert s.activations.shape == (len(s.files), 32, 1, 1)
         torch.testing.assert_close(s.activations, query(s.originals), rtol=0, atol=0)
-        assert s.intercepted.partition is None
+        assert s.intercepted().partition is None and s.intercepted().labels is None
 
 
 def _every_20th(name: str, data_dir: str | None = None) -> OmniglotSet:
@@ -226,22 +251,39 @@ def test_registered_attack_is_scored_like_the_baseline(
     tmp_path: Path, evaluation: OmniglotSet, mean_attack: list[AttackerKnowledge], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr("attack.run.load_set", _every_20th)
+    monkeypatch.setattr("attack.surrogate.load_set", _every_20th)
     # The run's own settings choose the attack and its epochs: nothing but the registration names "mean".
     run_dir = make_run(tmp_path / "run", evaluation, attacks="mean", attack_epochs=3)
     results = run_attack(run_dir, console=_quiet())
+    small1, small2 = _every_20th(SMALL1), _every_20th(SMALL2)
 
     names = ["unseen", "seen", "client_0_inference", "client_1_inference", "client_0_train"]
     assert list(results) == [*names, "clients_inference", "clients_train"]
     assert json.loads((run_dir / "leakage.json").read_text()) == results
-    n = {"unseen": 106, "seen": 50, "client_0_inference": 6, "client_1_inference": 6, "client_0_train": 4}
-    n |= {"clients_inference": 12, "clients_train": 4}
+    n = {"unseen": 106, "seen": 50, "client_0_inference": 6, "client_1_inference": 6, "client_0_train": 5}
+    n |= {"clients_inference": 12, "clients_train": 5}
     for set_name, methods in results.items():
-        assert list(methods) == ["mean", "baseline"]
+        assert list(methods) == ["mean", "baseline", "best"]
         assert methods["mean"] == methods["baseline"]  # the plug-in reproduces the baseline to the last bit
+        assert methods["best"] == {**methods["mean"], "attack": "mean"}  # the only attack is the worst case
         assert methods["mean"]["n"] == n[set_name]
+        for key in ("mse", "ssim", "reid_top1", "reid_top5"):
+            assert methods["mean"][f"{key}_lo"] <= methods["mean"][key] <= methods["mean"][f"{key}_hi"]
+    # Image 2 was sent twice in training: one candidate, not two.
+    assert results["client_0_train"]["mean"]["pool"] == 4
     # The slice of small1's mean image against the unseen slice of small2.
     assert results["unseen"]["mean"]["mse"] == pytest.approx(0.0744294286, rel=1e-9)
-    assert results["unseen"]["mean"]["ssim"] == pytest.approx(0.5978493512, rel=1e-9)
+    unseen = [i for i, f in enumerate(small2.files) if f not in set(small1.files)]
+    mean_image = small1.as_float().mean(axis=0, dtype=np.float64)[0]
+    reference = np.mean(
+        [
+            structural_similarity(
+                image[0], mean_image, gaussian_weights=True, sigma=1.5, use_sample_covariance=False, data_range=1
+            )
+            for image in small2.as_float(np.asarray(unseen))
+        ]
+    )
+    assert results["unseen"]["mean"]["ssim"] == pytest.approx(reference, abs=1e-5)
     assert results["clients_inference"]["mean"]["ssim"] == pytest.approx(
         np.mean([results[f"client_{k}_inference"]["mean"]["ssim"] for k in (0, 1)])
     )
@@ -252,13 +294,15 @@ def test_registered_attack_is_scored_like_the_baseline(
     torch.testing.assert_close(knowledge.query(knowledge.surrogate[:4]), knowledge.surrogate_activations[:4])
 
     with np.load(run_dir / "reconstructions_client_0_inference.npz") as z:
-        assert sorted(z.files) == ["kept", "originals", "reconstructions", "reconstructions_mean"]
-        np.testing.assert_array_equal(z["kept"], np.arange(6))
-        np.testing.assert_array_equal(z["reconstructions"], z["reconstructions_mean"])
+        assert sorted(z.files) == ["originals", "reconstructions_mean", "rows", "rows_mean"]
+        np.testing.assert_array_equal(z["rows"], np.arange(6))
+        np.testing.assert_array_equal(z["rows_mean"], np.arange(6))
+        np.testing.assert_array_equal(z["originals"], np.round(evaluation.as_float(CLIENT_ROWS[0]) * 255))
     with np.load(run_dir / "reconstructions_unseen.npz") as z:
-        assert len(z["files"]) == 106 and z["reconstructions"].dtype == np.float16
+        assert len(z["files"]) == 100 and z["reconstructions_mean"].dtype == np.uint8
     for png in ("reconstructions_unseen.png", "reconstructions_client_0.png", "reconstructions_client_1.png"):
         assert (run_dir / png).read_bytes()[:4] == b"\x89PNG"
     meta = json.loads((run_dir / "attack.json").read_text())
     assert (meta["attacks"], meta["primary_decoder"], meta["epochs"]) == (["mean"], "mean", 3)
-    assert set(meta["timings"]["mean"]) == {"train_seconds"}
+    assert set(meta["timings"]["mean"]) == {"train_seconds", "reconstruct_seconds"}
+    assert meta["surrogate"].startswith("small1: images_background_small1")

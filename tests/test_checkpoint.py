@@ -38,7 +38,7 @@ def _checkpoint() -> Checkpoint:
         over_budget=[2],
         settings_digest=settings_digest(SETTINGS),
         elapsed_seconds=12.5,
-        intercepted_training=[Intercepted(0, activations, np.array([5, 9, 5]))],
+        intercepted_training=[Intercepted(0, activations, np.array([5, 9, 5]), {"1.weight": np.full((2, 2), 0.25)})],
         strategy_state={"m_t": {"head.bias": np.full(20, 0.5)}, "v_t": None},
     )
 
@@ -57,8 +57,9 @@ def test_checkpoint_round_trip(tmp_path) -> None:
         np.testing.assert_array_equal(loaded.arrays[key], value)
     assert loaded.histories == saved.histories
     assert epsilon(loaded.histories[2], 1e-5) == epsilon([(0.5, 0.5, 3)], 1e-5)  # the composed spend survives
-    pid, activations, index = loaded.intercepted_training[0]
+    pid, activations, index, device = loaded.intercepted_training[0]
     assert pid == 0
+    np.testing.assert_array_equal(device["1.weight"], np.full((2, 2), 0.25))  # the client's own model survives
     np.testing.assert_array_equal(activations, saved.intercepted_training[0][1])
     np.testing.assert_array_equal(index, [5, 9, 5])
     state = loaded.array_record().to_torch_state_dict()

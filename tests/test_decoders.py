@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from attack.base import AttackerKnowledge, Intercepted
-from attack.decoder_attack import SeedDecoderAttack, UpDecoderAttack
+from attack import decoder_attack
+from attack.decoder_attack import ConditionedDecoderAttack, SeedDecoderAttack, UpDecoderAttack
 from attack.decoders import (
     DECODERS,
     SeedDecoder,
@@ -103,7 +104,7 @@ def test_short_training_beats_the_mean_image(train_activations: torch.Tensor, tr
     seen: list[tuple[int, float]] = []
     losses = train_decoder(
         decoder, train_activations, train_images, epochs=3, progress=lambda e, loss: seen.append((e, loss))
-    )
+    ).train
     assert len(losses) == 3 and losses[-1] < losses[0]
     assert seen == list(enumerate(losses, start=1))
     rec = reconstruct(decoder, train_activations)
@@ -119,7 +120,7 @@ def test_training_is_reproducible_and_reconstruct_clips(
     for _ in range(2):
         torch.manual_seed(1)
         decoder = SeedDecoder()
-        runs.append(train_decoder(decoder, train_activations[:64], train_images[:64], epochs=2, seed=5))
+        runs.append(train_decoder(decoder, train_activations[:64], train_images[:64], epochs=2, seed=5).train)
     assert runs[0] == runs[1]
     with torch.no_grad():
         decoder[-2].bias.fill_(2.0)  # push the last layer above 1 everywhere
@@ -132,29 +133,84 @@ def test_train_decoder_rejects_misaligned_inputs(train_activations: torch.Tensor
         train_decoder(build_decoder("up"), train_activations[:10], train_images[:11], epochs=1)
 
 
+def test_early_stopping_keeps_the_best_held_out_epoch(
+    train_activations: torch.Tensor, train_images: np.ndarray
+) -> None:
+    torch.manual_seed(0)
+    decoder = build_decoder("up", dropout=0.0)  # no dropout: it overfits 48 images, so the held-out MSE turns up
+    log = train_decoder(decoder, train_activations[:64], train_images[:64], epochs=40, seed=0, holdout=16, patience=3)
+    assert len(log.holdout) == len(log.train) < 40  # stopped early
+    assert log.best_epoch == int(np.argmin(log.holdout)) + 1 and len(log.train) == log.best_epoch + 3
+    # The kept weights are the best epoch's: their held-out MSE is the best one measured.
+    held = torch.randperm(64, generator=torch.Generator().manual_seed(0))[:16]
+    kept = float(((reconstruct(decoder, train_activations[held]) - train_images[held.numpy()]) ** 2).mean())
+    assert kept == pytest.approx(log.best_holdout, rel=1e-6)
+    with pytest.raises(ValueError, match="holdout must leave training rows"):
+        train_decoder(decoder, train_activations[:8], train_images[:8], holdout=8)
+
+
+def _knowledge(device: DeviceNet, activations: torch.Tensor, images: np.ndarray, **options) -> AttackerKnowledge:
+    """The attacker's knowledge with an untrained device, and a head stand-in: the label is the first channel's
+    rank among 20 bins (any function of the activation will do)."""
+
+    def classify(acts: torch.Tensor) -> np.ndarray:
+        return np.clip((acts.flatten(1)[:, 0].numpy() * 10).astype(np.int64), 0, 19)
+
+    def query(images: np.ndarray, model: torch.nn.Module | None = None) -> torch.Tensor:
+        return device_activations(model or device, images)
+
+    return AttackerKnowledge(device, query, classify, 20, images, activations, **options)
+
+
 @pytest.mark.parametrize("attack_class", [SeedDecoderAttack, UpDecoderAttack])
 def test_decoder_attack_is_the_seeded_training_procedure(
-    attack_class: type, device: DeviceNet, train_activations: torch.Tensor, train_images: np.ndarray
+    attack_class: type,
+    device: DeviceNet,
+    train_activations: torch.Tensor,
+    train_images: np.ndarray,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    monkeypatch.setattr(decoder_attack, "HOLDOUT_MAX", 8)
     epochs: list[int] = []
-    knowledge = AttackerKnowledge(
-        device,
-        lambda images: device_activations(device, images),
-        train_images[:64],
-        train_activations[:64],
-        seed=3,
-        epochs=2,
-        progress=lambda epoch, loss: epochs.append(epoch),
-    )
+    progress = lambda epoch, loss: epochs.append(epoch)  # noqa: E731
+    knowledge = _knowledge(device, train_activations[:64], train_images[:64], seed=3, epochs=2, progress=progress)
     torch.manual_seed(99)  # whatever drew from torch's global RNG before must not matter: fit seeds it
     attack = attack_class()
     attack.fit(knowledge)
-    # The procedure run_attack followed before attacks were plug-ins: seed, build, train, reconstruct.
+    # The procedure by hand: seed, build, train with the attack's held-out slice and loss, reconstruct.
     torch.manual_seed(3)
     decoder = build_decoder(attack_class.decoder)
-    losses = train_decoder(decoder, train_activations[:64], train_images[:64], epochs=2, seed=3)
-    assert attack.losses == losses and attack.fit_summary() == {"final_train_mse": losses[-1]}
+    log = train_decoder(
+        decoder,
+        train_activations[:64],
+        train_images[:64],
+        epochs=2,
+        batch_size=attack_class.batch_size,
+        seed=3,
+        holdout=6,  # 10 % of 64, under HOLDOUT_MAX
+        patience=decoder_attack.PATIENCE,
+        ssim_weight=attack_class.ssim_weight,
+    )
+    assert attack.log == log and attack.holdout_mse() == log.best_holdout
+    assert attack.fit_summary()["holdout_mse"] == log.best_holdout
     assert epochs == [1, 2]
     rec = attack.reconstruct(Intercepted(train_activations[64:80], partition=0))
     assert rec.shape == (16, 1, 105, 105) and rec.dtype == np.float32
     np.testing.assert_array_equal(rec, reconstruct(decoder, train_activations[64:80]))
+
+
+def test_conditioned_decoder_uses_the_label(
+    device: DeviceNet, train_activations: torch.Tensor, train_images: np.ndarray
+) -> None:
+    knowledge = _knowledge(device, train_activations[:64], train_images[:64], seed=0, epochs=2)
+    attack = ConditionedDecoderAttack()
+    attack.fit(knowledge)
+    assert attack.model.stem[0].in_features == 32 + 20  # activations and a one-hot label
+    acts = train_activations[64:72]
+    predicted = knowledge.classify(acts)
+    # No label sent: the head's prediction stands in, so giving exactly that label changes nothing ...
+    unlabelled = attack.reconstruct(Intercepted(acts))
+    np.testing.assert_array_equal(unlabelled, attack.reconstruct(Intercepted(acts, labels=predicted)))
+    # ... and a wrong label changes every reconstruction.
+    wrong = attack.reconstruct(Intercepted(acts, labels=(predicted + 7) % 20))
+    assert all(np.abs(wrong[i] - unlabelled[i]).max() > 1e-4 for i in range(len(acts)))
