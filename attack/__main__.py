@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 from attack.registry import attack_names, parse_attacks
+from core.config import SURROGATES
 from core.errors import UserError
 
 
@@ -17,7 +18,10 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m attack", description=__doc__.splitlines()[0])
     p.add_argument("run_dirs", nargs="+", type=Path, help="finished run directories (with model.pt, intercepted.npz)")
     p.add_argument(
-        "--attack-epochs", type=int, default=None, help="training epochs on small1 (default: the run's, else 100)"
+        "--attack-epochs",
+        type=int,
+        default=None,
+        help="most decoder epochs over the surrogate, each stops early (default: the run's)",
     )
     p.add_argument(
         "--attacks",
@@ -26,8 +30,11 @@ def main(argv: list[str] | None = None) -> int:
         nargs="+",
         default=None,
         metavar="NAME",
-        help=f"attacks, space- or comma-separated, the last is primary; choices: {', '.join(attack_names())} "
-        "(default: the run's, else seed,up)",
+        help=f"attacks, space- or comma-separated, the first is drawn beside the best; choices: "
+        f"{', '.join(attack_names())} (default: the run's)",
+    )
+    p.add_argument(
+        "--surrogate", choices=SURROGATES, default=None, help="the attacker's public images (default: the run's)"
     )
     p.add_argument("--data-dir", default=None, help="Omniglot root (default: the run's, else $OMNIGLOT_ROOT)")
     p.add_argument("--report", type=Path, default=None, help="write leakage_vs_epsilon + report.md here")
@@ -41,7 +48,9 @@ def main(argv: list[str] | None = None) -> int:
             raise UserError(f"--attack-epochs must be a positive integer, got {args.attack_epochs}")
         attacks = parse_attacks(args.attacks) if args.attacks is not None else None
         for run_dir in args.run_dirs:
-            run_attack(run_dir, args.data_dir, args.attack_epochs, seed=args.seed, attacks=attacks)
+            run_attack(
+                run_dir, args.data_dir, args.attack_epochs, seed=args.seed, attacks=attacks, surrogate=args.surrogate
+            )
         report_dir = args.report or (args.run_dirs[0] if len(args.run_dirs) == 1 else None)
         if report_dir:
             print(f"report: {write_report(report_dir, args.run_dirs)}")

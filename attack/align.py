@@ -13,7 +13,7 @@ import torch
 
 from attack.base import Intercepted, Query
 
-ALIGN_IMAGES = 512  # public images behind each client's map: 33 unknowns per output, so ample
+ALIGN_IMAGES = 256  # public images behind each client's map: 33 unknowns per output, so ample
 
 
 class Aligner:

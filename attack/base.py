@@ -92,11 +92,12 @@ class Attack(ABC):
     """A reconstruction attack: ``fit`` once on the attacker's knowledge, then ``reconstruct`` intercepted sets.
 
     refines: True for an attack that starts from another attack's reconstruction (``reconstruct(..., start=)``).
-    max_images: the most images of one set it reconstructs (an expensive attack scores a seeded subsample).
+    caps: the most images it reconstructs of a set, by set kind ("unseen", "seen", "client"); a kind not listed:
+        every scored row; 0: the attack skips that kind (an expensive attack scores a seeded subsample).
     """
 
     refines: ClassVar[bool] = False
-    max_images: ClassVar[int | None] = None
+    caps: ClassVar[dict[str, int]] = {}
 
     @abstractmethod
     def fit(self, knowledge: AttackerKnowledge) -> None:

@@ -126,6 +126,7 @@ class TrainLog:
     train: list[float] = field(default_factory=list)
     holdout: list[float] = field(default_factory=list)
     best_epoch: int = 0
+    last_gain: int = 0  # the last epoch that beat every earlier one by more than min_delta
 
     @property
     def best_holdout(self) -> float | None:
@@ -144,15 +145,19 @@ def train_decoder(
     holdout: int = 0,
     patience: int = 4,
     ssim_weight: float = 0.0,
+    min_delta: float = 0.0,
+    ssim_rows: int = 16,
 ) -> TrainLog:
     """Fit ``decoder`` in place to map ``activations`` back to ``images`` (Adam; loss: pixel MSE, plus
-    ``ssim_weight`` x (1 - SSIM) when given, which rewards stroke structure over a blurred average).
+    ``ssim_weight`` x (1 - SSIM) when given, which rewards stroke structure over a blurred average; the SSIM term is
+    taken on the first ``ssim_rows`` images of each batch, as its filters cost more than the decoder itself).
 
     activations: float32 [N,...] (from ``split.model.device_activations``, or any per-image feature vector);
     images: float32 [N,1,105,105] in [0,1]. holdout: that many rows, drawn by ``seed``, are kept out of training;
     after each epoch their pixel MSE is measured, the best epoch's weights are kept, and training stops once
-    ``patience`` epochs pass without a better one (at most ``epochs``). Batches are reshuffled each epoch by a
-    ``torch.Generator`` seeded with ``seed`` (initial weights come from the caller's torch seed).
+    ``patience`` epochs pass without one better by more than ``min_delta`` (at most ``epochs``). Batches are
+    reshuffled each epoch by a ``torch.Generator`` seeded with ``seed`` (initial weights come from the caller's
+    torch seed).
     ``progress(epoch, loss)`` is called after each epoch, epoch counted from 1. Runs on the decoder's device.
     """
     x, y = as_float_tensor(activations), as_float_tensor(images)
@@ -175,7 +180,7 @@ def train_decoder(
             out = decoder(xb)
             loss = nn.functional.mse_loss(out, yb)
             if ssim_weight:
-                loss = loss + ssim_weight * (1.0 - ssim_torch(out, yb).mean())
+                loss = loss + ssim_weight * (1.0 - ssim_torch(out[:ssim_rows], yb[:ssim_rows]).mean())
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -191,8 +196,11 @@ def train_decoder(
         if held_mse < min(log.holdout[:-1], default=np.inf):
             log.best_epoch = epoch
             best_state = {k: v.detach().clone() for k, v in decoder.state_dict().items()}
-        elif epoch - log.best_epoch >= patience:
-            break
+        if held_mse > min(log.holdout[: log.last_gain], default=np.inf) - min_delta:
+            if epoch - log.last_gain >= patience:
+                break
+        else:
+            log.last_gain = epoch
     if best_state is not None:
         decoder.load_state_dict(best_state)
     decoder.eval()

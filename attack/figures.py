@@ -52,16 +52,23 @@ def save_grid(
     rows = [("original", np.asarray(originals[:k], dtype=np.float32).reshape(k, *side))]
     rows += [(label, np.asarray(images[:k], dtype=np.float32).reshape(k, *side)) for label, images in named.items()]
 
-    fig = Figure(figsize=(_PANEL_INCHES * k, _PANEL_INCHES * len(rows) + 0.4), dpi=100)
+    # One mosaic in one axes (a grey line between images): 30 separate axes took 0.4 s a figure, this a tenth.
+    gap = 3
+    height, width = side
+    mosaic = np.full((len(rows) * (height + gap) - gap, k * (width + gap) - gap), 0.6, dtype=np.float32)
+    for r, (_, images) in enumerate(rows):
+        for c in range(k):
+            top, left = r * (height + gap), c * (width + gap)
+            mosaic[top : top + height, left : left + width] = images[c]
+    fig = Figure(figsize=(_PANEL_INCHES * k + 1.2, _PANEL_INCHES * len(rows) + 0.5), dpi=100)
     FigureCanvasAgg(fig)
-    axes = fig.subplots(len(rows), k, squeeze=False)
-    for row, (label, images) in enumerate(rows):
-        for col in range(k):
-            ax = axes[row, col]
-            ax.imshow(images[col], cmap="gray", vmin=0.0, vmax=1.0, interpolation="nearest")
-            ax.set_xticks([])
-            ax.set_yticks([])
-        axes[row, 0].set_ylabel(label, fontsize=8)
+    ax = fig.add_subplot()
+    ax.imshow(mosaic, cmap="gray", vmin=0.0, vmax=1.0, interpolation="nearest")
+    ax.set_xticks([])
+    ax.set_yticks([r * (height + gap) + height / 2 for r in range(len(rows))], [label for label, _ in rows], fontsize=8)
+    ax.tick_params(length=0)
+    for spine in ax.spines.values():
+        spine.set_visible(False)
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
 

@@ -51,13 +51,16 @@ def _flat(images: np.ndarray, start: int, stop: int, dtype: type = np.float64) -
 
 
 def mse_per_image(orig: np.ndarray, rec: np.ndarray) -> np.ndarray:
-    """float64 [N]: each image's mean squared pixel error (pixel values in [0,1])."""
+    """float64 [N]: each image's mean squared pixel error (pixel values in [0,1]); float32 arithmetic, which is
+    within 1e-6 (relative) of float64 on 11,025-pixel images and a quarter of its time."""
     n = _check_pair(orig, rec)
     out = np.empty(n)
     for start in range(0, n, _CHUNK):
         stop = min(start + _CHUNK, n)
-        diff = _flat(orig, start, stop) - _flat(rec, start, stop)
-        out[start:stop] = np.einsum("ij,ij->i", diff, diff) / diff.shape[1]
+        diff = torch.from_numpy(_flat(orig, start, stop, np.float32)) - torch.from_numpy(
+            _flat(rec, start, stop, np.float32)
+        )
+        out[start:stop] = (diff * diff).mean(dim=1).double().numpy()
     return out
 
 
@@ -72,19 +75,31 @@ def _gaussian_band(side: int) -> torch.Tensor:
     return band
 
 
+def _local_stats(x: torch.Tensor, band: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(x shifted by the background, its local mean, its local variance): the original's half of SSIM.
+
+    Shifted by the white background (1): the (co)variances are unchanged, and in the background, most of an
+    Omniglot image, E[x^2] - E[x]^2 is then 0 - 0 rather than a float32 cancellation of 1 - 1 against C2."""
+    x = x - 1.0
+    ux, uxx = (band.T @ (torch.cat([x, x * x]) @ band)).split(len(x))
+    return x, ux, uxx - ux * ux
+
+
+def _ssim_from(x_stats: tuple[torch.Tensor, ...], y: torch.Tensor, band: torch.Tensor) -> torch.Tensor:
+    x, ux, vx = x_stats
+    y = y - 1.0
+    uy, uyy, uxy = (band.T @ (torch.cat([y, y * y, x * y]) @ band)).split(len(y))
+    vy, vxy = uyy - uy * uy, uxy - ux * uy
+    ux, uy = ux + 1.0, uy + 1.0
+    s = ((2 * ux * uy + _SSIM_C1) * (2 * vxy + _SSIM_C2)) / ((ux * ux + uy * uy + _SSIM_C1) * (vx + vy + _SSIM_C2))
+    return s.mean(dim=(1, 2))
+
+
 def ssim_torch(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """Differentiable SSIM of image pairs: x, y float32 [B,1,S,S] (or [B,S,S]) -> [B], as ``ssim_per_image``."""
     side = x.shape[-1]
     band = _gaussian_band(side).to(x.device)
-    # Shifted by the white background (1): the (co)variances are unchanged, and in the background, most of an
-    # Omniglot image, E[x^2] - E[x]^2 is then 0 - 0 rather than a float32 cancellation of 1 - 1 against C2.
-    x, y = x.reshape(-1, side, side) - 1.0, y.reshape(-1, side, side) - 1.0
-    filtered = band.T @ (torch.cat([x, y, x * x, y * y, x * y]) @ band)
-    ux, uy, uxx, uyy, uxy = filtered.split(len(x))
-    vx, vy, vxy = uxx - ux * ux, uyy - uy * uy, uxy - ux * uy
-    ux, uy = ux + 1.0, uy + 1.0
-    s = ((2 * ux * uy + _SSIM_C1) * (2 * vxy + _SSIM_C2)) / ((ux * ux + uy * uy + _SSIM_C1) * (vx + vy + _SSIM_C2))
-    return s.mean(dim=(1, 2))
+    return _ssim_from(_local_stats(x.reshape(-1, side, side), band), y.reshape(-1, side, side), band)
 
 
 def ssim_per_image(orig: np.ndarray, rec: np.ndarray, batch_size: int = 512) -> np.ndarray:
@@ -96,14 +111,26 @@ def ssim_per_image(orig: np.ndarray, rec: np.ndarray, batch_size: int = 512) -> 
     matrix products (``_gaussian_band``): 0.5 ms an image on 2 cores, against 1.6 ms for torchmetrics' 2-D grouped
     convolution, which also averages over a border it fills by reflection. Matches scikit-image to ~1e-6 (a test).
     """
-    n = _check_pair(orig, rec)
-    out = np.empty(n)
+    return ssim_many(orig, [rec], batch_size)[0]
+
+
+def ssim_many(orig: np.ndarray, recs: Sequence[np.ndarray], batch_size: int = 512) -> list[np.ndarray]:
+    """``ssim_per_image(orig, rec)`` for each of ``recs``, the originals' local statistics computed once."""
+    n = len(orig)
+    for rec in recs:
+        _check_pair(orig, rec)
+    side = orig.shape[-1]
+    band = _gaussian_band(side)
+    out = [np.empty(n) for _ in recs]
     with torch.no_grad():
         for start in range(0, n, batch_size):
             stop = min(start + batch_size, n)
-            x = torch.from_numpy(np.array(orig[start:stop], dtype=np.float32))
-            y = torch.from_numpy(np.array(rec[start:stop], dtype=np.float32))
-            out[start:stop] = ssim_torch(x, y).double().numpy()
+            stats = _local_stats(
+                torch.from_numpy(np.array(orig[start:stop], dtype=np.float32)).reshape(-1, side, side), band
+            )
+            for values, rec in zip(out, recs, strict=True):
+                y = torch.from_numpy(np.array(rec[start:stop], dtype=np.float32)).reshape(-1, side, side)
+                values[start:stop] = _ssim_from(stats, y, band).double().numpy()
     return out
 
 
@@ -170,9 +197,19 @@ def per_image(
     orig: np.ndarray, rec: np.ndarray, candidates: np.ndarray | None = None, own: np.ndarray | None = None
 ) -> PerImage:
     """Every per-image value for one set (see ``reid_ranks`` for ``candidates`` / ``own``)."""
-    _check_pair(orig, rec)
+    return per_image_many(orig, [rec], candidates, own)[0]
+
+
+def per_image_many(
+    orig: np.ndarray, recs: Sequence[np.ndarray], candidates: np.ndarray | None = None, own: np.ndarray | None = None
+) -> list[PerImage]:
+    """``per_image`` for several reconstructions of the same originals (SSIM's work on the originals done once)."""
     pool = len(orig) if candidates is None else len(candidates)
-    return PerImage(mse_per_image(orig, rec), ssim_per_image(orig, rec), reid_ranks(orig, rec, candidates, own), pool)
+    ssims = ssim_many(orig, recs)
+    return [
+        PerImage(mse_per_image(orig, rec), s, reid_ranks(orig, rec, candidates, own), pool)
+        for rec, s in zip(recs, ssims, strict=True)
+    ]
 
 
 # --- per set ------------------------------------------------------------------------------------------------

@@ -10,7 +10,7 @@ from collections.abc import Callable, Sequence
 
 from attack.base import Attack
 from attack.decoder_attack import ConditionedDecoderAttack, SeedDecoderAttack, UpDecoderAttack
-from attack.whitebox import WhiteBoxAttack
+from attack.whitebox import LatentWhiteBoxAttack, RMLEAttack
 from core.errors import UserError
 
 # Insertion order is the order of the choices in --help.
@@ -18,7 +18,8 @@ ATTACKS: dict[str, type[Attack]] = {
     "seed": SeedDecoderAttack,
     "up": UpDecoderAttack,
     "cond": ConditionedDecoderAttack,
-    "whitebox": WhiteBoxAttack,
+    "rmle": RMLEAttack,
+    "whitebox": LatentWhiteBoxAttack,
 }
 
 

@@ -18,6 +18,7 @@ score and write one set at a time, so memory holds one set) -> ``summarize_sets`
 from __future__ import annotations
 
 import dataclasses
+import io
 import json
 import time
 from collections.abc import Sequence
@@ -32,8 +33,9 @@ from rich.table import Table
 
 from attack.align import Aligner
 from attack.base import Attack, AttackerKnowledge
+from attack.ceiling import ceiling
 from attack.figures import pick, save_grid
-from attack.metrics import INTERVAL_KEYS, METRIC_KEYS, PerImage, mean_image_baseline, per_image, summarize
+from attack.metrics import INTERVAL_KEYS, METRIC_KEYS, PerImage, mean_image_baseline, per_image_many, summarize
 from attack.registry import build_attack, parse_attacks
 from attack.sets import POINTS, EvalSet, client_sets, small2_sets
 from attack.surrogate import surrogate_images
@@ -164,16 +166,23 @@ def attack_sets(
     fitted: dict[str, Attack], sets: list[EvalSet], baseline_image: np.ndarray, run_dir: Path, seed: int
 ) -> tuple[dict[str, dict[str, PerImage]], dict[str, float]]:
     """Reconstruct, score and write one set at a time: ``{set: {method: PerImage}}`` with the ``baseline``, and
-    the seconds spent reconstructing per attack. Writes each set's .npz and figure (``write_set``)."""
+    seconds spent per attack reconstructing, in ``scoring`` and in ``writing``. Writes each set's .npz and figure
+    (``write_set``)."""
     scores: dict[str, dict[str, PerImage]] = {}
-    seconds = dict.fromkeys(fitted, 0.0)
+    seconds = dict.fromkeys([*fitted, "scoring", "writing"], 0.0)
     first, start_from = next(iter(fitted)), start_attack(fitted)
+    for attack in fitted.values():
+        if attack.refines and hasattr(attack, "starts_from"):
+            attack.starts_from(fitted[start_from])
     for s in sets:
         recon: dict[str, tuple[np.ndarray, np.ndarray]] = {}  # method -> (rows, reconstructions)
         for name, attack in fitted.items():
             rows = s.scored
-            if attack.max_images is not None and len(rows) > attack.max_images:
-                rows = rows[pick(len(rows), attack.max_images, seed)]
+            cap = attack.caps.get(s.kind)
+            if cap == 0:
+                continue
+            if cap is not None and len(rows) > cap:
+                rows = rows[pick(len(rows), cap, seed)]
             began = time.perf_counter()
             if attack.refines:
                 base_rows, base = recon[start_from]
@@ -181,24 +190,36 @@ def attack_sets(
             else:
                 rec = attack.reconstruct(s.intercepted(rows))
             seconds[name] += time.perf_counter() - began
-            if rec.shape != (len(rows), *s.originals.shape[1:]):  # a plug-in's mistake, named here
+            if rec.shape != (len(rows), 1, *s.images.shape[1:]):  # a plug-in's mistake, named here
                 raise ValueError(f"attack {name!r} returned {rec.shape} for {len(rows)} rows of set {s.name}")
             recon[name] = (rows, rec)
         rows = s.scored
         recon["baseline"] = (rows, np.broadcast_to(baseline_image, (len(rows), *baseline_image.shape)))
-        scores[s.name] = {
-            name: per_image(s.originals_of(r), rec, s.originals, s.own[r]) for name, (r, rec) in recon.items()
-        }
-        write_set(run_dir, s, recon, first, best_method(scores[s.name], fitted), seed)
+        began = time.perf_counter()
+        pool = s.originals
+        by_rows: dict[bytes, list[str]] = {}  # methods that reconstructed the same rows share SSIM's original half
+        for name, (r, _) in recon.items():
+            by_rows.setdefault(r.tobytes(), []).append(name)
+        scored: dict[str, PerImage] = {}
+        for names in by_rows.values():
+            r = recon[names[0]][0]
+            values = per_image_many(pool[s.own[r]], [recon[n][1] for n in names], pool, s.own[r])
+            scored.update(zip(names, values, strict=True))
+        scores[s.name] = {name: scored[name] for name in recon}
+        seconds["scoring"] += time.perf_counter() - began
+        began = time.perf_counter()
+        write_set(run_dir, s, recon, first, best_method(scores[s.name]), seed)
+        seconds["writing"] += time.perf_counter() - began
     return scores, seconds
 
 
-def best_method(scores: dict[str, PerImage], fitted: dict[str, Attack]) -> str:
+def best_method(scores: dict[str, PerImage]) -> str:
     """The attack with the highest top-1 re-identification on a set (then SSIM): the worst case for the client."""
-    return max(fitted, key=lambda name: (float((scores[name].rank < 1).mean()), float(scores[name].ssim.mean())))
+    attacks = [name for name in scores if name != "baseline"]
+    return max(attacks, key=lambda name: (float((scores[name].rank < 1).mean()), float(scores[name].ssim.mean())))
 
 
-def summarize_sets(scores: dict[str, dict[str, PerImage]], sets: list[EvalSet], fitted: dict, seed: int) -> dict:
+def summarize_sets(scores: dict[str, dict[str, PerImage]], sets: list[EvalSet], seed: int) -> dict:
     """``{set: {method: numbers}}`` for each attack, the ``baseline`` and ``best`` (its numbers plus ``attack``),
     plus ``clients_<point>``, the equal-weight mean over clients (its ``best`` is the attack best on that mean)."""
     results: dict[str, dict[str, dict]] = {}
@@ -210,7 +231,8 @@ def summarize_sets(scores: dict[str, dict[str, PerImage]], sets: list[EvalSet], 
             methods = scores[names[0]]
             results[f"clients_{point}"] = {m: summarize([scores[n][m] for n in names], seed) for m in methods}
     for by_method in results.values():
-        best = max(fitted, key=lambda m: (by_method[m]["reid_top1"], by_method[m]["ssim"]))
+        attacks = [m for m in by_method if m != "baseline"]
+        best = max(attacks, key=lambda m: (by_method[m]["reid_top1"], by_method[m]["ssim"]))
         by_method["best"] = {**by_method[best], "attack": best}
     return results
 
@@ -254,6 +276,13 @@ def run_attack(
     )
     knowledge = dataclasses.replace(knowledge, align=Aligner(run.query, public, public_activations))
     sets = build_sets(run, small1, small2, evaluation, seed)
+    unseen = sets[0]
+    # Reference points for any decoder (attack.ceiling): the candidates' activations as an attacker holding the
+    # candidate images would compute them (a fresh query when the cut is not deterministic).
+    position = {f: i for i, f in enumerate(small2.files)}
+    characters = small2.character[[position[f] for f in unseen.files]]
+    candidates = unseen.activations if run.cut.deterministic else run.query(unseen.originals)
+    limits = ceiling(unseen.activations, candidates, unseen.originals, characters)
     query_seconds = time.perf_counter() - began
 
     fitted, timings = fit_attacks(names, knowledge, console)
@@ -261,8 +290,9 @@ def run_attack(
     scores, seconds = attack_sets(fitted, sets, mean_image_baseline(public, 1)[0], run_dir, seed)
     attack_seconds = time.perf_counter() - began
     began = time.perf_counter()
-    results = summarize_sets(scores, sets, fitted, seed)
+    results = summarize_sets(scores, sets, seed)
     write_outputs(run_dir, results)
+    summarize_seconds = time.perf_counter() - began
     for name, attack in fitted.items():
         timings[name] |= {"reconstruct_seconds": seconds[name], **attack.fit_summary()}
     meta = {
@@ -274,11 +304,15 @@ def run_attack(
         "epochs": epochs,
         "surrogate": f"{surrogate}: {described}, {len(public)} images",
         "timings": timings,
+        "ceiling_unseen": limits,
         "seconds": {
-            "queries": query_seconds,
+            "load_and_query": query_seconds,
             "fit": sum(t["train_seconds"] for t in timings.values()),
-            "reconstruct_score_write_sets": attack_seconds,
-            "summarize_write": time.perf_counter() - began,
+            "reconstruct": sum(seconds[name] for name in fitted),
+            # per-image metrics, then the bootstrap intervals and leakage.json / .csv
+            "scoring": seconds["scoring"] + summarize_seconds,
+            "writing_sets": seconds["writing"],
+            "sets_total": attack_seconds,
         },
     }
     files.write_text(run_dir / "attack.json", json.dumps(meta, indent=2) + "\n")
@@ -342,6 +376,8 @@ def summary_table(results: dict, attacks: Sequence[str]) -> Table:
         if set_name not in results:
             continue
         for method in (*attacks, "best", "baseline"):
+            if method not in results[set_name]:  # an attack that skips this kind of set
+                continue
             m = results[set_name][method]
             label = f"best: {m['attack']}" if method == "best" else method
             table.add_row(
@@ -359,7 +395,13 @@ def summary_table(results: dict, attacks: Sequence[str]) -> Table:
 
 
 def print_summary(console: Console, results: dict, attacks: Sequence[str]) -> None:
-    """The summary table at its natural width, whatever the terminal, file or CI log (never cut or wrapped)."""
+    """The summary table at its natural width, whatever the terminal, file or CI log (never cut or wrapped): drawn
+    on a wide off-screen console, then written as plain lines when the target is narrower (or not a terminal)."""
     table = summary_table(results, attacks)
-    width = Console(width=10_000).measure(table).maximum
-    console.print(table, width=max(width, console.width if console.is_terminal else 0), crop=False, overflow="ignore")
+    wide = Console(width=1_000, file=io.StringIO(), record=True, color_system=None)
+    wide.print(table)
+    lines = [line.rstrip() for line in wide.export_text().splitlines()]
+    if console.is_terminal and console.width >= max(map(len, lines)):
+        console.print(table)
+    else:
+        console.print("\n".join(lines), markup=False, highlight=False, soft_wrap=True, crop=False)

@@ -37,9 +37,9 @@ class EvalSet:
 
     kind: "unseen" / "seen" (small2, the attacker's own test queries) or "client" (a client's private images);
     point: "inference" or "train" for client sets, None for small2; partition: the client's partition id or None.
-    activations: float32 [n,32,1,1], what crossed the cut; originals: float32 [m,1,105,105] in [0,1], the distinct
-    images behind them (for scoring only: the attacker never gets them); own: int64 [n], each row's image in
-    ``originals``; scored: int64 rows that are attacked and scored;
+    activations: float32 [n,32,1,1], what crossed the cut; images: uint8 [m,105,105] (255 = background), the
+    distinct images behind them (for scoring only: the attacker never gets them; ``originals`` gives them as
+    float); own: int64 [n], each row's image in ``images``; scored: int64 rows that are attacked and scored;
     labels: int64 [n] labels the server saw with the activations, or None; device: the model that produced them
     when not the final global one; files: small2 file names of the rows, else None.
     """
@@ -48,7 +48,7 @@ class EvalSet:
     point: Literal["inference", "train"] | None
     partition: int | None
     activations: torch.Tensor
-    originals: np.ndarray
+    images: np.ndarray
     own: np.ndarray
     scored: np.ndarray
     labels: np.ndarray | None = None
@@ -66,9 +66,14 @@ class EvalSet:
         whole = Intercepted(self.activations, self.partition, self.labels, self.device)
         return whole.rows(rows)
 
+    @property
+    def originals(self) -> np.ndarray:
+        """The distinct images as float32 [m,1,105,105] in [0,1] (a new array each call: kept as uint8)."""
+        return _as_float(self.images)
+
     def originals_of(self, rows: np.ndarray) -> np.ndarray:
         """The original image behind each of ``rows``: float32 [len(rows),1,105,105]."""
-        return self.originals[self.own[rows]]
+        return _as_float(self.images[self.own[rows]])
 
     @property
     def figure(self) -> str | None:
@@ -80,6 +85,10 @@ class EvalSet:
         return None
 
 
+def _as_float(images: np.ndarray) -> np.ndarray:
+    return (np.asarray(images, dtype=np.float32) / 255.0)[:, None, :, :]
+
+
 def small2_sets(query: Callable[[np.ndarray], torch.Tensor], small1: OmniglotSet, small2: OmniglotSet) -> list[EvalSet]:
     """The ``unseen`` and ``seen`` sets: small2 split by whether a file is also in small1, each sent through
     ``query`` (images float32 [N,1,105,105] -> activations [N,32,1,1], the attacker's own queries of the device).
@@ -88,10 +97,10 @@ def small2_sets(query: Callable[[np.ndarray], torch.Tensor], small1: OmniglotSet
     sets = []
     for kind, mask in (("unseen", ~seen_mask), ("seen", seen_mask)):
         idx = np.flatnonzero(mask)
-        originals = small2.as_float(idx)
         files = [small2.files[i] for i in idx]
         rows = np.arange(len(idx))
-        sets.append(EvalSet(kind, None, None, query(originals), originals, rows, rows, files=files))
+        images = np.asarray(small2.images[idx])
+        sets.append(EvalSet(kind, None, None, query(_as_float(images)), images, rows, rows, files=files))
     return sets
 
 
@@ -126,6 +135,6 @@ def client_sets(
             scored = pick(len(index), per_client, seed * 100_003 + pid * 2 + p)
             device = devices.get(pid) if point == "train" else None
             distinct, own = np.unique(index, return_inverse=True)
-            originals = evaluation.as_float(distinct)
-            sets.append(EvalSet("client", point, pid, activations, originals, own, scored, labels, device))
+            images = np.asarray(evaluation.images[distinct])
+            sets.append(EvalSet("client", point, pid, activations, images, own, scored, labels, device))
     return sets

@@ -19,6 +19,7 @@ class Cut(nn.Module):
     """The identity cut: the device sends its activations unchanged (the original experiment)."""
 
     name = "identity"
+    deterministic = True  # the same images always send the same activations (a noisy cut sets False)
 
     def forward(self, activations: torch.Tensor) -> torch.Tensor:
         return activations

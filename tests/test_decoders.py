@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from attack.base import AttackerKnowledge, Intercepted
 from attack import decoder_attack
+from attack.base import AttackerKnowledge, Intercepted
 from attack.decoder_attack import ConditionedDecoderAttack, SeedDecoderAttack, UpDecoderAttack
 from attack.decoders import (
     DECODERS,
@@ -190,6 +190,7 @@ def test_decoder_attack_is_the_seeded_training_procedure(
         holdout=6,  # 10 % of 64, under HOLDOUT_MAX
         patience=decoder_attack.PATIENCE,
         ssim_weight=attack_class.ssim_weight,
+        min_delta=decoder_attack.MIN_DELTA,
     )
     assert attack.log == log and attack.holdout_mse() == log.best_holdout
     assert attack.fit_summary()["holdout_mse"] == log.best_holdout

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 import torch
 
+from attack.run import CSV_KEYS
 from core.privacy import epsilon
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -71,7 +72,7 @@ def test_ledger_is_complete_and_composed(run_dir):
 
 SETS = ["unseen", "seen", "clients_inference", "clients_train"]
 SETS += [f"client_{k}_{point}" for k in range(3) for point in ("inference", "train")]
-KEYS = {"n", "mse", "psnr", "ssim", "reid_top1", "reid_chance"}
+KEYS = set(CSV_KEYS)
 
 
 @pytest.mark.slow
@@ -79,16 +80,20 @@ def test_attack_writes_every_set_and_key(run_dir):
     leakage = json.loads((run_dir / "leakage.json").read_text())
     assert set(leakage) == set(SETS)
     for methods in leakage.values():
-        assert set(methods) == {"seed", "up", "baseline"}
-        for metrics in methods.values():
-            assert set(metrics) == KEYS
+        assert set(methods) == {"seed", "cond", "whitebox", "baseline", "best"}  # the default attacks
+        for name, metrics in methods.items():
+            assert set(metrics) == (KEYS | {"attack"} if name == "best" else KEYS)
+            assert metrics["reid_top1_lo"] <= metrics["reid_top1"] <= metrics["reid_top1_hi"]
+        assert methods["best"]["attack"] in ("seed", "cond", "whitebox")
     assert leakage["unseen"]["seed"]["n"] == 2120 and leakage["seen"]["seed"]["n"] == 1000
-    assert leakage["client_0_inference"]["up"]["n"] == 64  # every image of the client (train + validation)
+    assert leakage["unseen"]["whitebox"]["n"] == 64  # the expensive attack scores a sample ...
+    assert leakage["unseen"]["whitebox"]["pool"] == 2120  # ... each ranked among every unseen image
+    assert leakage["client_0_inference"]["cond"]["n"] == 64  # every image of the client (train + validation)
     assert leakage["unseen"]["baseline"]["reid_chance"] == pytest.approx(1 / 2120)
     with np.load(run_dir / "reconstructions_unseen.npz") as z:
-        assert z["originals"].shape == z["reconstructions"].shape == (2120, 1, 105, 105)
-        assert float(z["reconstructions"].min()) >= 0.0 and float(z["reconstructions"].max()) <= 1.0
-        assert len(z["files"]) == 2120
+        assert z["originals"].shape == z["reconstructions_seed"].shape == (100, 1, 105, 105)
+        assert z["originals"].dtype == np.uint8 and len(z["files"]) == len(z["rows"]) == 100
+        assert len(z["rows_whitebox"]) == len(z["reconstructions_whitebox"]) <= 64
     for k in range(3):
         assert (run_dir / f"reconstructions_client_{k}.png").read_bytes()[:4] == b"\x89PNG"
     report = (run_dir / "report.md").read_text()
@@ -101,7 +106,7 @@ def test_attack_reruns_alone(run_dir):
     done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=2400)
     assert done.returncode == 0, done.stderr[-3000:]
     leakage = json.loads((run_dir / "leakage.json").read_text())
-    assert set(leakage["unseen"]) == {"seed", "baseline"}
+    assert set(leakage["unseen"]) == {"seed", "baseline", "best"}
 
 
 @pytest.mark.slow
