@@ -77,6 +77,7 @@ RESUME_MAY_CHANGE = (
     "attack_epochs",
     "attacks",
     "surrogate",
+    "whitebox_images",
 )
 
 

@@ -36,6 +36,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--surrogate", choices=SURROGATES, default=None, help="the attacker's public images (default: the run's)"
     )
+    p.add_argument(
+        "--whitebox-images",
+        type=int,
+        default=None,
+        help="unseen images a white-box attack reconstructs (default: the run's)",
+    )
     p.add_argument("--data-dir", default=None, help="Omniglot root (default: the run's, else $OMNIGLOT_ROOT)")
     p.add_argument("--report", type=Path, default=None, help="write leakage_vs_epsilon + report.md here")
     p.add_argument("--seed", type=int, default=0, help="seed for attack weights, batches, shown images")
@@ -46,10 +52,18 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.attack_epochs is not None and args.attack_epochs < 1:
             raise UserError(f"--attack-epochs must be a positive integer, got {args.attack_epochs}")
+        if args.whitebox_images is not None and args.whitebox_images < 1:
+            raise UserError(f"--whitebox-images must be a positive integer, got {args.whitebox_images}")
         attacks = parse_attacks(args.attacks) if args.attacks is not None else None
         for run_dir in args.run_dirs:
             run_attack(
-                run_dir, args.data_dir, args.attack_epochs, seed=args.seed, attacks=attacks, surrogate=args.surrogate
+                run_dir,
+                args.data_dir,
+                args.attack_epochs,
+                seed=args.seed,
+                attacks=attacks,
+                surrogate=args.surrogate,
+                whitebox_images=args.whitebox_images,
             )
         report_dir = args.report or (args.run_dirs[0] if len(args.run_dirs) == 1 else None)
         if report_dir:

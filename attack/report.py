@@ -76,9 +76,9 @@ def leakage_rows(run_dirs: list[Path]) -> list[dict]:
         leakage = json.loads((run_dir / "leakage.json").read_text())
         meta = json.loads((run_dir / "attack.json").read_text())
         decoders = meta.get("attacks", meta.get("decoders", []))
-        for decoder in decoders:
+        for decoder in (*decoders, "best"):  # "best": the worst case per set (runs attacked before it had none)
             for set_name in SETS:
-                if set_name not in leakage:
+                if decoder not in leakage.get(set_name, {}):
                     continue
                 m, base = leakage[set_name][decoder], leakage[set_name]["baseline"]
                 rows.append(

@@ -206,7 +206,10 @@ def bench_attack(run_dir: Path | None, epochs: int | None) -> dict:
         copy.mkdir()
         for name in ("model.pt", "intercepted.npz", "config.json", "metrics.csv", "ledger.csv"):
             shutil.copy2(run_dir / name, copy / name)
-        cmd = [sys.executable, "-m", "attack", str(copy)] + (["--attack-epochs", str(epochs)] if epochs else [])
+        defaults = RunConfig()  # today's default attack, whatever the run was attacked with before
+        cmd = [sys.executable, "-m", "attack", str(copy), "--attacks", defaults.attacks]
+        cmd += ["--surrogate", defaults.surrogate, "--whitebox-images", str(defaults.whitebox_images)]
+        cmd += ["--attack-epochs", str(epochs)] if epochs else []
         started = time.perf_counter()
         done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
         wall = time.perf_counter() - started

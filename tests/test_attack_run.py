@@ -324,3 +324,39 @@ def test_summary_table_is_never_cut(terminal: bool) -> None:
     assert "…" not in text and "clients_inference" in text and "best: cond" in text
     interval = f"{numbers['reid_top1']:.3f} [{numbers['reid_top1_lo']:.3f}, {numbers['reid_top1_hi']:.3f}]"
     assert interval in text and max(map(len, text.splitlines())) > 40  # wider than the console: not wrapped
+
+
+def test_a_refining_attack_starts_from_the_decoder_and_respects_its_caps(
+    tmp_path: Path, evaluation: OmniglotSet, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("attack.run.load_set", _every_20th)
+    monkeypatch.setattr("attack.surrogate.load_set", _every_20th)
+    starts: list[np.ndarray] = []
+
+    class Echo(Attack):
+        """Refines by returning its start unchanged; 3 unseen images, no seen set, 2 per client."""
+
+        refines = True
+        caps = {"unseen": 3, "seen": 0, "client": 2}
+
+        def fit(self, knowledge: AttackerKnowledge) -> None:
+            pass
+
+        def reconstruct(self, intercepted: Intercepted, start: np.ndarray | None = None) -> np.ndarray:
+            starts.append(start)
+            return start
+
+    register_attack("echo")(Echo)
+    register_attack("mean")(MeanImageAttack)
+    try:
+        # Listed first: it must still run after the attack it starts from.
+        run_dir = make_run(tmp_path / "run", evaluation, attacks="echo,mean", attack_epochs=1, whitebox_images=5)
+        results = run_attack(run_dir, console=_quiet())
+    finally:
+        del ATTACKS["echo"], ATTACKS["mean"]
+    assert "echo" not in results["seen"] and results["seen"]["best"]["attack"] == "mean"
+    assert results["unseen"]["echo"]["n"] == 5  # --whitebox-images replaces the unseen cap
+    assert results["client_0_inference"]["echo"]["n"] == 2 and results["clients_inference"]["echo"]["n"] == 4
+    # It started from the mean image attack's output (the only decoder): one image, repeated.
+    assert len(starts) == 1 + 2 + 2 + 1  # unseen, two clients' inference sets, client 0's training set
+    assert all(np.array_equal(s, np.broadcast_to(s[0], s.shape)) for s in starts)
