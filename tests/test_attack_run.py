@@ -358,5 +358,5 @@ def test_a_refining_attack_starts_from_the_decoder_and_respects_its_caps(
     assert results["unseen"]["echo"]["n"] == 5  # --whitebox-images replaces the unseen cap
     assert results["client_0_inference"]["echo"]["n"] == 2 and results["clients_inference"]["echo"]["n"] == 4
     # It started from the mean image attack's output (the only decoder): one image, repeated.
-    assert len(starts) == 1 + 2 + 2 + 1  # unseen, two clients' inference sets, client 0's training set
+    assert len(starts) == 4  # one call per set: unseen, two clients' inference sets, client 0's training set
     assert all(np.array_equal(s, np.broadcast_to(s[0], s.shape)) for s in starts)
