@@ -43,8 +43,6 @@ class AttackerKnowledge:
     epochs: the most training epochs over the surrogate, for attacks that train (they may stop early).
     progress: ``progress(epoch, loss)`` after each epoch (epoch counted from 1), or None.
     cut: the run's cut (``split.cut.Cut``), for attacks that run a device model themselves; None: identity.
-    align: ``align(intercepted)`` -> its activations as the final global model would have sent them
-        (``attack.align.Aligner``); None: use them as they are.
     """
 
     device: nn.Module
@@ -56,12 +54,7 @@ class AttackerKnowledge:
     seed: int = 0
     epochs: int = 100
     progress: Callable[[int, float], None] | None = None
-    align: Callable[[Intercepted], torch.Tensor] | None = None
     cut: nn.Module | None = None
-
-    def global_activations(self, intercepted: Intercepted) -> torch.Tensor:
-        """``intercepted``'s activations in the final global model's terms (see ``align``)."""
-        return intercepted.activations if self.align is None else self.align(intercepted)
 
 
 @dataclass(frozen=True)

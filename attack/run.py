@@ -31,7 +31,6 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from attack.align import Aligner
 from attack.base import Attack, AttackerKnowledge
 from attack.ceiling import ceiling
 from attack.figures import pick, save_grid
@@ -286,7 +285,6 @@ def run_attack(
     knowledge = AttackerKnowledge(
         run.device, run.query, run.classify, n_classes, public, public_activations, seed, epochs, cut=run.cut
     )
-    knowledge = dataclasses.replace(knowledge, align=Aligner(run.query, public, public_activations))
     sets = build_sets(run, small1, small2, evaluation, seed)
     unseen = sets[0]
     # Reference points for any decoder (attack.ceiling): the candidates' activations as an attacker holding the

@@ -130,8 +130,7 @@ class LatentWhiteBoxAttack(RMLEAttack):
         target = intercepted.activations.float()
         decoder.eval()
         with _Frozen(sender, decoder):
-            # The decoder's own input for these activations (mapped to the global model's terms, as it decodes them).
-            latent = self.start_attack.features(self.knowledge.global_activations(intercepted), intercepted.labels)
+            latent = self.start_attack.features(intercepted.activations, intercepted.labels)  # the decoder's input
             latent = latent.clone().float().requires_grad_(True)
             before = self._distance(sender, decoder(latent), target)
             optimizer = torch.optim.Adam([latent], lr=self.lr)

@@ -21,6 +21,7 @@ os.environ["FLWR_TELEMETRY_ENABLED"] = "0"
 from clients.data import EVALUATION, SMALL1, SMALL2, OmniglotSet, load_set  # noqa: E402
 
 NEEDED = (EVALUATION, SMALL1, SMALL2)
+ALSO_NEEDED = ("images_background",)  # the attacker's public surrogate (tests/test_attack_knowledge.py)
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -39,7 +40,7 @@ class Sets:
 def omniglot_root() -> Path:
     """The folder holding the official zips ($OMNIGLOT_ROOT); fails (not skips) when any zip is missing."""
     root = Path(os.environ["OMNIGLOT_ROOT"])
-    missing = [f"{name}.zip" for name in NEEDED if not (root / f"{name}.zip").is_file()]
+    missing = [f"{name}.zip" for name in (*NEEDED, *ALSO_NEEDED) if not (root / f"{name}.zip").is_file()]
     if missing:
         pytest.fail(
             f"Omniglot data missing: {', '.join(missing)} not in {root}; set OMNIGLOT_ROOT to the folder holding "
