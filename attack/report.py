@@ -22,6 +22,8 @@ from core import files
 from core.privacy import EPSILON_COVERS
 
 SETS = ("unseen", "clients_inference", "clients_train")
+# Read from leakage.json where present (runs attacked before the intervals existed leave them empty: nan).
+INTERVALS = ("reid_top5", "mse_lo", "mse_hi", "ssim_lo", "ssim_hi", "reid_top1_lo", "reid_top1_hi")
 COLUMNS = (
     "noise",
     "epsilon_median",
@@ -37,6 +39,7 @@ COLUMNS = (
     "ssim",
     "reid_top1",
     "reid_chance",
+    *INTERVALS,
     "baseline_mse",
     "baseline_ssim",
     "baseline_reid_top1",
@@ -87,6 +90,7 @@ def leakage_rows(run_dirs: list[Path]) -> list[dict]:
                         "decoder": decoder,
                         "set": set_name,
                         **{k: m[k] for k in ("mse", "psnr", "ssim", "reid_top1", "reid_chance")},
+                        **{k: m.get(k, math.nan) for k in INTERVALS},
                         "baseline_mse": base["mse"],
                         "baseline_ssim": base["ssim"],
                         "baseline_reid_top1": base["reid_top1"],
@@ -109,7 +113,14 @@ def plot_leakage(rows: list[dict], path: Path) -> None:
     for ax, (key, label) in zip(axes.flat, panels, strict=False):
         for (decoder, set_name), series in _group(rows).items():
             xs = [_x(r["epsilon_median"], finite_max) for r in series]
-            ax.plot(xs, [r[key] for r in series], marker="o", label=f"{decoder} / {set_name}")
+            ys = [r[key] for r in series]
+            lo = [r.get(f"{key}_lo", math.nan) for r in series]
+            hi = [r.get(f"{key}_hi", math.nan) for r in series]
+            if all(math.isfinite(v) for v in lo + hi):  # the bootstrap 95 % interval, where the run has one
+                yerr = [[y - a for y, a in zip(ys, lo, strict=True)], [b - y for y, b in zip(ys, hi, strict=True)]]
+                ax.errorbar(xs, ys, yerr=yerr, marker="o", capsize=3, label=f"{decoder} / {set_name}")
+            else:
+                ax.plot(xs, ys, marker="o", label=f"{decoder} / {set_name}")
         base_key = {"ssim": "baseline_ssim", "reid_top1": "baseline_reid_top1", "mse": "baseline_mse"}[key]
         for set_name in SETS:
             values = [r[base_key] for r in rows if r["set"] == set_name]
@@ -131,7 +142,7 @@ def plot_leakage(rows: list[dict], path: Path) -> None:
         ax.set_xlabel(f"median client epsilon ({accountant}, delta {rows[0]['delta'] if rows else '?':g})")
         ax.grid(alpha=0.3)
     axes.flat[0].legend(fontsize=7)
-    fig.suptitle("Leakage vs privacy budget (dotted: mean-image baseline)")
+    fig.suptitle("Leakage vs privacy budget (bars: bootstrap 95 % intervals; dotted: mean-image baseline)")
     fig.tight_layout()
     files.write_with(path, lambda fh: fig.savefig(fh, format="png", dpi=110))
     plt.close(fig)

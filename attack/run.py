@@ -214,8 +214,8 @@ def attack_sets(
         scores[s.name] = {name: scored[name] for name in (*fitted, "baseline") if name in scored}
         seconds["scoring"] += time.perf_counter() - began
         began = time.perf_counter()
-        best = best_attack({name: summarize(values, seed) for name, values in scores[s.name].items()})
-        write_set(run_dir, s, recon, first, best, seed)
+        numbers = {name: summarize(values, seed) for name, values in scores[s.name].items()}
+        write_set(run_dir, s, recon, first, numbers, seed)
         seconds["writing"] += time.perf_counter() - began
     return scores, seconds
 
@@ -332,10 +332,12 @@ def run_attack(
 
 
 def write_set(
-    run_dir: Path, s: EvalSet, recon: dict[str, tuple[np.ndarray, np.ndarray]], first: str, best: str, seed: int
+    run_dir: Path, s: EvalSet, recon: dict[str, tuple[np.ndarray, np.ndarray]], first: str, numbers: dict, seed: int
 ) -> None:
     """One set's ``reconstructions_<set>.npz`` (up to ``SAVE_PER_SET`` scored rows: originals, each method's
-    reconstruction where it made one, uint8 0..255) and its figure (originals, the first attack, the best one)."""
+    reconstruction where it made one, uint8 0..255) and its figure (originals, the first attack, the best one, each
+    with its re-id and SSIM and their 95 % intervals in the title). numbers: ``{method: summarize(...)}``."""
+    best = best_attack(numbers)
     rows = s.scored
     keep = rows[pick(len(rows), SAVE_PER_SET, seed)] if len(rows) > SAVE_PER_SET else rows
     arrays = {"rows": keep, "originals": _uint8(s.originals_of(keep))}
@@ -360,7 +362,13 @@ def write_set(
         (f"{name} (best)" if name == best else name): recon[name][1][np.searchsorted(recon[name][0], shown)]
         for name in drawn
     }
-    save_grid(s.originals_of(shown), panels, run_dir / s.figure, f"{s.name}: reconstructions")
+    stats = "; ".join(
+        f"{name}{' (best)' if name == best else ''} re-id {_interval(numbers[name], 'reid_top1', 3)}, "
+        f"SSIM {_interval(numbers[name], 'ssim', 3)}"
+        for name in drawn
+    )
+    baseline = f"mean image SSIM {numbers['baseline']['ssim']:.3f}"
+    save_grid(s.originals_of(shown), panels, run_dir / s.figure, f"{s.name}: {stats}; {baseline}")
 
 
 def _uint8(images: np.ndarray) -> np.ndarray:
