@@ -57,9 +57,9 @@ def mse_per_image(orig: np.ndarray, rec: np.ndarray) -> np.ndarray:
     out = np.empty(n)
     for start in range(0, n, _CHUNK):
         stop = min(start + _CHUNK, n)
-        diff = torch.from_numpy(_flat(orig, start, stop, np.float32)) - torch.from_numpy(
-            _flat(rec, start, stop, np.float32)
-        )
+        # np.require(..., "W"): a read-only chunk (a broadcast baseline, a memory map) is copied for torch.
+        a, b = (np.require(_flat(x, start, stop, np.float32), requirements="W") for x in (orig, rec))
+        diff = torch.from_numpy(a) - torch.from_numpy(b)
         out[start:stop] = (diff * diff).mean(dim=1).double().numpy()
     return out
 
