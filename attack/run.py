@@ -95,9 +95,9 @@ def load_run(run_dir: Path) -> FinishedRun:
         own, _ = build_split(**cfg.model_options())
         own.load_state_dict({k: torch.from_numpy(v) for k, v in state.items()})
         client_devices[pid] = own.eval()
-    # The one place the attacker's cut is built. Identity today: a run that chose another cut would record it in
-    # its settings, and the attacker's queries must send through the same cut as the clients did.
-    return FinishedRun(cfg, device.eval(), head.eval(), build_cut(), intercepted, client_devices)
+    # The one place the attacker's cut is built: from the run's settings, so its own queries send through the same
+    # cut (the same defense) as the clients did.
+    return FinishedRun(cfg, device.eval(), head.eval(), build_cut(**cfg.cut_options()), intercepted, client_devices)
 
 
 def load_config(run_dir: Path, saved: dict) -> RunConfig:
@@ -278,6 +278,7 @@ def run_attack(
     surrogate = surrogate or run.config.surrogate
     data_dir = data_dir or run.config.data_dir or None
     began = time.perf_counter()
+    torch.manual_seed(seed)  # a noisy cut draws its noise from torch's generator: the same queries every run
     small1, small2, evaluation = (load_set(name, data_dir) for name in (SMALL1, SMALL2, EVALUATION))
     public, described = surrogate_images(surrogate, data_dir)
     public_activations = run.query(public)  # once: the device is frozen, so every attack's epochs reuse it

@@ -44,7 +44,7 @@ from core.protocol import (
     is_partition_query,
     read_history,
 )
-from split.cut import build_cut
+from split.cut import Cut, build_cut
 from split.head import head_fit_sample
 from split.model import build_split, device_activations, joined_state, load_joined
 
@@ -73,6 +73,14 @@ def local_round_seed(seed: int, partition_id: int, server_round: int) -> int:
     """The torch seed of one client's local round (weights' dropout, batches, noise): fixed by (seed, client,
     round), so a resumed run and the benchmark's plain loop draw exactly what the simulation draws."""
     return int(np.random.SeedSequence([seed, partition_id, server_round]).generate_state(1)[0])
+
+
+def query_cut(cfg: RunConfig, partition_id: int, server_round: int) -> Cut:
+    """The run's cut for one of this client's queries. A noisy cut draws from torch's generator, seeded here by
+    (seed, client, round, 2) (training uses (seed, client, round), failures ``[..., 1]``), so a query and its rerun
+    after a resume send the same activations."""
+    torch.manual_seed(int(np.random.SeedSequence([cfg.seed, partition_id, server_round, 2]).generate_state(1)[0]))
+    return build_cut(**cfg.cut_options())
 
 
 def _setup(msg: Message, context: Context) -> tuple[RunConfig, int, torch.nn.Module, torch.nn.Module, torch.device]:
@@ -208,7 +216,8 @@ def query(msg: Message, context: Context) -> Message:
     cfg, pid, device, _, torch_device = _setup(msg, context)
     shard_images, _, train_idx = client_split(cfg, pid, "train")
     val_images, _, val_idx = client_split(cfg, pid, "val")
-    activations = device_activations(device.to(torch_device), torch.cat([shard_images, val_images]), cut=build_cut())
+    images = torch.cat([shard_images, val_images])
+    activations = device_activations(device.to(torch_device), images, cut=query_cut(cfg, pid, cfg.rounds + 1))
     index = np.concatenate([train_idx, val_idx]).astype(np.int64)
     return QueryReply(Intercepted(pid, activations.numpy(), index)).to_message(msg)
 
@@ -220,7 +229,7 @@ def _head_fit(msg: Message, context: Context) -> Message:
     images, labels, _ = client_split(cfg, pid, "train")
     server_round = int(msg.content[CONFIG_KEY][ROUND_KEY])
     keep = head_fit_sample(cfg.seed, pid, server_round, len(labels), cfg.head_fit_fraction)
-    activations = device_activations(device.to(torch_device), images[keep], cut=build_cut())
+    activations = device_activations(device.to(torch_device), images[keep], cut=query_cut(cfg, pid, server_round))
     return HeadFitReply(pid, activations.numpy(), labels[keep].numpy()).to_message(msg)
 
 

@@ -137,7 +137,7 @@ def train_local(
     head_opt = None if freeze_head else make_optimizer(cfg.optimizer, head.parameters(), cfg.lr)
     bias = label_skew_bias(cfg.skew_loss, labels, head[-1].out_features)
     bias = bias.to(torch_device) if bias is not None else None
-    sender = build_cut().to(torch_device)  # the same cut as the client's queries (split.cut)
+    sender = build_cut(**cfg.cut_options()).to(torch_device)  # the same cut as the client's queries (split.cut)
     anchor = [p.detach().clone() for p in device.parameters()] if cfg.strategy == "fedprox" else None
     engine, wrapped = None, None
     model = device

@@ -142,6 +142,18 @@ class RunConfig:
         "on with the others and the ledger marks it failed",
         RUN,
     )
+    cut_clip: float = setting(
+        0.0,
+        "defense at the cut: clip each image's activations to this L2 norm before sending (0 = no defense); "
+        "needs --cut-noise",
+        DP_TRAINING,
+    )
+    cut_noise: float = setting(
+        0.0,
+        "defense at the cut: Gaussian noise of std cut_noise x cut_clip added to every sent activation, in "
+        "training, at inference and in the attacker's own queries (0 = none)",
+        DP_TRAINING,
+    )
     # --- attack (the curious server)
     attack_epochs: int = setting(
         100, "most decoder training epochs over the surrogate (each stops early on a held-out slice)", ATTACK
@@ -210,6 +222,10 @@ class RunConfig:
             raise UserError(f"--limit-per-client must be 0 (no cap) or >= 2, got {self.limit_per_client}")
         if self.gpus_per_client < 0:
             raise UserError(f"--gpus-per-client must be >= 0, got {self.gpus_per_client}")
+        if self.cut_clip < 0 or self.cut_noise < 0:
+            raise UserError(f"--cut-clip and --cut-noise must be >= 0, got {self.cut_clip} and {self.cut_noise}")
+        if self.cut_noise > 0 and self.cut_clip == 0:
+            raise UserError("--cut-noise needs --cut-clip > 0 (the noise is scaled to the clipping norm)")
         if self.norm_groups < 1 or 32 % self.norm_groups:
             raise UserError(f"--norm-groups must divide 32 (1, 2, 4, 8, 16, 32), got {self.norm_groups}")
         for f in settings():
@@ -221,6 +237,12 @@ class RunConfig:
                 f"got {self.clients}; use --partition shards, dirichlet or iid for more clients"
             )
         return self
+
+    def cut_options(self) -> dict:
+        """Keywords of ``split.cut.build_cut`` for this run's cut: the identity, or noise on clipped activations."""
+        if self.cut_clip > 0:
+            return {"name": "noise", "clip": self.cut_clip, "sigma": self.cut_noise}
+        return {}
 
     def model_options(self) -> dict:
         """Keywords of ``split.model.build_split`` for this run's model."""

@@ -37,7 +37,38 @@ class Cut(nn.Module):
         return grad
 
 
-CUTS: dict[str, type[Cut]] = {"identity": Cut}
+class NoisyCut(Cut):
+    """Clip each sample's activations to L2 norm ``clip``, then add Gaussian noise of standard deviation
+    ``sigma * clip`` to every value: the Gaussian mechanism on what crosses the network.
+
+    What it guarantees, and only that: each time the device sends one image's activations, the release is
+    (epsilon, delta)-DP with respect to that image's activations under the L2 sensitivity 2 * clip (any two clipped
+    vectors differ by at most that), for the epsilon of the Gaussian mechanism with noise multiplier sigma / 2.
+    It composes over every time an image is sent (each training step that samples it, each inference query); it
+    says nothing about the device weights (that is DP-SGD's epsilon) nor about the labels sent beside it.
+    Noise comes from torch's global generator, which training seeds per client and round and the attack seeds
+    before its queries, so runs and resumed runs draw the same noise.
+    """
+
+    name = "noise"
+    deterministic = False
+
+    def __init__(self, clip: float, sigma: float) -> None:
+        super().__init__()
+        if clip <= 0 or sigma < 0:
+            raise ValueError(f"a noisy cut needs clip > 0 and sigma >= 0, got clip={clip}, sigma={sigma}")
+        self.clip, self.sigma = float(clip), float(sigma)
+
+    def forward(self, activations: torch.Tensor) -> torch.Tensor:
+        norms = activations.flatten(1).norm(dim=1).clamp_min(1e-12)
+        scale = (self.clip / norms).clamp(max=1.0).view(-1, *([1] * (activations.dim() - 1)))
+        clipped = activations * scale
+        if self.sigma == 0:
+            return clipped
+        return clipped + torch.randn_like(clipped) * (self.sigma * self.clip)
+
+
+CUTS: dict[str, type[Cut]] = {"identity": Cut, "noise": NoisyCut}
 
 
 def build_cut(name: str = "identity", **options) -> Cut:
