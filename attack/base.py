@@ -101,6 +101,11 @@ class Attack(ABC):
         """The attacker's guess of the images behind ``intercepted``: float32 [n,1,105,105] in [0,1], row-aligned.
         ``start``: for a refining attack, another attack's guess of the same rows."""
 
+    def starts_from(self, attack: Attack) -> None:
+        """For a refining attack: called by ``attack.run`` with the fitted attack whose reconstructions will be its
+        ``start``, kept as ``start_attack`` (the latent white-box search reads that decoder itself)."""
+        self.start_attack = attack
+
     def fit_summary(self) -> dict[str, float]:
         """Numbers about the fit for attack.json (e.g. the held-out loss); none by default."""
         return {}

@@ -168,15 +168,17 @@ def attack_sets(
     run_dir: Path,
     seed: int,
     unseen_cap: int | None = None,
-) -> tuple[dict[str, dict[str, PerImage]], dict[str, float]]:
-    """Reconstruct, score and write one set at a time: ``{set: {method: PerImage}}`` with the ``baseline``, and
-    seconds spent per attack reconstructing, in ``scoring`` and in ``writing``. Writes each set's .npz and figure
-    (``write_set``). unseen_cap: replaces a capped attack's cap on the unseen set (``--whitebox-images``)."""
+) -> tuple[dict[str, dict[str, PerImage]], dict[str, dict[str, dict]], dict[str, float]]:
+    """Reconstruct, score and write one set at a time. Returns ``{set: {method: PerImage}}`` with the ``baseline``
+    (the client means are built from them), ``{set: {method: summarize(...)}}``, and the seconds spent per attack
+    reconstructing, in ``scoring`` (per-image values and their intervals) and in ``writing``. Writes each set's .npz
+    and figure (``write_set``). unseen_cap: replaces a capped attack's cap on the unseen set (``--whitebox-images``)."""
     scores: dict[str, dict[str, PerImage]] = {}
+    numbers: dict[str, dict[str, dict]] = {}
     seconds = dict.fromkeys([*fitted, "scoring", "writing"], 0.0)
     first, start_from = next(iter(fitted)), start_attack(fitted)
     for attack in fitted.values():
-        if attack.refines and hasattr(attack, "starts_from"):
+        if attack.refines:
             attack.starts_from(fitted[start_from])
     for s in sets:
         recon: dict[str, tuple[np.ndarray, np.ndarray]] = {}  # method -> (rows, reconstructions)
@@ -212,12 +214,12 @@ def attack_sets(
             values = per_image_many(pool[s.own[r]], [recon[n][1] for n in names], pool, s.own[r])
             scored.update(zip(names, values, strict=True))
         scores[s.name] = {name: scored[name] for name in (*fitted, "baseline") if name in scored}
+        numbers[s.name] = {name: summarize(values, seed) for name, values in scores[s.name].items()}
         seconds["scoring"] += time.perf_counter() - began
         began = time.perf_counter()
-        numbers = {name: summarize(values, seed) for name, values in scores[s.name].items()}
-        write_set(run_dir, s, recon, first, numbers, seed)
+        write_set(run_dir, s, recon, first, numbers[s.name], seed)
         seconds["writing"] += time.perf_counter() - began
-    return scores, seconds
+    return scores, numbers, seconds
 
 
 def best_attack(numbers: dict[str, dict]) -> str:
@@ -228,13 +230,13 @@ def best_attack(numbers: dict[str, dict]) -> str:
     return max(attacks, key=lambda m: (numbers[m]["reid_top1_lo"], numbers[m]["reid_top1"], numbers[m]["ssim"]))
 
 
-def summarize_sets(scores: dict[str, dict[str, PerImage]], sets: list[EvalSet], seed: int) -> dict:
-    """``{set: {method: numbers}}`` for each attack, the ``baseline`` and ``best`` (its numbers plus ``attack``,
-    ``best_attack``), plus ``clients_<point>``, the equal-weight mean over clients (its ``best`` is the attack best
-    on that mean)."""
-    results: dict[str, dict[str, dict]] = {}
-    for name, by_method in scores.items():
-        results[name] = {method: summarize(values, seed) for method, values in by_method.items()}
+def summarize_sets(
+    scores: dict[str, dict[str, PerImage]], numbers: dict[str, dict[str, dict]], sets: list[EvalSet], seed: int
+) -> dict:
+    """``{set: {method: numbers}}``: each set's ``numbers`` (from ``attack_sets``), plus ``clients_<point>``, the
+    equal-weight mean over clients of ``scores``, and on every set a ``best`` row (its numbers plus ``attack``,
+    ``best_attack``; for a client mean, the attack best on that mean)."""
+    results = {name: dict(by_method) for name, by_method in numbers.items()}
     for point in POINTS:
         names = [s.name for s in sets if s.kind == "client" and s.point == point]
         if names:
@@ -292,17 +294,19 @@ def run_attack(
     # candidate images would compute them (a fresh query when the cut is not deterministic).
     position = {f: i for i, f in enumerate(small2.files)}
     characters = small2.character[[position[f] for f in unseen.files]]
-    candidates = unseen.activations if run.cut.deterministic else run.query(unseen.originals)
-    limits = ceiling(unseen.activations, candidates, unseen.originals, characters)
+    unseen_images = unseen.originals
+    candidates = unseen.activations if run.cut.deterministic else run.query(unseen_images)
+    limits = ceiling(unseen.activations, candidates, unseen_images, characters)
     query_seconds = time.perf_counter() - began
 
     fitted, timings = fit_attacks(names, knowledge, console)
     began = time.perf_counter()
     baseline = mean_image_baseline(public, 1)[0]
-    scores, seconds = attack_sets(fitted, sets, baseline, run_dir, seed, whitebox_images or run.config.whitebox_images)
+    cap = whitebox_images or run.config.whitebox_images
+    scores, numbers, seconds = attack_sets(fitted, sets, baseline, run_dir, seed, cap)
     attack_seconds = time.perf_counter() - began
     began = time.perf_counter()
-    results = summarize_sets(scores, sets, seed)
+    results = summarize_sets(scores, numbers, sets, seed)
     write_outputs(run_dir, results)
     summarize_seconds = time.perf_counter() - began
     for name, attack in fitted.items():
@@ -321,7 +325,7 @@ def run_attack(
             "load_and_query": query_seconds,
             "fit": sum(t["train_seconds"] for t in timings.values()),
             "reconstruct": sum(seconds[name] for name in fitted),
-            # per-image metrics, then the bootstrap intervals and leakage.json / .csv
+            # per-image metrics and each set's intervals, then the client means and leakage.json / .csv
             "scoring": seconds["scoring"] + summarize_seconds,
             "writing_sets": seconds["writing"],
             "sets_total": attack_seconds,

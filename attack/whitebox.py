@@ -7,8 +7,9 @@ decoder with the lowest held-out MSE on the surrogate) and never change the devi
   a the intercepted activation, and TV the mean absolute difference between neighbouring pixels.
 - ``whitebox``: the same distance, but the search runs over the start decoder's *input* (activation features and,
   for the conditioned decoder, the label's one-hot), so every candidate is an image the decoder can draw: the
-  decoder is the image prior. Measured on the default σ 0 model it lowers the activation distance about six-fold
-  while keeping the decoder's look; pixel-space rMLE reaches a lower distance with images that look worse (README).
+  decoder is the image prior. Measured on the default σ 0 model (256 unseen images) it lowered the activation
+  distance from 0.205 to 0.048 with images in the decoder's look; pixel-space rMLE reached 0.013 with images that
+  score a lower SSIM (0.527 against 0.624; README).
 
 f is the client's own model for training-time activations, else the final global one. Expensive (every step runs
 the device model forward and back on full-size images), so each reconstructs a seeded subsample of each set
@@ -73,10 +74,6 @@ class RMLEAttack(Attack):
 
     def fit(self, knowledge: AttackerKnowledge) -> None:
         self.knowledge = knowledge  # nothing to train: the device model is the attack
-
-    def starts_from(self, attack: Attack) -> None:
-        """Called by ``attack.run`` with the fitted attack whose reconstructions are the start."""
-        self.start_attack = attack
 
     def sender(self, intercepted: Intercepted) -> nn.Module:
         """The differentiable path image -> activation for this set: its device model, then the run's cut."""
