@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from core.config import ATTACK, DP_TRAINING, FEDERATION, RUN, RunConfig, flag_name, settings
+from core.config import ATTACK, DP_TRAINING, FEDERATION, RUN, SPLIT, RunConfig, flag_name, settings
 from core.errors import UserError
 from core.privacy import EPSILON_COVERS
 
@@ -42,7 +42,7 @@ def build_parser(suppress_defaults: bool = False) -> argparse.ArgumentParser:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
         argument_default=argparse.SUPPRESS if suppress_defaults else None,
     )
-    groups = {name: p.add_argument_group(name) for name in (FEDERATION, DP_TRAINING, RUN, ATTACK)}
+    groups = {name: p.add_argument_group(name) for name in (FEDERATION, DP_TRAINING, SPLIT, RUN, ATTACK)}
     for f in settings():
         meta = f.metadata
         help_text = meta["help"] + (f" ({', '.join(meta['choices'])})" if meta["choices"] else "")

@@ -33,11 +33,11 @@ class AttackerKnowledge:
 
     device: the final global device model (eval mode); an attack may run it, never change it.
     query: ``query(images, device=None)``: images float32 [N,1,105,105] in [0,1] -> what ``device`` (default the
-        final global model) sends for them through the run's cut, float32 [N,32,1,1] on the CPU.
-    classify: activations [N,32,1,1] -> int64 [N], the label the server's head predicts (the server hosts it).
+        final global model) sends for them through the run's cut, float32 [N,C,H,W] on the CPU.
+    classify: activations [N,C,H,W] -> int64 [N], the label the server's head predicts (the server hosts it).
     n_classes: how many labels the task has (the head's outputs).
     surrogate: the attacker's own public images, float32 [M,1,105,105] in [0,1] (``attack.surrogate``).
-    surrogate_activations: ``query(surrogate)``, float32 [M,32,1,1], computed once: the device is frozen, so every
+    surrogate_activations: ``query(surrogate)``, float32 [M,C,H,W], computed once: the device is frozen, so every
         attack and every epoch reuses it.
     seed: seed for the attack's weights and batch order.
     epochs: the most training epochs over the surrogate, for attacks that train (they may stop early).
@@ -59,7 +59,7 @@ class AttackerKnowledge:
 
 @dataclass(frozen=True)
 class Intercepted:
-    """Activations the server received: float32 [n,32,1,1] as they crossed the cut, and what came with them.
+    """Activations the server received: float32 [n,C,H,W] as they crossed the cut, and what came with them.
 
     partition: the client that sent them (None for the attacker's own test queries of small2);
     labels: int64 [n] labels the server saw beside them (training sends them; inference does not), else None;

@@ -46,24 +46,24 @@ class DecoderAttack(Attack):
         self.log = TrainLog()
 
     def features(self, activations: torch.Tensor, labels: np.ndarray | None) -> torch.Tensor:
-        """The decoder's input: the activations, with a one-hot label appended when conditioned (the head's
-        prediction where ``labels`` is None)."""
+        """The decoder's input [N,C',H,W]: the activations [N,C,H,W], with a one-hot label appended as constant
+        channels when conditioned (the head's prediction where ``labels`` is None)."""
         if not self.conditioned:
             return activations
         assert self.knowledge is not None
         if labels is None:
             labels = self.knowledge.classify(activations)
         one_hot = torch.nn.functional.one_hot(torch.as_tensor(labels, dtype=torch.int64), self.knowledge.n_classes)
-        return torch.cat([activations.flatten(1), one_hot.float()], dim=1)
+        planes = one_hot.float()[:, :, None, None].expand(-1, -1, *activations.shape[2:])
+        return torch.cat([activations, planes], dim=1)
 
     def fit(self, knowledge: AttackerKnowledge) -> None:
         self.knowledge = knowledge
         inputs = self.features(knowledge.surrogate_activations, None)
-        options = {"in_features": inputs.shape[1]} if self.conditioned else {}
         # Seeded right before the build: the initial weights and UpDecoder's dropout draws then depend on the seed
         # alone, whichever attacks ran before this one.
         torch.manual_seed(knowledge.seed)
-        self.model = build_decoder(self.decoder, **options)
+        self.model = build_decoder(self.decoder, in_shape=tuple(inputs.shape[1:]))
         self.log = train_decoder(
             self.model,
             inputs,

@@ -69,7 +69,7 @@ class FinishedRun:
 
     def query(self, images: np.ndarray | torch.Tensor, device: torch.nn.Module | None = None) -> torch.Tensor:
         """What ``device`` (default the final global one) sends for ``images`` float32 [N,1,105,105] in [0,1]:
-        float32 [N,32,1,1] on the CPU."""
+        float32 [N,C,H,W] on the CPU."""
         return device_activations(device if device is not None else self.device, images, cut=self.cut)
 
     def classify(self, activations: torch.Tensor) -> np.ndarray:

@@ -37,7 +37,7 @@ class EvalSet:
 
     kind: "unseen" / "seen" (small2, the attacker's own test queries) or "client" (a client's private images);
     point: "inference" or "train" for client sets, None for small2; partition: the client's partition id or None.
-    activations: float32 [n,32,1,1], what crossed the cut; images: uint8 [m,105,105] (255 = background), the
+    activations: float32 [n,C,H,W], what crossed the cut; images: uint8 [m,105,105] (255 = background), the
     distinct images behind them (for scoring only: the attacker never gets them; ``originals`` gives them as
     float); own: int64 [n], each row's image in ``images``; scored: int64 rows that are attacked and scored;
     labels: int64 [n] labels the server saw with the activations, or None; device: the model that produced them
@@ -91,7 +91,7 @@ def _as_float(images: np.ndarray) -> np.ndarray:
 
 def small2_sets(query: Callable[[np.ndarray], torch.Tensor], small1: OmniglotSet, small2: OmniglotSet) -> list[EvalSet]:
     """The ``unseen`` and ``seen`` sets: small2 split by whether a file is also in small1, each sent through
-    ``query`` (images float32 [N,1,105,105] -> activations [N,32,1,1], the attacker's own queries of the device).
+    ``query`` (images float32 [N,1,105,105] -> activations [N,C,H,W], the attacker's own queries of the device).
     Every row is scored; no labels (the attacker's queries get none)."""
     seen_mask = shared_files(small1, small2)
     sets = []
@@ -113,7 +113,7 @@ def client_sets(
 ) -> list[EvalSet]:
     """One set per (point, partition) present in intercepted.npz, inference sets first, partitions ascending.
 
-    intercepted: ``<point>_activations`` [n,32,1,1], ``<point>_partition`` [n] and ``<point>_index`` [n] (row in the
+    intercepted: ``<point>_activations`` [n,C,H,W], ``<point>_partition`` [n] and ``<point>_index`` [n] (row in the
     evaluation set) for each point. A partition with no row at a point (e.g. it failed its last round) has no set
     there. Partitions are those seen at inference: every client's images go through the final model.
     devices: each client's own device model from its last round (``strategy.interception.local_devices``); its
@@ -130,7 +130,7 @@ def client_sets(
             if not rows.any():
                 continue
             index = intercepted[f"{point}_index"][rows]
-            activations = torch.from_numpy(intercepted[f"{point}_activations"][rows])
+            activations = torch.from_numpy(intercepted[f"{point}_activations"][rows]).float()
             labels = evaluation.alphabet[index].astype(np.int64) if point == "train" else None
             scored = pick(len(index), per_client, seed * 100_003 + pid * 2 + p)
             device = devices.get(pid) if point == "train" else None

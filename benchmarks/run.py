@@ -2,7 +2,8 @@
 
 Every target is a ratio of two things measured side by side in this one run, so it holds on any machine:
 
-- ``dp_step_ratio``: DP-SGD split step / plain split step (device convnet + head, batch 32), timed interleaved.
+- ``dp_step_ratio``: DP-SGD split step / plain split step (device convnet + head, batch 32), timed interleaved;
+  ``dp_step_ratio_cut<N>`` the same with the model split after block N (``--cut``; the plain ratio is cut 4's).
 - ``sim_overhead_ratio``: Flower simulation wall time / the same client work in a plain Python loop.
 - ``gemm_fraction``: DP training images/s / the images/s this machine's fp32 matrix multiply would allow for the
   model's training FLOPs per image (counted from the architecture).
@@ -56,6 +57,9 @@ from split.model import build_split, device_activations, joined_state, load_join
 
 TARGETS = {  # metric -> (comparison, target)
     "dp_step_ratio": ("<=", 1.25),
+    "dp_step_ratio_cut1": ("<=", 1.25),
+    "dp_step_ratio_cut2": ("<=", 1.25),
+    "dp_step_ratio_cut3": ("<=", 1.25),
     "sim_overhead_ratio": ("<=", 1.10),
     "gemm_fraction": (">=", 0.50),
     "attack_seconds": ("<=", 180.0),
@@ -95,11 +99,13 @@ def _synced(fn: Callable[[], object], device: str) -> Callable[[], object]:
     return lambda: (fn(), torch.cuda.synchronize())
 
 
-def _step_fn(kind: str, images: torch.Tensor, labels: torch.Tensor, on: str = "cpu") -> Callable[[], object]:
+def _step_fn(
+    kind: str, images: torch.Tensor, labels: torch.Tensor, on: str = "cpu", cut: int = 4
+) -> Callable[[], object]:
     """One split step of ``kind``: plain, or DP-SGD with a per-sample-gradient method (fused, fast, opacus,
-    functorch)."""
+    functorch), the model split after block ``cut``."""
     torch.manual_seed(0)
-    device, head = (m.to(on) for m in build_split())
+    device, head = (m.to(on) for m in build_split(cut=cut))
     images, labels = images.to(on), labels.to(on)
     head_opt = torch.optim.Adam(head.parameters(), lr=1e-3)
     device_opt = torch.optim.Adam(device.parameters(), lr=1e-3)
@@ -112,10 +118,12 @@ def _step_fn(kind: str, images: torch.Tensor, labels: torch.Tensor, on: str = "c
     return _synced(lambda: split_step(model, head, device_opt, head_opt, images, labels), on)
 
 
-def _steps_ms(kinds: tuple[str, ...], images: torch.Tensor, labels: torch.Tensor, repeats: int, on: str = "cpu"):
+def _steps_ms(
+    kinds: tuple[str, ...], images: torch.Tensor, labels: torch.Tensor, repeats: int, on: str = "cpu", cut: int = 4
+):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        return interleaved_ms({k: _step_fn(k, images, labels, on) for k in kinds}, repeats)
+        return interleaved_ms({k: _step_fn(k, images, labels, on, cut) for k in kinds}, repeats)
 
 
 def bench_dp_step(repeats: int) -> dict:
@@ -138,7 +146,12 @@ def bench_dp_step(repeats: int) -> dict:
         gpu = _steps_ms(kinds, images, labels, repeats, "cuda")
         levers |= {f"step_ms_cuda_{k}": ms for k, ms in gpu.items()}
         levers |= {f"dp_step_ratio_cuda_{k}": gpu[k] / gpu["plain"] for k in kinds[1:]}
-    return {"dp_step_ratio": main[DEFAULT_SAMPLER] / main["plain"], "levers": levers}
+    results = {"dp_step_ratio": main[DEFAULT_SAMPLER] / main["plain"], "levers": levers}
+    for cut in (1, 2, 3):  # the default sampler against the plain step at the other cuts
+        by_kind = _steps_ms(("plain", DEFAULT_SAMPLER), images, labels, repeats, cut=cut)
+        results[f"dp_step_ratio_cut{cut}"] = by_kind[DEFAULT_SAMPLER] / by_kind["plain"]
+        levers |= {f"step_ms_cut{cut}_{k}": ms for k, ms in by_kind.items()}
+    return results
 
 
 def training_flops_per_image(device: nn.Module, head: nn.Module) -> int:

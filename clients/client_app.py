@@ -152,7 +152,8 @@ def train(msg: Message, context: Context) -> Message:
     reply.arrays = ArrayRecord(joined_state(device, head))
     if last_round:  # the activations this client sent across the cut in its last round, with their image ids
         positions = result.cut_positions.numpy()
-        reply.intercepted = Intercepted(pid, result.cut_activations.numpy(), indices[positions].astype(np.int64))
+        sent = Intercepted(pid, result.cut_activations.numpy(), indices[positions].astype(np.int64))
+        reply.intercepted = sent.compact(cfg.seed)
     return reply.to_message(msg)
 
 
@@ -203,8 +204,9 @@ def evaluate_client(msg: Message, context: Context) -> Message:
 def query(msg: Message, context: Context) -> Message:
     """Inference: send every private image of this client (train and validation) through the received device model.
 
-    The reply is what the server sees when the client uses the deployed model: activations float32 [n,32,1,1] and
-    (for the study only) each image's index into the evaluation set, so reconstructions can be scored.
+    The reply is what the server sees when the client uses the deployed model: activations [n,C,H,W] and (for the
+    study only) each image's index into the evaluation set, so reconstructions can be scored. The reply carries
+    what the server records of them (``Intercepted.compact``: float16; a sample of rows at cut 1).
     A query whose config says ``query = "partition-id"`` only answers with this node's partition id (the server
     maps Flower's node ids to partitions with it, so sampling and checkpoints do not depend on node ids).
     """
@@ -219,7 +221,7 @@ def query(msg: Message, context: Context) -> Message:
     images = torch.cat([shard_images, val_images])
     activations = device_activations(device.to(torch_device), images, cut=query_cut(cfg, pid, cfg.rounds + 1))
     index = np.concatenate([train_idx, val_idx]).astype(np.int64)
-    return QueryReply(Intercepted(pid, activations.numpy(), index)).to_message(msg)
+    return QueryReply(Intercepted(pid, activations.numpy(), index).compact(cfg.seed)).to_message(msg)
 
 
 def _head_fit(msg: Message, context: Context) -> Message:

@@ -8,7 +8,7 @@
   gradients, which DP-SGD would discard), from which the per-sample convolution gradients follow. GroupNorm runs
   with per-sample copies of its weight and bias, so the same backward pass yields their per-sample gradients with
   no extra pass over the maps. Opacus's hooks also rescale every layer's full-size output gradient by the batch size
-  and recompute GroupNorm; here the batch-size factor is applied once, to the [B,32,1,1] cut gradient.
+  and recompute GroupNorm; here the batch-size factor is applied once, to the [B,C,H,W] cut gradient.
 
 In every case Opacus's ``DPOptimizer`` does the clipping, the noise and the accounting from ``p.grad_sample``, with
 Opacus's convention: ``grad_sample[i]`` is the gradient of sample i's own loss. Equality with Opacus's per-sample

@@ -1,6 +1,6 @@
 """One client's local round of split learning: DP-SGD (Opacus) on the device convnet, plain SGD on the head copy.
 
-SplitFed v1 per step: the device computes activations [B,32,1,1] and sends them (with labels) across the cut;
+SplitFed v1 per step: the device computes activations [B,C,H,W] (``--cut``) and sends them (with labels) across the cut;
 the server runs its head copy, updates it, and sends the cut-layer gradient back; the device back-propagates that
 gradient through its convnet and takes a DP-SGD step (per-sample clipping + Gaussian noise). In the simulation both
 halves run in the client's worker: the tensors that cross the cut are exactly the ones a networked deployment sends.
@@ -23,6 +23,7 @@ from core.config import RunConfig
 from core.privacy import History, make_accountant, sample_rate, total_steps
 from split.allocator import keep_freed_memory
 from split.cut import Cut, build_cut
+from split.model import activation_shape
 
 
 @dataclass
@@ -34,7 +35,7 @@ class LocalResult:
     loss: float
     accuracy: float
     n_train: int
-    cut_activations: torch.Tensor | None = None  # float32 [M,32,1,1]: every activation sent this round
+    cut_activations: torch.Tensor | None = None  # float32 [M,C,H,W]: every activation sent this round
     cut_positions: torch.Tensor | None = None  # int64 [M]: which training image (row of ``images``) each came from
 
 
@@ -70,7 +71,7 @@ def split_step(
 ) -> tuple[float, int, torch.Tensor]:
     """One split-learning step. images float32 [B,1,105,105], labels int64 [B].
 
-    Returns (summed cross-entropy over the batch, number correct, what was sent across the cut [B,32,1,1],
+    Returns (summed cross-entropy over the batch, number correct, what was sent across the cut [B,C,H,W],
     detached). ``device_opt`` may be an Opacus DPOptimizer, with ``device`` its GradSampleModule or a
     ``PerSampleDevice`` (which takes the cut gradient itself and sets the per-sample gradients). ``cut``: what
     the device does to its activations before sending them (``split.cut``; identity when None). ``head_opt``
@@ -88,7 +89,7 @@ def split_step(
     loss.backward()  # server side: head gradients and the cut-layer gradient received.grad
     if head_opt is not None:
         head_opt.step()
-    grad = cut.device_gradient(activations, sent, received.grad)  # device side: what came back down the cut
+    grad = cut.device_gradient(images, activations, sent, received.grad)  # device side: what came back down the cut
     if isinstance(device, PerSampleDevice):
         device.backward(grad)
     else:
@@ -178,7 +179,7 @@ def train_local(
     assert total_steps(new_history) == total_steps(history) + steps
     result = LocalResult(new_history, steps, loss_sum / max(seen, 1), correct / max(seen, 1), len(labels))
     if record_cut:
-        result.cut_activations = torch.cat(sent) if sent else torch.empty(0, 32, 1, 1)
+        result.cut_activations = torch.cat(sent) if sent else torch.empty(0, *activation_shape(device))
         result.cut_positions = torch.cat(positions) if positions else torch.empty(0, dtype=torch.int64)
     return result
 

@@ -28,6 +28,8 @@ N_ALPHABETS = 20
 
 # Flag groups of ``sim.py --help``, in this order.
 FEDERATION, DP_TRAINING, RUN, ATTACK = "federation", "local DP-SGD training", "run", "attack (the curious server)"
+SPLIT = "the cut (where the model is split, and defenses on what crosses it)"
+CUTS = (1, 2, 3, 4)  # split.model.CUTS (core imports nothing of ours)
 
 
 def setting(default, help: str, group: str, choices: tuple[str, ...] | None = None, **cli) -> Any:
@@ -129,6 +131,31 @@ class RunConfig:
         DP_TRAINING,
         GRAD_SAMPLERS,
     )
+    # --- the cut
+    cut: int = setting(
+        4,
+        "the device is the first N conv blocks, the server runs the rest and the dense head: activations 32x33x33 "
+        "after block 1, 32x13x13 after 2, 32x4x4 after 3, 32x1x1 after 4 (the original)",
+        SPLIT,
+    )
+    cut_clip: float = setting(
+        0.0,
+        "defense at the cut: clip each image's activations to this L2 norm before sending (0 = no defense); "
+        "needs --cut-noise",
+        SPLIT,
+    )
+    cut_noise: float = setting(
+        0.0,
+        "defense at the cut: Gaussian noise of std cut_noise x cut_clip added to every sent activation, in "
+        "training, at inference and in the attacker's own queries (0 = none)",
+        SPLIT,
+    )
+    nopeek: float = setting(
+        0.0,
+        "defense at the cut: NoPeek, the device adds this weight x the distance correlation between its images and "
+        "their activations to its loss (0 = off; needs --noise 0: the term couples a batch's samples)",
+        SPLIT,
+    )
     # --- run
     seed: int = setting(0, "seed for shards, weights, sampling and noise", RUN)
     data_dir: str = setting("", "Omniglot zips/folders; else $OMNIGLOT_ROOT, ./data/omniglot", RUN)
@@ -141,18 +168,6 @@ class RunConfig:
         "testing: each client training call fails after some steps with this probability (seeded); the round goes "
         "on with the others and the ledger marks it failed",
         RUN,
-    )
-    cut_clip: float = setting(
-        0.0,
-        "defense at the cut: clip each image's activations to this L2 norm before sending (0 = no defense); "
-        "needs --cut-noise",
-        DP_TRAINING,
-    )
-    cut_noise: float = setting(
-        0.0,
-        "defense at the cut: Gaussian noise of std cut_noise x cut_clip added to every sent activation, in "
-        "training, at inference and in the attacker's own queries (0 = none)",
-        DP_TRAINING,
     )
     # --- attack (the curious server)
     attack_epochs: int = setting(
@@ -224,6 +239,16 @@ class RunConfig:
             raise UserError(f"--gpus-per-client must be >= 0, got {self.gpus_per_client}")
         if self.cut_clip < 0 or self.cut_noise < 0:
             raise UserError(f"--cut-clip and --cut-noise must be >= 0, got {self.cut_clip} and {self.cut_noise}")
+        if self.cut not in CUTS:
+            raise UserError(f"--cut must be one of {', '.join(map(str, CUTS))}, got {self.cut}")
+        _finite(self, "cut_clip", "cut_noise", "nopeek")
+        if self.nopeek < 0:
+            raise UserError(f"--nopeek must be >= 0 (0 = off), got {self.nopeek}")
+        if self.nopeek > 0 and self.noise > 0:
+            raise UserError(
+                "--nopeek needs --noise 0: its distance correlation ties every sample's gradient to the whole batch, "
+                "so DP-SGD's per-sample clipping would no longer bound one image's influence"
+            )
         if self.cut_noise > 0 and self.cut_clip == 0:
             raise UserError("--cut-noise needs --cut-clip > 0 (the noise is scaled to the clipping norm)")
         if self.norm_groups < 1 or 32 % self.norm_groups:
@@ -239,14 +264,17 @@ class RunConfig:
         return self
 
     def cut_options(self) -> dict:
-        """Keywords of ``split.cut.build_cut`` for this run's cut: the identity, or noise on clipped activations."""
+        """Keywords of ``split.cut.build_cut`` for this run's cut: the identity or noise on clipped activations,
+        with NoPeek's weight when it is on."""
+        nopeek = {"nopeek": self.nopeek} if self.nopeek else {}
         if self.cut_clip > 0:
-            return {"name": "noise", "clip": self.cut_clip, "sigma": self.cut_noise}
-        return {}
+            return {"name": "noise", "clip": self.cut_clip, "sigma": self.cut_noise, **nopeek}
+        return nopeek
 
     def model_options(self) -> dict:
         """Keywords of ``split.model.build_split`` for this run's model."""
-        return {"dropout": self.dropout, "norm_groups": self.norm_groups, "invert_input": self.input_norm == "invert"}
+        invert = self.input_norm == "invert"
+        return {"dropout": self.dropout, "norm_groups": self.norm_groups, "invert_input": invert, "cut": self.cut}
 
     def settings_dict(self) -> dict:
         """Every setting by field name (``extra`` left out): what ``config.json`` stores."""

@@ -6,7 +6,9 @@ own queries of the device model, and the benchmarks. A defense at the cut (noise
 one new ``Cut`` subclass plus one entry in ``CUTS``; nothing else changes.
 
 ``Cut.forward(activations) -> sent``: device activations float32 [B,C,H,W] -> what crosses the network (same
-shape). In training the device back-propagates the server's gradient through it (``backward_to_device``).
+shape). In training the device back-propagates the server's gradient through it (``device_gradient``), where a
+training-time defense on the device's side adds its own term: NoPeek (``nopeek`` > 0, Vepakomma et al. 2020)
+adds the gradient of ``nopeek`` x the distance correlation between the batch's images and their activations.
 """
 
 from __future__ import annotations
@@ -15,25 +17,63 @@ import torch
 from torch import nn
 
 
+def distance_correlation(x: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+    """The sample distance correlation (Szekely et al. 2007) between the rows of x [B,...] and z [B,...]: a scalar
+    in [0,1], 0 for independent samples (in the limit), 1 when one is a similarity transform of the other.
+    Differentiable; B >= 2 (a batch of one has no spread: returns 0)."""
+    if len(x) < 2:
+        return z.sum() * 0.0
+
+    def centred(v: torch.Tensor) -> torch.Tensor:
+        d = torch.cdist(v.flatten(1).double().unsqueeze(0), v.flatten(1).double().unsqueeze(0))[0]
+        return d - d.mean(0, keepdim=True) - d.mean(1, keepdim=True) + d.mean()
+
+    a, b = centred(x), centred(z)
+    dcov_xz, dvar_x, dvar_z = (a * b).mean(), (a * a).mean(), (b * b).mean()
+    denominator = (dvar_x * dvar_z).sqrt()
+    if denominator <= 0:
+        return z.sum() * 0.0
+    return (dcov_xz.clamp_min(0) / denominator).sqrt().float()
+
+
 class Cut(nn.Module):
-    """The identity cut: the device sends its activations unchanged (the original experiment)."""
+    """The identity cut: the device sends its activations unchanged (the original experiment).
+
+    nopeek: NoPeek's weight (0 = off). The device's loss becomes the task loss + nopeek x dCor(images,
+    activations) over each batch; the server sees no difference in what it receives, only in how the device learns.
+    """
 
     name = "identity"
     deterministic = True  # the same images always send the same activations (a noisy cut sets False)
 
+    def __init__(self, nopeek: float = 0.0) -> None:
+        super().__init__()
+        if nopeek < 0:
+            raise ValueError(f"NoPeek's weight must be >= 0, got {nopeek}")
+        self.nopeek = float(nopeek)
+
     def forward(self, activations: torch.Tensor) -> torch.Tensor:
         return activations
 
-    def device_gradient(self, activations: torch.Tensor, sent: torch.Tensor, grad_sent: torch.Tensor) -> torch.Tensor:
+    def device_gradient(
+        self, images: torch.Tensor, activations: torch.Tensor, sent: torch.Tensor, grad_sent: torch.Tensor
+    ) -> torch.Tensor:
         """The gradient at the device's output, given the server's gradient at what was sent.
 
-        activations: the device output the cut was applied to; sent: ``self(activations)``; grad_sent: d loss /
-        d sent, as the server returns it. The identity passes it through; a cut that transforms the activations
-        differentiates through itself (on the device: the server never sees ``activations``).
+        images: the batch's input [B,1,105,105]; activations: the device output the cut was applied to; sent:
+        ``self(activations)``; grad_sent: d loss / d sent, as the server returns it (mean loss over the batch).
+        The identity passes it through; a cut that transforms the activations differentiates through itself (on
+        the device: the server never sees ``activations``); NoPeek adds d (nopeek x dCor) / d activations.
         """
         if sent is activations:
-            return grad_sent
-        (grad,) = torch.autograd.grad(sent, activations, grad_sent)
+            grad = grad_sent
+        else:
+            (grad,) = torch.autograd.grad(sent, activations, grad_sent)
+        if self.nopeek > 0:
+            with torch.enable_grad():
+                z = activations.detach().requires_grad_(True)
+                (extra,) = torch.autograd.grad(self.nopeek * distance_correlation(images.detach(), z), z)
+            grad = grad + extra
         return grad
 
 
@@ -53,8 +93,8 @@ class NoisyCut(Cut):
     name = "noise"
     deterministic = False
 
-    def __init__(self, clip: float, sigma: float) -> None:
-        super().__init__()
+    def __init__(self, clip: float, sigma: float, nopeek: float = 0.0) -> None:
+        super().__init__(nopeek)
         if clip <= 0 or sigma < 0:
             raise ValueError(f"a noisy cut needs clip > 0 and sigma >= 0, got clip={clip}, sigma={sigma}")
         self.clip, self.sigma = float(clip), float(sigma)

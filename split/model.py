@@ -17,6 +17,32 @@ N_CLASSES = 20
 
 # (kernel, pool kernel, pool stride) per block: 105 -> 99 -> 33 -> 27 -> 13 -> 9 -> 4 -> 2 -> 1
 _BLOCKS = ((7, 3, 3), (7, 3, 2), (5, 2, 2), (3, 2, 2))
+CUTS = (1, 2, 3, 4)  # the device is the first N blocks (``--cut``); 4 = the original split
+_SIDES = {1: 33, 2: 13, 3: 4, 4: 1}  # side of the activations after block N
+
+
+def cut_shape(cut: int = 4) -> tuple[int, int, int]:
+    """The shape of one image's activations after block ``cut``: (32,33,33), (32,13,13), (32,4,4) or (32,1,1)."""
+    if cut not in CUTS:
+        raise ValueError(f"cut must be one of {CUTS}, got {cut}")
+    return (CUT_CHANNELS, _SIDES[cut], _SIDES[cut])
+
+
+def _conv_blocks(first: int, last: int, dropout: float, norm_groups: int) -> list[nn.Module]:
+    """The layers of blocks ``first``..``last`` (1-based): conv, ReLU, GroupNorm, max-pool, dropout each."""
+    if CUT_CHANNELS % norm_groups:
+        raise ValueError(f"norm_groups must divide {CUT_CHANNELS}, got {norm_groups}")
+    layers: list[nn.Module] = []
+    for block in range(first, last + 1):
+        kernel, pool, stride = _BLOCKS[block - 1]
+        layers += [
+            nn.Conv2d(1 if block == 1 else CUT_CHANNELS, CUT_CHANNELS, kernel_size=kernel),
+            nn.ReLU(inplace=False),
+            nn.GroupNorm(norm_groups, CUT_CHANNELS),
+            nn.MaxPool2d(pool, stride=stride),
+            nn.Dropout(dropout),
+        ]
+    return layers
 
 
 class Invert(nn.Module):
@@ -32,34 +58,31 @@ class Invert(nn.Module):
 
 
 class DeviceNet(nn.Sequential):
-    """Client-side convnet. images float32 [B,1,105,105] in [0,1] -> activations float32 [B,32,1,1].
+    """Client-side convnet: the first ``cut`` blocks. images float32 [B,1,105,105] in [0,1] -> activations
+    float32 [B, *cut_shape(cut)] ([B,32,1,1] at the default cut 4).
 
     The output is what crosses the network to the server: the "activations" the attack inverts.
     ``invert_input`` puts a fixed ``Invert`` before the first block (then the blocks are layers 1..).
     """
 
-    def __init__(self, dropout: float = 0.0, norm_groups: int = 1, invert_input: bool = False) -> None:
-        if CUT_CHANNELS % norm_groups:
-            raise ValueError(f"norm_groups must divide {CUT_CHANNELS}, got {norm_groups}")
-        layers: list[nn.Module] = [Invert()] if invert_input else []
-        channels = 1
-        for kernel, pool, stride in _BLOCKS:
-            layers += [
-                nn.Conv2d(channels, CUT_CHANNELS, kernel_size=kernel),
-                nn.ReLU(inplace=False),
-                nn.GroupNorm(norm_groups, CUT_CHANNELS),
-                nn.MaxPool2d(pool, stride=stride),
-                nn.Dropout(dropout),
-            ]
-            channels = CUT_CHANNELS
-        super().__init__(*layers)
+    def __init__(self, dropout: float = 0.0, norm_groups: int = 1, invert_input: bool = False, cut: int = 4) -> None:
+        self.out_shape = cut_shape(cut)
+        super().__init__(*([Invert()] if invert_input else []), *_conv_blocks(1, cut, dropout, norm_groups))
 
 
 class ServerHead(nn.Sequential):
-    """Server-side head. activations float32 [B,32,1,1] -> logits float32 [B,n_classes] (softmax in the loss)."""
+    """Server-side part: blocks ``cut+1``..4 (none at the default cut 4), then the dense head.
+    activations float32 [B, *cut_shape(cut)] -> logits float32 [B,n_classes] (softmax in the loss).
 
-    def __init__(self, n_classes: int = N_CLASSES, dropout: float = 0.0, hidden: int = 256) -> None:
+    At cut 4 its layers and state-dict keys are those of the original head (Flatten first).
+    """
+
+    def __init__(
+        self, n_classes: int = N_CLASSES, dropout: float = 0.0, hidden: int = 256, cut: int = 4, norm_groups: int = 1
+    ) -> None:
+        self.in_shape = cut_shape(cut)
         super().__init__(
+            *_conv_blocks(cut + 1, len(_BLOCKS), dropout, norm_groups),
             nn.Flatten(),
             nn.Linear(CUT_CHANNELS, hidden),
             nn.ReLU(inplace=False),
@@ -69,17 +92,19 @@ class ServerHead(nn.Sequential):
 
 
 def build_split(
-    dropout: float = 0.0, norm_groups: int = 1, n_classes: int = N_CLASSES, invert_input: bool = False
+    dropout: float = 0.0, norm_groups: int = 1, n_classes: int = N_CLASSES, invert_input: bool = False, cut: int = 4
 ) -> tuple[DeviceNet, ServerHead]:
-    """A fresh (device, head) pair; seed torch beforehand for reproducible initial weights.
+    """A fresh (device, head) pair split after block ``cut``; seed torch beforehand for reproducible initial weights.
 
     Callers with a RunConfig pass ``**cfg.model_options()``, so a new model option touches only the config and here.
     """
-    return DeviceNet(dropout, norm_groups, invert_input), ServerHead(n_classes, dropout)
+    return DeviceNet(dropout, norm_groups, invert_input, cut), ServerHead(
+        n_classes, dropout, cut=cut, norm_groups=norm_groups
+    )
 
 
 def split_forward(device: nn.Module, head: nn.Module, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Run both halves explicitly: returns (activations [B,32,1,1] that cross the cut, logits [B,n_classes])."""
+    """Run both halves explicitly: returns (activations [B,C,H,W] that cross the cut, logits [B,n_classes])."""
     activations = device(images)
     return activations, head(activations)
 
@@ -127,7 +152,7 @@ def batched_eval(
 def device_activations(
     device: nn.Module, images: np.ndarray | torch.Tensor, batch_size: int = 512, cut: nn.Module | None = None
 ) -> torch.Tensor:
-    """What the device sends at inference: float32 [N,32,1,1] on the CPU for images [N,1,105,105].
+    """What the device sends at inference: float32 [N, *device.out_shape] on the CPU for images [N,1,105,105].
 
     The device model's activations passed through ``cut`` (``split.cut.Cut``; identity when None): the inference
     query, the attacker's own queries of the device and the benchmarks all send through this one function.
@@ -135,4 +160,18 @@ def device_activations(
     ``images`` may be a (read-only, e.g. memory-mapped) numpy array or a tensor, float in [0,1].
     """
     sender = device if cut is None else nn.Sequential(device, cut.to(next(device.parameters()).device))
-    return batched_eval(sender, images, batch_size, (CUT_CHANNELS, 1, 1))
+    return batched_eval(sender, images, batch_size, activation_shape(device))
+
+
+def activation_shape(device: nn.Module) -> tuple[int, ...]:
+    """The shape of one image's activations out of ``device`` (a ``DeviceNet``, or any module ending in its
+    blocks): (C,H,W), from a forward pass of one blank image when the module does not say."""
+    if isinstance(device, DeviceNet):
+        return device.out_shape
+    param = next(device.parameters())
+    was_training = device.training
+    device.eval()
+    with torch.no_grad():
+        shape = tuple(device(torch.zeros(1, 1, IMAGE_SIDE, IMAGE_SIDE, device=param.device)).shape[1:])
+    device.train(was_training)
+    return shape

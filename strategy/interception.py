@@ -6,7 +6,8 @@ Two interception points:
 - ``train``: the activations each client sent during the last training round, from its *local* model mid-training
   (Poisson-sampled batches, so an image can appear several times or not at all).
 
-Arrays in the file (N rows for inference, M for train): ``<point>_activations`` float32 [.,32,1,1],
+Arrays in the file (N rows for inference, M for train): ``<point>_activations`` float16 [.,C,H,W] (the cut's
+shape; at cut 1 a seeded 256 rows per client, ``core.protocol.Intercepted.compact``),
 ``<point>_partition`` int64 (client partition id), ``<point>_index`` int64 (row in the evaluation set, sorted
 file order). The index is the experimenter's ground truth for scoring; the attack never uses it to reconstruct.
 For the ``train`` point, ``train_device_<partition>/<name>`` holds the device weights that client sent back at the
@@ -57,16 +58,16 @@ def query_activations(
 DEVICE_PREFIX = "train_device_"
 
 
-def _stack(parts: list[Intercepted], point: str) -> dict[str, np.ndarray]:
+def _stack(parts: list[Intercepted], point: str, shape: tuple[int, ...]) -> dict[str, np.ndarray]:
     parts = sorted(parts, key=lambda p: p.partition)
     if not parts:
         return {
-            f"{point}_activations": np.zeros((0, 32, 1, 1), np.float32),
+            f"{point}_activations": np.zeros((0, *shape), np.float16),
             f"{point}_partition": np.zeros(0, np.int64),
             f"{point}_index": np.zeros(0, np.int64),
         }
     stacked = {
-        f"{point}_activations": np.concatenate([p.activations for p in parts]).astype(np.float32),
+        f"{point}_activations": np.concatenate([p.activations for p in parts]).astype(np.float16),
         f"{point}_partition": np.concatenate([np.full(len(p.index), p.partition, np.int64) for p in parts]),
         f"{point}_index": np.concatenate([p.index for p in parts]).astype(np.int64),
     }
@@ -87,6 +88,10 @@ def local_devices(intercepted: dict[str, np.ndarray]) -> dict[int, dict[str, np.
     return out
 
 
-def save_intercepted(run_dir: Path, inference: list[Intercepted], train: list[Intercepted]) -> Path:
-    """Write ``intercepted.npz`` atomically; returns its path. Each list: ``Intercepted`` records."""
-    return files.savez(run_dir / "intercepted.npz", **_stack(inference, "inference"), **_stack(train, "train"))
+def save_intercepted(
+    run_dir: Path, inference: list[Intercepted], train: list[Intercepted], shape: tuple[int, ...]
+) -> Path:
+    """Write ``intercepted.npz`` atomically; returns its path. Each list: ``Intercepted`` records; shape: one row's
+    activation shape (C,H,W), for a point with no record."""
+    stacked = {**_stack(inference, "inference", shape), **_stack(train, "train", shape)}
+    return files.savez(run_dir / "intercepted.npz", **stacked)

@@ -139,7 +139,7 @@ def run_server(
                 f"without passing --max-epsilon {cfg.max_epsilon:g}"
             )
         inference = query_activations(grid, arrays, config)
-        save_intercepted(run_dir, inference, ledger.intercepted_training)
+        save_intercepted(run_dir, inference, ledger.intercepted_training, device.out_shape)
         load_joined(device, head, arrays.to_torch_state_dict())
         # Only the weights: the settings are in config.json, their one copy.
         torch.save({"device": device.state_dict(), "head": head.state_dict()}, run_dir / "model.pt")

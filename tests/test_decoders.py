@@ -206,7 +206,7 @@ def test_conditioned_decoder_uses_the_label(
     knowledge = _knowledge(device, train_activations[:64], train_images[:64], seed=0, epochs=2)
     attack = ConditionedDecoderAttack()
     attack.fit(knowledge)
-    assert attack.model.stem[0].in_features == 32 + 20  # activations and a one-hot label
+    assert attack.model.stem[0].in_features == 32 + 20  # activations and a one-hot label (channels of a 1x1 map)
     acts = train_activations[64:72]
     predicted = knowledge.classify(acts)
     # No label sent: the head's prediction stands in, so giving exactly that label changes nothing ...

@@ -7,7 +7,7 @@ import pytest
 from fake_grid import NODES, FakeClients, FakeGrid, initial_arrays, set_task_identity
 from flwr.app import ConfigRecord, Error, Message, RecordDict
 
-from core.protocol import Intercepted, QueryReply, TrainReply
+from core.protocol import RECORD_ROWS, Intercepted, QueryReply, TrainReply
 from strategy.interception import latest_per_client, query_activations, save_intercepted
 
 
@@ -55,14 +55,29 @@ def test_latest_per_client_keeps_each_clients_last_round() -> None:
 
 
 def test_save_intercepted_stacks_by_partition(tmp_path) -> None:
-    path = save_intercepted(tmp_path, [_record(1, 2, 1.0), _record(0, 3, 0.5)], [])
+    path = save_intercepted(tmp_path, [_record(1, 2, 1.0), _record(0, 3, 0.5)], [], (32, 1, 1))
     with np.load(path) as z:
-        assert z["inference_activations"].shape == (5, 32, 1, 1) and z["inference_activations"].dtype == np.float32
+        assert z["inference_activations"].shape == (5, 32, 1, 1) and z["inference_activations"].dtype == np.float16
         np.testing.assert_array_equal(z["inference_partition"], [0, 0, 0, 1, 1])
         np.testing.assert_array_equal(z["inference_index"], [0, 1, 2, 10, 11])
         np.testing.assert_array_equal(z["inference_activations"][:, 0, 0, 0], [0.5, 0.5, 0.5, 1.0, 1.0])
         assert z["train_activations"].shape == (0, 32, 1, 1) and z["train_index"].dtype == np.int64
     assert [p.name for p in tmp_path.iterdir()] == ["intercepted.npz"]  # no temporary file left behind
+
+
+def test_compact_records_keep_every_row_in_float16_up_to_cut_2_and_a_seeded_sample_at_cut_1() -> None:
+    rng = np.random.default_rng(0)
+    small = Intercepted(3, rng.normal(size=(300, 32, 13, 13)).astype(np.float32), np.arange(300, dtype=np.int64))
+    kept = small.compact(seed=0)
+    assert kept.activations.dtype == np.float16 and len(kept.index) == 300  # cut 2: every row
+    np.testing.assert_allclose(kept.activations, small.activations, rtol=1e-3, atol=1e-3)
+    large = Intercepted(3, rng.normal(size=(300, 32, 33, 33)).astype(np.float32), np.arange(300, dtype=np.int64) * 2)
+    sample = large.compact(seed=0)
+    assert len(sample.index) == RECORD_ROWS == len(sample.activations) and np.all(np.diff(sample.index) > 0)
+    np.testing.assert_array_equal(sample.index, large.compact(seed=0).index)  # seeded: a rerun keeps the same rows
+    assert not np.array_equal(sample.index, large.compact(seed=1).index)
+    row = int(sample.index[7]) // 2  # each kept row is still its own image's activations
+    np.testing.assert_allclose(sample.activations[7], large.activations[row], rtol=1e-3, atol=1e-3)
 
 
 def test_query_activations_asks_every_client() -> None:

@@ -10,7 +10,7 @@ from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from clients.data import OmniglotSet
-from split.model import DeviceNet, ServerHead, build_split, split_forward
+from split.model import DeviceNet, ServerHead, build_split, cut_shape, split_forward
 
 
 @pytest.mark.parametrize("batch", [1, 5])
@@ -27,6 +27,32 @@ def test_head_output_shape(batch: int) -> None:
     out = ServerHead()(torch.randn(batch, 32, 1, 1))
     assert out.shape == (batch, 20)
     assert ServerHead(n_classes=7)(torch.randn(batch, 32, 1, 1)).shape == (batch, 7)
+
+
+@pytest.mark.parametrize("cut, side", [(1, 33), (2, 13), (3, 4), (4, 1)])
+def test_every_cut_splits_the_same_network(cut: int, side: int) -> None:
+    """The device is the first ``cut`` blocks, the server part the rest: together always the original network."""
+    torch.manual_seed(0)
+    device, head = build_split(cut=cut)
+    assert device.out_shape == cut_shape(cut) == (32, side, side) and head.in_shape == (32, side, side)
+    images = torch.rand(3, 1, 105, 105)
+    assert device(images).shape == (3, 32, side, side) and head(device(images)).shape == (3, 20)
+    convs = [m for part in (device, head) for m in part if isinstance(m, nn.Conv2d)]
+    assert [c.kernel_size[0] for c in convs] == [7, 7, 5, 3] and sum(isinstance(m, nn.Conv2d) for m in device) == cut
+    torch.manual_seed(0)
+    whole, _ = build_split()
+    assert [tuple(p.shape) for p in device.parameters()] + [tuple(p.shape) for p in head.parameters()][
+        : 4 * (4 - cut)
+    ] == [tuple(p.shape) for p in whole.parameters()]
+    with pytest.raises(ValueError, match="cut must be one of"):
+        cut_shape(5)
+
+
+def test_the_original_cut_keeps_its_state_dict_keys() -> None:
+    """Runs trained before --cut existed load unchanged: the head at cut 4 starts with its Flatten."""
+    device, head = build_split()
+    assert list(head.state_dict()) == ["1.weight", "1.bias", "4.weight", "4.bias"]
+    assert list(device.state_dict())[:2] == ["0.weight", "0.bias"]
 
 
 def test_split_forward_on_real_images(evaluation: OmniglotSet) -> None:

@@ -16,6 +16,7 @@ import time
 from collections import defaultdict
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -160,6 +161,32 @@ def test_kill_9_then_resume_equals_uninterrupted_with_a_server_optimiser(tmp_pat
     for part in ("device", "head"):
         for key, value in a[part].items():
             assert torch.equal(b[part][key], value), f"{part}.{key}"
+
+
+@pytest.mark.slow
+def test_kill_9_then_resume_is_exact_with_both_defenses_at_a_spatial_cut(tmp_path: Path) -> None:
+    """Cut 2 (32x13x13 activations), noise on clipped activations and NoPeek: the resumed run draws the same cut
+    noise and ends with the same weights and the same intercepted activations as the uninterrupted one."""
+    args = ["--clients", "3", "--rounds", "3", "--limit-per-client", "40", "--skip-attack", "--noise", "0"]
+    args += ["--cut", "2", "--cut-clip", "6", "--cut-noise", "0.1", "--nopeek", "0.5"]
+    whole = tmp_path / "whole"
+    done = _sim(*args, "--out", str(whole))
+    assert done.returncode == 0, done.stderr[-3000:]
+    out = tmp_path / "killed"
+    _kill_after(args, out, "metrics.csv", 2)
+    done = _sim("--resume", str(out), "--skip-attack")
+    assert done.returncode == 0, done.stderr[-3000:]
+    _assert_same_run(whole, out)
+    a, b = (torch.load(d / "model.pt", weights_only=True) for d in (whole, out))
+    assert a["device"]["6.weight"].shape == (32, 32, 7, 7) and a["head"]["0.weight"].shape == (32, 32, 5, 5)
+    for part in ("device", "head"):
+        for key, value in a[part].items():
+            assert torch.equal(b[part][key], value), f"{part}.{key}"
+    with np.load(whole / "intercepted.npz") as x, np.load(out / "intercepted.npz") as y:
+        assert x["inference_activations"].shape[1:] == (32, 13, 13) and x["inference_activations"].dtype == np.float16
+        assert sorted(x.files) == sorted(y.files)
+        for key in x.files:
+            np.testing.assert_array_equal(x[key], y[key], err_msg=key)
 
 
 @pytest.mark.slow
