@@ -1,7 +1,7 @@
 """How much of an image its activations determine: reference points for any decoder, on the ``unseen`` set.
 
-A decoder maps 32 numbers to 11,025 pixels, so it can only be as specific as the activations are. Three measures,
-all on small2's unseen images, which come 20 drawings (drawers) to a character:
+A decoder maps 32 numbers (at the default cut) to 11,025 pixels, so it can only be as specific as the activations
+are. Three measures, all on small2's unseen images, which come 20 drawings (drawers) to a character:
 
 - ``activation_nn_reid_top1``: re-identification in activation space: each activation matched to the nearest of
   the candidates' own activations (what an attacker holding the candidate images would do). Without a defense at the

@@ -98,6 +98,16 @@ def epsilon(history: History, delta: float, accountant: str = "rdp") -> float:
     return float(make_accountant(accountant, history).get_epsilon(delta=delta))
 
 
+def cut_release_epsilon(cut_noise: float, releases: int, delta: float, accountant: str = "rdp") -> float:
+    """The epsilon of the noisy cut (``split.cut.NoisyCut``) for one image whose clipped activations were sent
+    ``releases`` times: the Gaussian mechanism with L2 sensitivity 2 x clip and noise std ``cut_noise`` x clip,
+    i.e. noise multiplier cut_noise / 2, composed without subsampling. inf when ``cut_noise`` is 0. It covers the
+    activations alone (not the labels sent beside them, nor the device weights)."""
+    if cut_noise <= 0:
+        return math.inf
+    return epsilon([(cut_noise / 2, 1.0, releases)], delta, accountant)
+
+
 def total_steps(history: History) -> int:
     return int(sum(n for _, _, n in history))
 

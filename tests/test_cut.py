@@ -17,6 +17,7 @@ from clients.data import OmniglotSet
 from clients.train import train_local
 from core.config import RunConfig
 from core.errors import UserError
+from core.privacy import cut_release_epsilon, epsilon
 from split.cut import Cut, NoisyCut, build_cut, distance_correlation
 from split.model import build_split, device_activations
 
@@ -85,6 +86,14 @@ def test_noisy_queries_repeat_exactly(batch: tuple[torch.Tensor, torch.Tensor]) 
     other = device_activations(device, images, cut=query_cut(cfg, 1, 5))
     torch.testing.assert_close(first, again, rtol=0, atol=0)  # a resumed run's query sends the same
     assert not torch.equal(first, other) and math.isfinite(float(first.sum()))
+
+
+def test_the_noisy_cuts_guarantee_is_the_gaussian_mechanisms() -> None:
+    # Noise multiplier s/2 per release, composed: at s = 0.1 one release is already vacuous (about 295).
+    assert cut_release_epsilon(0.1, 1, 1e-5) == pytest.approx(294.86, rel=1e-3)
+    assert cut_release_epsilon(4.0, 1, 1e-5) == pytest.approx(epsilon([(2.0, 1.0, 1)], 1e-5), rel=1e-12)
+    assert cut_release_epsilon(4.0, 10, 1e-5) > cut_release_epsilon(4.0, 1, 1e-5)
+    assert cut_release_epsilon(0.0, 1, 1e-5) == math.inf
 
 
 def test_distance_correlation_is_one_for_a_similarity_and_small_for_independent_samples() -> None:

@@ -37,13 +37,16 @@ def test_every_cut_trains_with_dp_sgd_and_is_attacked(
 
     monkeypatch.setattr("attack.run.load_set", _every_20th)
     monkeypatch.setattr("attack.surrogate.load_set", _every_20th)
-    run_dir = make_run(tmp_path / "run", evaluation, cut=cut, attack_epochs=1, whitebox_images=3)
+    attacks = ("seed", "up", "cond", "rmle", "whitebox")  # every registered attack
+    run_dir = make_run(
+        tmp_path / "run", evaluation, cut=cut, attack_epochs=1, whitebox_images=3, attacks=",".join(attacks)
+    )
     results = run_attack(run_dir, console=_quiet())
     for name in ("unseen", "client_0_inference", "client_0_train"):
-        assert {"seed", "cond", "whitebox", "baseline", "best"} <= set(results[name]), name
-        for attack in ("seed", "cond", "whitebox"):
+        assert {*attacks, "baseline", "best"} == set(results[name]), name
+        for attack in attacks:
             assert 0 <= results[name][attack]["ssim"] <= 1 and np.isfinite(results[name][attack]["mse"])
-    assert results["unseen"]["whitebox"]["n"] == 3
+    assert results["unseen"]["whitebox"]["n"] == results["unseen"]["rmle"]["n"] == 3
     meta = json.loads((run_dir / "attack.json").read_text())
     assert meta["ceiling_unseen"]["activation_nn_reid_top1"] == 1.0  # a deterministic cut fingerprints each image
     with np.load(run_dir / "reconstructions_unseen.npz") as z:

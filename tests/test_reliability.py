@@ -148,6 +148,12 @@ def test_kill_9_then_resume_equals_uninterrupted(reference, tmp_path: Path) -> N
 def test_kill_9_then_resume_equals_uninterrupted_with_a_server_optimiser(tmp_path: Path) -> None:
     """FedAdam keeps moments between rounds: the checkpoint must carry them, or the resumed run steps differently."""
     args = ["--clients", "3", "--rounds", "3", "--limit-per-client", "40", "--skip-attack", "--strategy", "fedadam"]
+    _resume_equals_whole(args, tmp_path)
+
+
+def _resume_equals_whole(args: list[str], tmp_path: Path) -> tuple[Path, Path]:
+    """Run ``args`` whole, and again killed after round 2 then resumed; assert the two runs' ledgers, metrics and
+    final weights are identical. Returns (whole, resumed) run directories."""
     whole = tmp_path / "whole"
     done = _sim(*args, "--out", str(whole))
     assert done.returncode == 0, done.stderr[-3000:]
@@ -161,6 +167,7 @@ def test_kill_9_then_resume_equals_uninterrupted_with_a_server_optimiser(tmp_pat
     for part in ("device", "head"):
         for key, value in a[part].items():
             assert torch.equal(b[part][key], value), f"{part}.{key}"
+    return whole, out
 
 
 @pytest.mark.slow
@@ -169,19 +176,9 @@ def test_kill_9_then_resume_is_exact_with_both_defenses_at_a_spatial_cut(tmp_pat
     noise and ends with the same weights and the same intercepted activations as the uninterrupted one."""
     args = ["--clients", "3", "--rounds", "3", "--limit-per-client", "40", "--skip-attack", "--noise", "0"]
     args += ["--cut", "2", "--cut-clip", "6", "--cut-noise", "0.1", "--nopeek", "0.5"]
-    whole = tmp_path / "whole"
-    done = _sim(*args, "--out", str(whole))
-    assert done.returncode == 0, done.stderr[-3000:]
-    out = tmp_path / "killed"
-    _kill_after(args, out, "metrics.csv", 2)
-    done = _sim("--resume", str(out), "--skip-attack")
-    assert done.returncode == 0, done.stderr[-3000:]
-    _assert_same_run(whole, out)
-    a, b = (torch.load(d / "model.pt", weights_only=True) for d in (whole, out))
-    assert a["device"]["6.weight"].shape == (32, 32, 7, 7) and a["head"]["0.weight"].shape == (32, 32, 5, 5)
-    for part in ("device", "head"):
-        for key, value in a[part].items():
-            assert torch.equal(b[part][key], value), f"{part}.{key}"
+    whole, out = _resume_equals_whole(args, tmp_path)
+    model = torch.load(whole / "model.pt", weights_only=True)
+    assert model["device"]["6.weight"].shape == (32, 32, 7, 7) and model["head"]["0.weight"].shape == (32, 32, 5, 5)
     with np.load(whole / "intercepted.npz") as x, np.load(out / "intercepted.npz") as y:
         assert x["inference_activations"].shape[1:] == (32, 13, 13) and x["inference_activations"].dtype == np.float16
         assert sorted(x.files) == sorted(y.files)
