@@ -241,7 +241,7 @@ def run_all(cfg: RunConfig, args: argparse.Namespace) -> None:
     so a bad input leaves no run directory behind.
     """
     from clients.data import resolve_root
-    from strategy.server_app import check_run_dir, default_run_dir
+    from strategy.server_app import check_run_dir, clear_run_dir, default_run_dir
 
     noises = list(args.noise)
     resume = None
@@ -259,6 +259,8 @@ def run_all(cfg: RunConfig, args: argparse.Namespace) -> None:
             run_dirs = [report_dir / f"s{sigma:g}" for sigma in noises]
         for run_dir in {report_dir, *run_dirs}:
             check_run_dir(run_dir, args.overwrite)
+        if args.overwrite:
+            clear_run_dir(report_dir)  # a sweep's report directory holds its runs: no stale file of an earlier one
         configs = [dataclasses.replace(cfg, noise=sigma) for sigma in noises]
         chosen = [plan_privacy(c) for c in configs]  # also fails fast on missing data and builds the cache
         if len(noises) > 1:
@@ -277,8 +279,112 @@ def run_all(cfg: RunConfig, args: argparse.Namespace) -> None:
         print(f"report: {write_report(report_dir, run_dirs)}")
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+STUDY_OUT = Path("runs/study")
+
+
+def build_study_parser() -> argparse.ArgumentParser:
+    p = _OneLineParser(
+        prog="sim.py study",
+        description="Run a grid of trainings + attacks (the study, core/study.py) and write report.html / report.md.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("--grid", type=Path, help="TOML grid file ([base] settings, [[cells]]); default: the built-in grid")
+    p.add_argument("--out", type=Path, default=STUDY_OUT, help="study directory: one run directory per cell")
+    p.add_argument("--data-dir", default="", help="Omniglot zips/folders; else $OMNIGLOT_ROOT, ./data/omniglot")
+    p.add_argument("--shard", help="K/N: run every N-th cell from the K-th (N machines sharing --out)")
+    p.add_argument("--list", action="store_true", help="print the cells and their state; run nothing")
+    p.add_argument("--report-only", action="store_true", help="write the report from the finished cells; run nothing")
+    return p
+
+
+def cell_state(cfg: RunConfig, run_dir: Path) -> str:
+    """ "todo", "incomplete" (resume it), "trained" (attack it) or "done"; UserError when ``run_dir`` holds a run of
+    other settings (a cell is never recomputed, nor silently replaced)."""
+    if not run_dir.is_dir() or not any(run_dir.iterdir()):
+        return "todo"
     try:
+        saved = json.loads((run_dir / "config.json").read_text())["settings"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return "todo"  # killed before config.json was written: nothing worth keeping
+    ignore = {"out", "data_dir", "noise", *RESUME_MAY_CHANGE}  # noise: resolved from target_epsilon when set
+    if not cfg.target_epsilon:
+        ignore.discard("noise")
+    wanted = cfg.settings_dict()
+    differ = sorted(k for k in wanted if k not in ignore and saved.get(k, getattr(D, k)) != wanted[k])
+    if differ:
+        raise UserError(f"{run_dir} holds a run with other settings ({', '.join(differ)}); use another --out")
+    if (run_dir / "INCOMPLETE").exists():
+        return "incomplete"
+    if not (run_dir / "leakage.json").exists() or not (run_dir / "attack.json").exists():
+        return "trained"
+    return "done"
+
+
+def run_study(argv: Sequence[str]) -> None:
+    """``python sim.py study``: every cell of the grid (or of ``--shard``) trained and attacked once, resumed where
+    it stopped, never recomputed; then the report, once every cell of the grid is done."""
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+    from rich.table import Table
+
+    from attack.run import run_attack
+    from clients.data import resolve_root
+    from core import files
+    from core.study import check_cells, default_grid, read_grid, shard_of
+    from strategy.server_app import clear_run_dir
+
+    args = build_study_parser().parse_args(argv)
+    base_settings, cells = read_grid(args.grid) if args.grid else ({}, default_grid())
+    check_cells(cells)
+    data_dir = str(resolve_root(args.data_dir or None).resolve())
+    base = RunConfig(**{**base_settings, "data_dir": data_dir})
+    configs = {cell.name: cell.config(base, args.out) for cell in cells}
+    states = {cell.name: cell_state(configs[cell.name], args.out / cell.name) for cell in cells}
+    console = Console()
+    table = Table(title=f"study {args.out}: {len(cells)} cells")
+    for column in ("cell", "family", "point", "cut", "state"):
+        table.add_column(column)
+    for cell in cells:
+        table.add_row(cell.name, cell.family, cell.label, str(configs[cell.name].cut), states[cell.name])
+    console.print(table)
+    if args.list:
+        return
+    mine = [] if args.report_only else shard_of(cells, args.shard) if args.shard else cells
+    todo = [cell for cell in mine if states[cell.name] != "done"]
+    if todo:
+        args.out.mkdir(parents=True, exist_ok=True)
+        grid = {"base": base_settings, "cells": [dataclasses.asdict(c) for c in cells]}
+        files.write_text(args.out / "study.json", json.dumps(grid, indent=2) + "\n")
+    columns = (TextColumn("[bold]study"), BarColumn(), MofNCompleteColumn(), TextColumn("cells"), TimeElapsedColumn())
+    with Progress(*columns, console=console, transient=False) as progress:
+        task = progress.add_task("cells", total=len(mine), completed=len(mine) - len(todo))
+        for cell in todo:
+            cfg, run_dir = configs[cell.name], args.out / cell.name
+            progress.console.rule(f"cell {cell.name} ({cell.family}, {cell.label}, cut {cfg.cut}): {states[cell.name]}")
+            if states[cell.name] in ("todo", "incomplete"):
+                chosen = plan_privacy(cfg)  # sigma from the cell's target epsilon, before the checkpoint is checked
+                resume = check_resume(cfg, run_dir) if states[cell.name] == "incomplete" else None
+                if resume is None and run_dir.exists():
+                    clear_run_dir(run_dir)
+                train(cfg, run_dir, chosen, resume)
+            run_attack(run_dir, cfg.data_dir or None, epochs=cfg.attack_epochs, seed=cfg.seed)
+            states[cell.name] = "done"
+            progress.advance(task)
+    missing = [cell.name for cell in cells if states[cell.name] != "done"]
+    if missing:
+        console.print(f"report: not written yet, {len(missing)} cell(s) to finish: {', '.join(missing)}")
+        return
+    from attack.study_report import write_study_report
+
+    print(f"report: {write_study_report(args.out, cells, configs)}")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        if argv[:1] == ["study"]:
+            run_study(argv[1:])
+            return 0
         cfg, args = parse_config(argv)
         if args.dry_run:
             dry_run(cfg, args.download)

@@ -11,6 +11,7 @@ import json
 import logging
 import os
 import platform
+import shutil
 import time
 from importlib import metadata
 from pathlib import Path
@@ -61,6 +62,24 @@ def check_run_dir(path: Path, overwrite: bool = False) -> None:
         raise UserError(f"cannot create --out {path}: {existing} is not a directory")
     if not os.access(existing, os.W_OK | os.X_OK):
         raise UserError(f"cannot write to --out {path}: {existing} is not writable")
+
+
+RUN_MARKERS = ("config.json", "INCOMPLETE", "report.md", "study.json")  # what only a run (or sweep) directory holds
+
+
+def clear_run_dir(path: Path) -> None:
+    """Empty a run directory before it is reused (``--overwrite``, a study cell started over), so that no file of an
+    earlier run is left beside the new one's. UserError for a non-empty directory holding none of ``RUN_MARKERS``:
+    ``--overwrite`` never empties a folder that is not a run's."""
+    if not path.is_dir() or not any(path.iterdir()):
+        return
+    if not any((path / name).exists() for name in RUN_MARKERS):
+        raise UserError(f"--overwrite {path}: not a run directory (no {' / '.join(RUN_MARKERS)}); not emptying it")
+    for child in path.iterdir():
+        if child.is_dir() and not child.is_symlink():
+            shutil.rmtree(child)
+        else:
+            child.unlink()
 
 
 def prepare_run_dir(path: Path, overwrite: bool = False) -> Path:

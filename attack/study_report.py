@@ -1,0 +1,411 @@
+"""The study's answer: leakage against accuracy per defense family, as ``report.html`` (self-contained) and
+``report.md``, with ``study.csv`` and the figures beside them.
+
+Reads only what each cell's training and attack wrote (config.json, metrics.csv, ledger.csv, leakage.json,
+attack.json, the reconstruction PNGs). Leakage is measured on ``unseen`` small2 images (the honest number) and on
+the clients' own images; two worst cases for the client are plotted:
+- re-identification top-1 of the set's ``best`` attack (the highest lower end of the re-id interval);
+- SSIM of the attack with the highest SSIM (a decoder drawing a clean background can out-score, on SSIM, an attack
+  that re-identifies more: measured at cut 2, README).
+Each with its bootstrap 95 % interval.
+"""
+
+from __future__ import annotations
+
+import base64
+import csv
+import html
+import json
+import math
+import statistics
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+from core import files  # noqa: E402
+from core.config import RunConfig  # noqa: E402
+from core.privacy import EPSILON_COVERS  # noqa: E402
+from core.study import Cell  # noqa: E402
+
+SETS = ("unseen", "clients_inference", "clients_train")
+FAMILY_COLOURS = {"dp": "tab:blue", "cut-noise": "tab:orange", "nopeek": "tab:green"}
+FAMILY_NAMES = {"dp": "DP-SGD (epsilon sweep)", "cut-noise": "noise on clipped activations", "nopeek": "NoPeek"}
+CUT_MARKERS = {1: "^", 2: "s", 3: "D", 4: "o"}
+FIGURES = ("leakage_vs_accuracy.png", "leakage_vs_epsilon_study.png", "epsilon_per_round_study.png")
+CSV_COLUMNS = (
+    "cell", "family", "point", "cut", "noise", "epsilon_median", "epsilon_max", "val_acc", "set", "best_attack",
+    "reid_top1", "reid_top1_lo", "reid_top1_hi", "reid_chance", "ssim_attack", "ssim", "ssim_lo", "ssim_hi",
+    "mse", "baseline_ssim", "baseline_mse", "activation_nn_reid", "run_dir",
+)  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Point:
+    """One cell's numbers: its accuracy, privacy and, per set, the two worst-case leakage figures."""
+
+    cell: Cell
+    cut: int
+    noise: float
+    epsilon_median: float
+    epsilon_max: float
+    val_acc: float
+    sets: dict[str, dict]  # set -> {"best": leakage row + "attack", "ssim": (attack, row), "baseline": row}
+    activation_nn_reid: float
+    epsilon_rounds: list[float]  # median client epsilon after each round
+    run_dir: Path
+
+    def reid(self, set_name: str = "unseen") -> dict:
+        return self.sets[set_name]["best"]
+
+    def ssim(self, set_name: str = "unseen") -> dict:
+        return self.sets[set_name]["ssim"][1]
+
+
+def _rows(path: Path) -> list[dict]:
+    with path.open(newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
+def read_point(cell: Cell, cfg: RunConfig, run_dir: Path) -> Point:
+    """A finished cell's numbers from its run directory."""
+    settings = json.loads((run_dir / "config.json").read_text())["settings"]
+    last: dict[str, float] = {}
+    by_round: dict[int, float] = {}  # the median client's spend after each round
+    for row in _rows(run_dir / "ledger.csv"):  # in round order: the last row per client is its final spend
+        last[row["partition_id"]] = float(row["epsilon"])
+        by_round[int(row["round"])] = statistics.median(last.values())
+    eps = sorted(last.values()) or [math.nan]
+    metrics = _rows(run_dir / "metrics.csv")
+    leakage = json.loads((run_dir / "leakage.json").read_text())
+    attack = json.loads((run_dir / "attack.json").read_text())
+    sets = {}
+    for set_name in SETS:
+        methods = leakage[set_name]
+        attacks = {k: v for k, v in methods.items() if k not in ("best", "baseline")}
+        top_ssim = max(attacks, key=lambda k: attacks[k]["ssim"])
+        sets[set_name] = {
+            "best": methods["best"],
+            "ssim": (top_ssim, attacks[top_ssim]),
+            "baseline": methods["baseline"],
+        }
+    return Point(
+        cell=cell,
+        cut=int(settings.get("cut", cfg.cut)),
+        noise=float(settings["noise"]),
+        epsilon_median=statistics.median(eps),
+        epsilon_max=eps[-1],
+        val_acc=float(metrics[-1]["val_acc"]),
+        sets=sets,
+        activation_nn_reid=float(attack.get("ceiling_unseen", {}).get("activation_nn_reid_top1", math.nan)),
+        epsilon_rounds=[by_round[r] for r in sorted(by_round)],
+        run_dir=run_dir,
+    )
+
+
+def curves(points: Sequence[Point]) -> dict[tuple[str, int], list[Point]]:
+    """(family, cut) -> its points in order of strength, each non-DP curve starting from the no-defense cell at that
+    cut (the DP cell without noise), DP from epsilon inf down."""
+    plain = {p.cut: p for p in points if p.cell.family == "dp" and p.noise == 0}
+    out: dict[tuple[str, int], list[Point]] = {}
+    for p in points:
+        out.setdefault((p.cell.family, p.cut), []).append(p)
+    for (family, cut), series in out.items():
+        if family == "dp":
+            series.sort(key=lambda p: -p.epsilon_median if math.isfinite(p.epsilon_median) else -math.inf)
+        else:
+            series.sort(key=lambda p: _strength(p.cell))
+            if cut in plain:
+                series.insert(0, plain[cut])
+    return out
+
+
+def _strength(cell: Cell) -> float:
+    return float(cell.settings.get("cut_noise", cell.settings.get("nopeek", 0.0)))
+
+
+def _interval(row: dict, key: str) -> tuple[float, float]:
+    return row[key] - row[f"{key}_lo"], row[f"{key}_hi"] - row[key]
+
+
+def plot_headline(points: Sequence[Point], path: Path) -> None:
+    """Leakage (unseen) against val acc: re-id of the best attack and the highest SSIM, one curve per family and
+    cut, DP points labelled with their epsilon; dotted: the mean-image baseline's SSIM and the re-id chance."""
+    fig, axes = plt.subplots(1, 2, figsize=(13, 5.2))
+    for (family, cut), series in curves(points).items():
+        xs = [p.val_acc for p in series]
+        style = {"color": FAMILY_COLOURS[family], "marker": CUT_MARKERS.get(cut, "o"), "capsize": 3}
+        style["linestyle"] = "-" if cut == 4 else "--"
+        label = f"{FAMILY_NAMES[family]}, cut {cut}"
+        for ax, rows, key in (
+            (axes[0], [p.reid() for p in series], "reid_top1"),
+            (axes[1], [p.ssim() for p in series], "ssim"),
+        ):
+            ys = [r[key] for r in rows]
+            err = list(zip(*(_interval(r, key) for r in rows), strict=True))
+            ax.errorbar(xs, ys, yerr=err, label=label, **style)
+        if family == "dp":
+            for p in series:
+                for ax, y in ((axes[0], p.reid()["reid_top1"]), (axes[1], p.ssim()["ssim"])):
+                    ax.annotate(_eps_label(p), (p.val_acc, y), textcoords="offset points", xytext=(5, 4), fontsize=8)
+    chance = statistics.mean(p.reid()["reid_chance"] for p in points)
+    axes[0].axhline(chance, color="grey", linestyle=":", linewidth=1, label="chance")
+    axes[0].set(yscale="symlog", ylabel="re-id top-1 (best attack)", ylim=(0, 1.2))
+    axes[0].set_yscale("symlog", linthresh=0.01)
+    baseline = statistics.mean(p.sets["unseen"]["baseline"]["ssim"] for p in points)
+    axes[1].axhline(baseline, color="grey", linestyle=":", linewidth=1, label="mean image (knows nothing)")
+    axes[1].set(ylabel="SSIM (highest of any attack)")
+    for ax in axes:
+        ax.set_xlabel("validation accuracy (20 alphabets)")
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=7)
+    axes[1].legend(fontsize=7)
+    fig.suptitle("Leakage on unseen images against task accuracy (bars: bootstrap 95 % intervals)")
+    fig.tight_layout()
+    _save(fig, path)
+
+
+def _eps_label(p: Point) -> str:
+    return "eps inf" if not math.isfinite(p.epsilon_median) else f"eps {p.epsilon_median:.3g}"
+
+
+def plot_epsilon(points: Sequence[Point], path: Path) -> None:
+    """DP cells only: re-id, highest SSIM and val acc against the median client epsilon, one line per cut."""
+    dp = [p for p in points if p.cell.family == "dp"]
+    finite = [p.epsilon_median for p in dp if math.isfinite(p.epsilon_median)] or [1.0]
+    right = max(finite) * 10  # where epsilon inf is drawn
+
+    def x(p: Point) -> float:
+        return p.epsilon_median if math.isfinite(p.epsilon_median) else right
+
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4.5))
+    for (_, cut), series in sorted(curves(dp).items(), key=lambda kv: kv[0][1]):
+        xs = [x(p) for p in series]
+        style = {"marker": CUT_MARKERS.get(cut, "o"), "capsize": 3, "label": f"cut {cut}"}
+        for ax, rows, key in (
+            (axes[0], [p.reid() for p in series], "reid_top1"),
+            (axes[1], [p.ssim() for p in series], "ssim"),
+        ):
+            ax.errorbar(
+                xs, [r[key] for r in rows], yerr=list(zip(*(_interval(r, key) for r in rows), strict=True)), **style
+            )
+        axes[2].plot(xs, [p.val_acc for p in series], marker=style["marker"], label=f"cut {cut}")
+    ticks = sorted({x(p) for p in dp})
+    for ax, label in zip(axes, ("re-id top-1 (best attack, unseen)", "SSIM (highest, unseen)", "val acc"), strict=True):
+        ax.set_xscale("log")
+        ax.set_xticks(ticks, [f"{t:.3g}" if t != right else "inf" for t in ticks])
+        ax.minorticks_off()
+        ax.set(xlabel="median client epsilon", ylabel=label)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    axes[0].set_yscale("symlog", linthresh=0.01)
+    fig.suptitle("DP-SGD: leakage and accuracy against epsilon (per client, record-level, device weights only)")
+    fig.tight_layout()
+    _save(fig, path)
+
+
+def plot_rounds(points: Sequence[Point], path: Path) -> None:
+    """The median client's epsilon after each round, one line per DP cell with noise."""
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for p in points:
+        if p.cell.family == "dp" and p.noise > 0:
+            rounds = range(1, len(p.epsilon_rounds) + 1)
+            ax.plot(rounds, p.epsilon_rounds, marker="o", label=f"{p.cell.name} (sigma {p.noise:.3g})")
+    ax.set(xlabel="round", ylabel="median client epsilon", title="Privacy budget spent per round")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    _save(fig, path)
+
+
+def _save(fig: plt.Figure, path: Path) -> None:
+    files.write_with(path, lambda fh: fig.savefig(fh, format="png", dpi=100))
+    plt.close(fig)
+
+
+def _ci(row: dict, key: str, digits: int = 3) -> str:
+    return f"{row[key]:.{digits}f} [{row[f'{key}_lo']:.{digits}f}, {row[f'{key}_hi']:.{digits}f}]"
+
+
+def headline(points: Sequence[Point]) -> str:
+    """The study's answer in a sentence or three, computed from the points (see ``_compare``)."""
+    sentences = []
+    for cut in sorted({p.cut for p in points}, reverse=True):
+        at_cut = [p for p in points if p.cut == cut]
+        plain = next((p for p in at_cut if p.cell.family == "dp" and p.noise == 0), None)
+        dp = sorted(
+            (p for p in at_cut if p.cell.family == "dp" and p.noise > 0), key=lambda p: abs(p.epsilon_median - 8)
+        )
+        if plain is None:
+            continue
+        if dp:
+            target = dp[0]
+            s = (
+                f"At cut {cut}, going from epsilon inf to epsilon {target.epsilon_median:.3g} moves the best "
+                f"attack's re-id on unseen images from {_ci(plain.reid(), 'reid_top1')} to "
+                f"{_ci(target.reid(), 'reid_top1')} at an accuracy cost of {plain.val_acc - target.val_acc:+.3f} "
+                f"(val acc {plain.val_acc:.3f} to {target.val_acc:.3f})"
+            )
+            for family in ("cut-noise", "nopeek"):
+                s += _compare(plain, target, [p for p in at_cut if p.cell.family == family], family)
+            sentences.append(s + ".")
+        else:
+            sentences.append(
+                f"At cut {cut} without DP the best attack re-identifies {_ci(plain.reid(), 'reid_top1')} of unseen "
+                f"images at val acc {plain.val_acc:.3f}."
+            )
+    plains = {p.cut: p for p in points if p.cell.family == "dp" and p.noise == 0}
+    if 4 in plains and 2 in plains:
+        a, b = plains[4], plains[2]
+        sentences.append(
+            f"Moving the cut from block 4 to block 2 (no defense) moves re-id from {_ci(a.reid(), 'reid_top1')} to "
+            f"{_ci(b.reid(), 'reid_top1')}, with val acc {a.val_acc:.3f} and {b.val_acc:.3f}."
+        )
+    return " ".join(sentences) or "No cell is finished yet."
+
+
+def _compare(plain: Point, target: Point, family: list[Point], name: str) -> str:
+    """ "; <family> reaches the same re-id at an accuracy cost of d": the weakest strength whose re-id is at or
+    below the DP point's upper bound, or says that none does."""
+    reached = sorted(
+        (p for p in family if p.reid()["reid_top1"] <= target.reid()["reid_top1_hi"]), key=lambda p: _strength(p.cell)
+    )
+    what = FAMILY_NAMES[name]
+    if not family:
+        return ""
+    if not reached:
+        return f"; no {what} strength tried reaches that re-id"
+    p = reached[0]
+    return (
+        f"; {what} ({p.cell.label}) reaches {_ci(p.reid(), 'reid_top1')} at an accuracy cost of "
+        f"{plain.val_acc - p.val_acc:+.3f}"
+    )
+
+
+def write_csv(points: Sequence[Point], path: Path) -> None:
+    with files.atomic_open(path, "w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=CSV_COLUMNS)
+        writer.writeheader()
+        for p in points:
+            for set_name in SETS:
+                best, (ssim_attack, top), base = (p.sets[set_name][k] for k in ("best", "ssim", "baseline"))
+                writer.writerow(
+                    {
+                        "cell": p.cell.name, "family": p.cell.family, "point": p.cell.label, "cut": p.cut,
+                        "noise": p.noise, "epsilon_median": p.epsilon_median, "epsilon_max": p.epsilon_max,
+                        "val_acc": p.val_acc, "set": set_name, "best_attack": best["attack"],
+                        **{k: best[k] for k in ("reid_top1", "reid_top1_lo", "reid_top1_hi", "reid_chance", "mse")},
+                        "ssim_attack": ssim_attack, **{k: top[k] for k in ("ssim", "ssim_lo", "ssim_hi")},
+                        "baseline_ssim": base["ssim"], "baseline_mse": base["mse"],
+                        "activation_nn_reid": p.activation_nn_reid, "run_dir": str(p.run_dir),
+                    }
+                )  # fmt: skip
+
+
+def _table(points: Sequence[Point]) -> tuple[list[str], list[list[str]]]:
+    head = ["cell", "family", "cut", "sigma", "epsilon (median)", "val acc", "best attack", "re-id top-1 (unseen)",
+            "highest SSIM (unseen)", "re-id clients, inference", "re-id clients, training",
+            "activation-NN re-id"]  # fmt: skip
+    rows = []
+    for p in points:
+        eps = "inf" if not math.isfinite(p.epsilon_median) else f"{p.epsilon_median:.3g}"
+        rows.append(
+            [
+                p.cell.name,
+                p.cell.family,
+                str(p.cut),
+                f"{p.noise:.3g}",
+                eps,
+                f"{p.val_acc:.3f}",
+                p.reid()["attack"],
+                _ci(p.reid(), "reid_top1"),
+                f"{_ci(p.ssim(), 'ssim')} ({p.sets['unseen']['ssim'][0]})",
+                _ci(p.reid("clients_inference"), "reid_top1"),
+                _ci(p.reid("clients_train"), "reid_top1"),
+                f"{p.activation_nn_reid:.3f}",
+            ]  # fmt: skip
+        )
+    return head, rows
+
+
+COVERS = (
+    f"What epsilon covers: {EPSILON_COVERS}. The cut-noise cells add a separate, per-release guarantee on the "
+    "activations (a Gaussian mechanism of noise multiplier cut-noise / 2, composed over every release of an image; "
+    "core.privacy.cut_release_epsilon), vacuous at the strengths shown (hundreds or more per release); NoPeek has no "
+    "formal guarantee. Activation-NN re-id: matching each intercepted activation to the candidates' own activations, "
+    "what an attacker holding the candidate images achieves (the ceiling for identification)."
+)
+
+
+def write_study_report(out_dir: Path, cells: Sequence[Cell], configs: Mapping[str, RunConfig]) -> Path:
+    """study.csv, the figures, report.md and a self-contained report.html (every figure inline) in ``out_dir``;
+    returns report.html's path."""
+    points = [read_point(c, configs[c.name], out_dir / c.name) for c in cells]
+    write_csv(points, out_dir / "study.csv")
+    plot_headline(points, out_dir / FIGURES[0])
+    plot_epsilon(points, out_dir / FIGURES[1])
+    plot_rounds(points, out_dir / FIGURES[2])
+    sentence = headline(points)
+    files.write_text(out_dir / "report.md", _markdown(points, sentence))
+    return files.write_text(out_dir / "report.html", _html(out_dir, points, sentence))
+
+
+def _markdown(points: Sequence[Point], sentence: str) -> str:
+    head, rows = _table(points)
+    lines = ["# Leakage against accuracy: the study", "", f"**{sentence}**", "", COVERS, ""]
+    lines += [f"![{name}]({name})" for name in FIGURES]
+    lines += ["", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    lines += ["| " + " | ".join(r) + " |" for r in rows]
+    lines += ["", "Every number: [study.csv](study.csv). Each cell's run directory holds its reconstructions:"]
+    lines += [f"- [{p.cell.name}]({p.cell.name}/report.md)" for p in points]
+    return "\n".join(lines) + "\n"
+
+
+def _img(path: Path, alt: str) -> str:
+    data = base64.b64encode(path.read_bytes()).decode("ascii")
+    return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{data}">'
+
+
+# Per-client grids inline for the no-defense cells (the worst case at each cut): the others stay one click away.
+INLINE_CLIENTS = 4
+
+
+def _html(out_dir: Path, points: Sequence[Point], sentence: str) -> str:
+    head, rows = _table(points)
+    esc = html.escape
+    parts = [
+        "<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>Split learning leakage study</title>",
+        "<style>body{font-family:sans-serif;max-width:1400px;margin:auto;padding:1em}img{max-width:100%}"
+        "table{border-collapse:collapse;font-size:0.85em}td,th{border:1px solid #bbb;padding:3px 6px}"
+        "#headline{font-size:1.15em;background:#f3f6fa;padding:0.8em;border-left:4px solid #2a6}</style></head><body>",
+        "<h1>How much of a client's images can the server reconstruct, at each privacy budget?</h1>",
+        f"<p id='headline'>{esc(sentence)}</p>",
+        f"<p>{esc(COVERS)}</p>",
+        "<h2>Leakage against accuracy</h2>",
+        _img(out_dir / FIGURES[0], "leakage against accuracy"),
+        "<h2>Leakage against epsilon (DP-SGD)</h2>",
+        _img(out_dir / FIGURES[1], "leakage against epsilon"),
+        "<h2>Privacy budget per round</h2>",
+        _img(out_dir / FIGURES[2], "epsilon per round"),
+        "<h2>Every cell</h2><table><tr>" + "".join(f"<th>{esc(h)}</th>" for h in head) + "</tr>",
+        *("<tr>" + "".join(f"<td>{esc(c)}</td>" for c in r) + "</tr>" for r in rows),
+        "</table><p>Every number: <a href='study.csv'>study.csv</a>.</p>",
+        "<h2>Reconstructions</h2>",
+    ]
+    for p in points:
+        parts.append(f"<h3>{esc(p.cell.name)} ({esc(p.cell.family)}, {esc(p.cell.label)}, cut {p.cut})</h3>")
+        unseen = p.run_dir / "reconstructions_unseen.png"
+        if unseen.exists():
+            parts.append(_img(unseen, f"{p.cell.name} unseen"))
+        grids = sorted(p.run_dir.glob("reconstructions_client_*.png"), key=lambda f: int(f.stem.rsplit("_", 1)[1]))
+        shown = grids[:INLINE_CLIENTS] if p.cell.family == "dp" and p.noise == 0 else []
+        parts += [_img(g, f"{p.cell.name} {g.stem}") for g in shown]
+        links = ", ".join(f"<a href='{esc(p.cell.name)}/{g.name}'>{g.stem.rsplit('_', 1)[1]}</a>" for g in grids)
+        if links:
+            parts.append(f"<p>Per client: {links}</p>")
+    parts.append("</body></html>")
+    return "\n".join(parts) + "\n"

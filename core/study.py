@@ -1,0 +1,155 @@
+"""The study: a grid of runs ("cells") that answers leakage against accuracy, per defense, on one seed and shards.
+
+A cell is a name, the defense family its point belongs to, and the settings it changes from the study's base
+settings. Every cell shares the base's seed, clients and shards, so cells differ only in what they name.
+
+Families (one curve each in the report):
+- ``dp``: DP-SGD at a target epsilon (the accountant resolves sigma per cell), 0 = no DP (epsilon inf);
+- ``cut-noise``: noise on clipped activations (``--cut-clip`` / ``--cut-noise``) at sigma 0;
+- ``nopeek``: NoPeek's distance-correlation weight at sigma 0.
+The no-defense cell at a cut (``dp`` with epsilon inf) is every family's starting point at that cut.
+
+A grid file is TOML: an optional ``[base]`` table of settings (kebab-case keys, as ``sim.py``'s flags) and one
+``[[cells]]`` table per cell with ``name``, ``family`` and its settings, e.g.::
+
+    [base]
+    clients = 20
+
+    [[cells]]
+    name = "cut4-eps8"
+    family = "dp"
+    cut = 4
+    target-epsilon = 8
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from core.config import RunConfig, flag_name, settings
+from core.errors import UserError
+
+FAMILIES = ("dp", "cut-noise", "nopeek")
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")  # a cell's name is its directory's name
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One run of the study: ``settings`` (RunConfig field names) override the study's base settings."""
+
+    name: str
+    family: str
+    settings: dict[str, Any]
+
+    def config(self, base: RunConfig, out: Path) -> RunConfig:
+        """This cell's validated settings, writing into ``out / name``; UserError naming the cell if invalid."""
+        try:
+            cfg = dataclasses.replace(base, **self.settings, out=str(out / self.name))
+            return cfg.validate()
+        except UserError as exc:
+            raise UserError(f"study cell {self.name!r}: {exc}") from None
+
+    @property
+    def label(self) -> str:
+        """How the report names the cell's point: "eps 8", "eps inf", "noise 0.1", "NoPeek 3"."""
+        s = self.settings
+        if self.family == "dp":
+            return f"eps {s['target_epsilon']:g}" if s.get("target_epsilon") else "eps inf"
+        if self.family == "cut-noise":
+            return f"noise {s.get('cut_noise', 0):g}"
+        return f"NoPeek {s.get('nopeek', 0):g}"
+
+
+# What the default grid holds, and why: the DP sweep at the default cut over the budgets the issue names
+# (inf, ~30, 8, 3, 1); cut 2 without DP and at epsilon 8 (how far the cut moves leakage, and whether DP-SGD
+# changes that); each activation-side defense at two strengths at the default cut, where the measured pair of
+# strengths brackets "no effect" and "near chance" (README, Cut depth and defenses). 11 cells of about 7-9 minutes
+# each on 2 cores: about 85 minutes in all.
+DEFAULT_EPSILONS = {4: (0.0, 30.0, 8.0, 3.0, 1.0), 2: (0.0, 8.0)}
+DEFAULT_CUT_NOISE = (0.03, 0.1)  # x the clip below: per-value std 0.18 and 0.6, against a spread of about 0.7
+DEFAULT_CUT_CLIP = 6.0  # about the activations' L2 norm at cut 4 (median 6.1 on the sigma-0 model)
+DEFAULT_NOPEEK = (0.3, 3.0)
+
+
+def default_grid() -> list[Cell]:
+    """The default study (see the comment above ``DEFAULT_EPSILONS``)."""
+    cells = []
+    for cut, targets in DEFAULT_EPSILONS.items():
+        for eps in targets:
+            name = f"cut{cut}-eps{eps:g}" if eps else f"cut{cut}-eps-inf"
+            dp = {"target_epsilon": eps} if eps else {"noise": 0.0}
+            cells.append(Cell(name, "dp", {"cut": cut, **dp}))
+    for s in DEFAULT_CUT_NOISE:
+        cells.append(
+            Cell(f"cut4-noise{s:g}", "cut-noise", {"noise": 0.0, "cut_clip": DEFAULT_CUT_CLIP, "cut_noise": s})
+        )
+    for alpha in DEFAULT_NOPEEK:
+        cells.append(Cell(f"cut4-nopeek{alpha:g}", "nopeek", {"noise": 0.0, "nopeek": alpha}))
+    return cells
+
+
+def read_grid(path: Path) -> tuple[dict[str, Any], list[Cell]]:
+    """(base settings, cells) from a TOML grid file; UserError with one line for anything wrong in it."""
+    try:
+        data = tomllib.loads(path.read_text())
+    except FileNotFoundError:
+        raise UserError(f"--grid {path}: no such file") from None
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+        raise UserError(f"--grid {path}: not a readable TOML file ({exc})") from None
+    unknown = set(data) - {"base", "cells"}
+    if unknown:
+        raise UserError(f"--grid {path}: unknown table(s) {', '.join(sorted(unknown))}; use [base] and [[cells]]")
+    base = _settings(data.get("base", {}), f"--grid {path} [base]")
+    cells = []
+    for i, entry in enumerate(data.get("cells", [])):
+        where = f"--grid {path} cell {i + 1}"
+        entry = dict(entry)
+        name, family = entry.pop("name", None), entry.pop("family", None)
+        if not isinstance(name, str) or not _NAME.match(name):
+            raise UserError(f"{where}: needs a name of letters, digits, '.', '_' or '-' (its directory), got {name!r}")
+        if family not in FAMILIES:
+            raise UserError(f"{where} ({name}): family must be one of {', '.join(FAMILIES)}, got {family!r}")
+        cells.append(Cell(name, family, _settings(entry, f"{where} ({name})")))
+    check_cells(cells)
+    return base, cells
+
+
+def check_cells(cells: list[Cell]) -> None:
+    """UserError when the grid is empty or names a cell twice."""
+    if not cells:
+        raise UserError("the study grid has no cells")
+    names = [c.name for c in cells]
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:
+        raise UserError(f"the study grid names cell(s) {', '.join(twice)} more than once")
+
+
+def _settings(table: dict[str, Any], where: str) -> dict[str, Any]:
+    """Kebab-case keys of a TOML table -> RunConfig field names; UserError on an unknown key or a wrong type."""
+    fields = {flag_name(f.name): f for f in settings()}
+    out = {}
+    for key, value in table.items():
+        if key not in fields or key == "out":
+            raise UserError(f"{where}: unknown setting {key!r} (settings are sim.py's flags without the dashes)")
+        default = fields[key].default
+        if isinstance(default, float) and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
+        if type(value) is not type(default):
+            raise UserError(f"{where}: {key} must be a {type(default).__name__}, got {value!r}")
+        out[fields[key].name] = value
+    return out
+
+
+def shard_of(cells: list[Cell], shard: str) -> list[Cell]:
+    """The cells of ``shard`` "K/N" (1 <= K <= N): every N-th cell from the K-th, so N machines sharing the study
+    directory can each run ``--shard K/N``; UserError when the form is wrong."""
+    match = re.fullmatch(r"(\d+)/(\d+)", shard)
+    if not match or not 1 <= int(match[1]) <= int(match[2]):
+        raise UserError(f"--shard must be K/N with 1 <= K <= N, got {shard!r}")
+    k, n = int(match[1]), int(match[2])
+    return cells[k - 1 :: n]

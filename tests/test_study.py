@@ -1,0 +1,185 @@
+"""The study (core/study.py, ``sim.py study``) and its report (attack/study_report.py), opened in headless Chromium."""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pytest
+from test_attack_run import make_run
+
+from attack.study_report import headline, read_point, write_study_report
+from clients.data import OmniglotSet
+from core.config import RunConfig
+from core.errors import UserError
+from core.study import Cell, default_grid, read_grid, shard_of
+from sim import cell_state
+from strategy.server_app import clear_run_dir
+
+ROOT = Path(__file__).resolve().parents[1]
+SETS = ("unseen", "seen", "clients_inference", "clients_train")
+
+
+def _row(reid: float, ssim: float) -> dict:
+    return {
+        "n": 100, "pool": 100, "mse": 0.05, "psnr": 13.0, "ssim": ssim, "ssim_lo": ssim - 0.01, "ssim_hi": ssim + 0.01,
+        "reid_top1": reid, "reid_top1_lo": max(0.0, reid - 0.02), "reid_top1_hi": reid + 0.02, "reid_top5": reid,
+        "reid_chance": 0.01,
+    }  # fmt: skip
+
+
+def _fake_cell(run_dir: Path, evaluation: OmniglotSet, val_acc: float, reid: float, **settings) -> Path:
+    """A finished cell without training: make_run's files, then val acc, leakage and real PNG reconstructions."""
+    make_run(run_dir, evaluation, **settings)
+    (run_dir / "metrics.csv").write_text(f"round,val_loss,val_acc\n1,3.0,0.05\n2,2.5,{val_acc}\n")
+    leakage = {s: {"seed": _row(reid, 0.6), "cond": _row(reid / 2, 0.7), "baseline": _row(0.01, 0.65)} for s in SETS}
+    for methods in leakage.values():
+        methods["best"] = {**methods["seed"], "attack": "seed"}
+    (run_dir / "leakage.json").write_text(json.dumps(leakage))
+    ceiling = {"activation_nn_reid_top1": 1.0}
+    (run_dir / "attack.json").write_text(json.dumps({"attacks": ["seed", "cond"], "ceiling_unseen": ceiling}))
+    for name in ("reconstructions_unseen.png", "reconstructions_client_0.png", "reconstructions_client_1.png"):
+        fig, ax = plt.subplots(figsize=(2, 1))
+        ax.imshow(np.random.default_rng(0).random((8, 16)))
+        fig.savefig(run_dir / name)
+        plt.close(fig)
+    return run_dir
+
+
+@pytest.fixture
+def study(tmp_path: Path, evaluation: OmniglotSet) -> tuple[Path, list[Cell], dict[str, RunConfig]]:
+    cells = [
+        Cell("plain", "dp", {"noise": 0.0}),
+        Cell("eps8", "dp", {"target_epsilon": 8.0}),
+        Cell("noisy", "cut-noise", {"noise": 0.0, "cut_clip": 6.0, "cut_noise": 0.1}),
+        Cell("nopeek", "nopeek", {"noise": 0.0, "nopeek": 3.0}),
+    ]
+    numbers = {"plain": (0.45, 0.30, (math.inf,) * 2), "eps8": (0.30, 0.05, (7.0, 9.0))}
+    numbers |= {"noisy": (0.44, 0.04, (math.inf,) * 2), "nopeek": (0.20, 0.01, (math.inf,) * 2)}
+    out = tmp_path / "study"
+    configs = {}
+    for cell in cells:
+        val_acc, reid, eps = numbers[cell.name]
+        noise = 0.5 if cell.name == "eps8" else 0.0
+        extra = {k: v for k, v in cell.settings.items() if k in ("cut_clip", "cut_noise", "nopeek")}
+        _fake_cell(out / cell.name, evaluation, val_acc, reid, noise=noise, epsilons=eps, **extra)
+        configs[cell.name] = cell.config(RunConfig(clients=2, rounds=2), out)  # make_run's settings
+    return out, cells, configs
+
+
+def test_headline_is_computed_from_the_cells(study) -> None:
+    out, cells, configs = study
+    points = [read_point(c, configs[c.name], out / c.name) for c in cells]
+    sentence = headline(points)
+    assert sentence.startswith("At cut 4, going from epsilon inf to epsilon 8 moves the best attack's re-id")
+    assert "from 0.300 [0.280, 0.320] to 0.050 [0.030, 0.070] at an accuracy cost of +0.150" in sentence
+    # The weakest cut-noise strength at or below eps 8's upper bound (0.070): 0.04, costing 0.01 of accuracy.
+    assert "noise on clipped activations (noise 0.1) reaches 0.040 [0.020, 0.060] at an accuracy cost of +0.010" in (
+        sentence
+    )
+    assert "NoPeek (NoPeek 3) reaches 0.010 [0.000, 0.030] at an accuracy cost of +0.250" in sentence
+
+
+def test_report_html_renders_every_image_and_the_headline_in_chromium(study, tmp_path: Path) -> None:
+    out, cells, configs = study
+    report = write_study_report(out, cells, configs)
+    text = report.read_text()
+    assert "http://" not in text and "https://" not in text  # self-contained: nothing fetched from a network
+    n_images = text.count("<img ")
+    assert n_images == 3 + 4 + 2  # three figures, each cell's unseen grid, the no-defense cell's two clients
+    assert (out / "report.md").exists() and (out / "study.csv").read_text().count("\n") == 1 + 4 * 3
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    assert chromium, "headless Chromium is needed (Debian package chromium; .ci/run installs it)"
+    # The report as written, plus a script that records, after load, whether every image decoded and the headline
+    # has a rendered box; Chromium prints the DOM afterwards.
+    probe = tmp_path / "probe.html"
+    check = (
+        "<script>window.addEventListener('load',()=>{const imgs=[...document.images];"
+        "const ok=imgs.filter(i=>i.complete&&i.naturalWidth>0).length;"
+        "const h=document.getElementById('headline');"
+        "document.body.setAttribute('data-probe',`${ok}/${imgs.length} ${h.getBoundingClientRect().height>0}`);});"
+        "</script></body>"
+    )
+    probe.write_text(text.replace("</body>", check))
+    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--no-first-run"]
+    flags += ["--disable-component-update", "--disable-sync", f"--user-data-dir={tmp_path / 'profile'}"]
+    done = subprocess.run(
+        [chromium, *flags, "--virtual-time-budget=10000", "--dump-dom", probe.as_uri()],
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert f'data-probe="{n_images}/{n_images} true"' in done.stdout, done.stdout[-500:]
+    assert "At cut 4, going from epsilon inf to epsilon 8" in done.stdout
+
+
+def test_grid_files_and_shards(tmp_path: Path) -> None:
+    grid = tmp_path / "grid.toml"
+    grid.write_text('[base]\nclients = 4\n\n[[cells]]\nname = "a"\nfamily = "dp"\ntarget-epsilon = 8\n')
+    base, cells = read_grid(grid)
+    assert base == {"clients": 4} and cells == [Cell("a", "dp", {"target_epsilon": 8.0})]
+    for text, says in (
+        ('[[cells]]\nname = "a"\nfamily = "dp"\nlr = "fast"\n', "lr must be a float"),
+        ('[[cells]]\nname = "a"\nfamily = "other"\n', "family must be one of dp, cut-noise, nopeek"),
+        ('[[cells]]\nname = "../a"\nfamily = "dp"\n', "needs a name"),
+        ('[[cells]]\nname = "a"\nfamily = "dp"\nbogus = 1\n', "unknown setting 'bogus'"),
+        ('[[cells]]\nname = "a"\nfamily = "dp"\n[[cells]]\nname = "a"\nfamily = "dp"\n', "more than once"),
+        ("[cells\n", "not a readable TOML file"),
+    ):
+        grid.write_text(text)
+        with pytest.raises(UserError, match=re.escape(says)):
+            read_grid(grid)
+    cells = default_grid()
+    assert len(cells) == 11 and {c.family for c in cells} == {"dp", "cut-noise", "nopeek"}
+    assert [c.name for c in shard_of(cells, "2/3")] == [c.name for c in cells[1::3]]
+    with pytest.raises(UserError, match="--shard must be K/N"):
+        shard_of(cells, "4/3")
+    with pytest.raises(UserError, match="study cell 'x': --nopeek needs --noise 0"):
+        Cell("x", "nopeek", {"nopeek": 1.0}).config(RunConfig(), tmp_path)
+
+
+def test_a_cell_with_other_settings_is_refused_and_overwrite_only_empties_run_directories(study, tmp_path) -> None:
+    out, cells, configs = study
+    assert cell_state(configs["plain"], out / "plain") == "done"
+    assert cell_state(configs["plain"], tmp_path / "nothing") == "todo"
+    with pytest.raises(UserError, match="holds a run with other settings"):
+        cell_state(configs["plain"], out / "nopeek")
+    (out / "plain" / "leakage.json").unlink()
+    assert cell_state(configs["plain"], out / "plain") == "trained"
+    clear_run_dir(out / "plain")
+    assert not any((out / "plain").iterdir())
+    other = tmp_path / "photos"
+    other.mkdir()
+    (other / "cat.jpg").write_bytes(b"x")
+    with pytest.raises(UserError, match="not a run directory"):
+        clear_run_dir(other)
+    assert (other / "cat.jpg").exists()
+
+
+@pytest.mark.slow
+def test_study_runs_each_cell_once_and_resumes(tmp_path: Path) -> None:
+    grid = tmp_path / "grid.toml"
+    base = 'clients = 2\nrounds = 1\nlimit-per-client = 16\nattack-epochs = 1\nattacks = "seed"\n'
+    cells = '[[cells]]\nname = "plain"\nfamily = "dp"\nnoise = 0.0\n\n[[cells]]\nname = "peek"\nfamily = "nopeek"\n'
+    grid.write_text(f"[base]\n{base}\n{cells}noise = 0.0\nnopeek = 0.5\n")
+    out = tmp_path / "study"
+    cmd = [sys.executable, "sim.py", "study", "--grid", str(grid), "--out", str(out)]
+    done = subprocess.run([*cmd, "--shard", "2/2"], cwd=ROOT, capture_output=True, text=True, timeout=1800)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "not written yet, 1 cell(s) to finish: plain" in done.stdout
+    assert (out / "peek" / "leakage.json").exists() and not (out / "plain").exists()
+    first = (out / "peek" / "model.pt").stat().st_mtime_ns
+    done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=1800)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert (out / "peek" / "model.pt").stat().st_mtime_ns == first  # finished: never recomputed
+    assert (out / "report.html").exists() and "report: " in done.stdout
+    bad = subprocess.run([*cmd, "--shard", "3/2"], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert bad.returncode == 2 and bad.stderr.strip() == "error: --shard must be K/N with 1 <= K <= N, got '3/2'"
