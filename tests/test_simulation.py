@@ -124,3 +124,19 @@ def test_noise_sweep_reports_leakage_per_epsilon(tmp_path):
     assert {r["set"] for r in rows} == {"unseen", "clients_inference", "clients_train"}
     assert (out / "leakage_vs_epsilon.png").read_bytes()[:4] == b"\x89PNG"
     assert "s0/" in (out / "report.md").read_text() and (out / "s0.8" / "leakage.json").exists()
+
+
+@pytest.mark.slow
+def test_overwrite_leaves_no_stale_file(tmp_path):
+    out = tmp_path / "old"
+    out.mkdir()
+    (out / "config.json").write_text("{}")
+    (out / "reconstructions_client_9.png").write_bytes(b"an earlier run's")
+    (out / "s0.5").mkdir()
+    cmd = [sys.executable, "sim.py", "--clients", "2", "--rounds", "1", "--limit-per-client", "16", "--skip-attack"]
+    done = subprocess.run(
+        [*cmd, "--out", str(out), "--overwrite"], cwd=ROOT, capture_output=True, text=True, timeout=900
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert not (out / "reconstructions_client_9.png").exists() and not (out / "s0.5").exists()
+    assert json.loads((out / "config.json").read_text())["settings"]["clients"] == 2
