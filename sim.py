@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -275,8 +276,15 @@ def run_all(cfg: RunConfig, args: argparse.Namespace) -> None:
             run_attack(run_dir, cfg.data_dir or None, epochs=run_cfg.attack_epochs, seed=cfg.seed)
     if not args.skip_attack:
         from attack.report import write_report
+        from attack.study_report import write_study_report
+        from core.study import Cell
 
         print(f"report: {write_report(report_dir, run_dirs)}")
+        # The same page as the study's, for these runs: each one a point of the DP-SGD curve.
+        pairs = zip(configs, run_dirs, strict=True)
+        cells = [Cell(os.path.relpath(d, report_dir), "dp", {"noise": c.noise}) for c, d in pairs]
+        named = {cell.name: c for cell, c in zip(cells, configs, strict=True)}
+        print(f"report: {write_study_report(report_dir, cells, named, markdown=False)} (open it in a browser)")
 
 
 STUDY_OUT = Path("runs/study")

@@ -198,7 +198,7 @@ def _markdown(out_dir: Path, run_dirs: list[Path], rows: list[dict]) -> str:
             f"{r['baseline_mse']:.4f} | {r['baseline_ssim']:.3f} |"
         )
     for run_dir in run_dirs:
-        lines += ["", f"## Run `{rel(run_dir)}`", ""]
+        lines += ["", f"## Run `{rel(run_dir) if rel(run_dir) != '.' else run_dir.resolve().name}`", ""]
         for name in ("epsilon_per_round.png", "accuracy_per_round.png", "reconstructions_unseen.png"):
             if (run_dir / name).exists():
                 lines.append(f"![{name}]({rel(run_dir / name)})")

@@ -59,6 +59,11 @@ class Point:
     epsilon_rounds: list[float]  # median client epsilon after each round
     run_dir: Path
 
+    @property
+    def title(self) -> str:
+        """The cell's name; a single run reported in its own directory (cell ".") goes by the directory's name."""
+        return self.cell.name if self.cell.name != "." else self.run_dir.resolve().name
+
     def reid(self, set_name: str = "unseen") -> dict:
         return self.sets[set_name]["best"]
 
@@ -214,7 +219,7 @@ def plot_rounds(points: Sequence[Point], path: Path) -> None:
     for p in points:
         if p.cell.family == "dp" and p.noise > 0:
             rounds = range(1, len(p.epsilon_rounds) + 1)
-            ax.plot(rounds, p.epsilon_rounds, marker="o", label=f"{p.cell.name} (sigma {p.noise:.3g})")
+            ax.plot(rounds, p.epsilon_rounds, marker="o", label=f"{p.title} (sigma {p.noise:.3g})")
     ax.set(xlabel="round", ylabel="median client epsilon", title="Privacy budget spent per round")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
@@ -241,6 +246,11 @@ def headline(points: Sequence[Point]) -> str:
             (p for p in at_cut if p.cell.family == "dp" and p.noise > 0), key=lambda p: abs(p.epsilon_median - 8)
         )
         if plain is None:
+            sentences += [
+                f"At cut {cut} and {_eps_label(p)} (sigma {p.noise:.3g}) the best attack re-identifies "
+                f"{_ci(p.reid(), 'reid_top1')} of unseen images at val acc {p.val_acc:.3f}."
+                for p in at_cut
+            ]
             continue
         if dp:
             target = dp[0]
@@ -295,7 +305,7 @@ def write_csv(points: Sequence[Point], path: Path) -> None:
                 best, (ssim_attack, top), base = (p.sets[set_name][k] for k in ("best", "ssim", "baseline"))
                 writer.writerow(
                     {
-                        "cell": p.cell.name, "family": p.cell.family, "point": p.cell.label, "cut": p.cut,
+                        "cell": p.title, "family": p.cell.family, "point": p.cell.label, "cut": p.cut,
                         "noise": p.noise, "epsilon_median": p.epsilon_median, "epsilon_max": p.epsilon_max,
                         "val_acc": p.val_acc, "set": set_name, "best_attack": best["attack"],
                         **{k: best[k] for k in ("reid_top1", "reid_top1_lo", "reid_top1_hi", "reid_chance", "mse")},
@@ -341,16 +351,20 @@ COVERS = (
 )
 
 
-def write_study_report(out_dir: Path, cells: Sequence[Cell], configs: Mapping[str, RunConfig]) -> Path:
-    """study.csv, the figures, report.md and a self-contained report.html (every figure inline) in ``out_dir``;
-    returns report.html's path."""
+def write_study_report(
+    out_dir: Path, cells: Sequence[Cell], configs: Mapping[str, RunConfig], markdown: bool = True
+) -> Path:
+    """study.csv, the figures, report.md (unless ``markdown`` is False: a sweep of ``sim.py --noise`` writes its
+    own) and a self-contained report.html (every figure inline) in ``out_dir``; returns report.html's path. A cell's
+    run directory is ``out_dir / cell.name``."""
     points = [read_point(c, configs[c.name], out_dir / c.name) for c in cells]
     write_csv(points, out_dir / "study.csv")
     plot_headline(points, out_dir / FIGURES[0])
     plot_epsilon(points, out_dir / FIGURES[1])
     plot_rounds(points, out_dir / FIGURES[2])
     sentence = headline(points)
-    files.write_text(out_dir / "report.md", _markdown(points, sentence))
+    if markdown:
+        files.write_text(out_dir / "report.md", _markdown(points, sentence))
     return files.write_text(out_dir / "report.html", _html(out_dir, points, sentence))
 
 
@@ -361,7 +375,7 @@ def _markdown(points: Sequence[Point], sentence: str) -> str:
     lines += ["", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     lines += ["| " + " | ".join(r) + " |" for r in rows]
     lines += ["", "Every number: [study.csv](study.csv). Each cell's run directory holds its reconstructions:"]
-    lines += [f"- [{p.cell.name}]({p.cell.name}/report.md)" for p in points]
+    lines += [f"- [{p.title}]({p.cell.name}/report.md)" for p in points]
     return "\n".join(lines) + "\n"
 
 
@@ -397,13 +411,13 @@ def _html(out_dir: Path, points: Sequence[Point], sentence: str) -> str:
         "<h2>Reconstructions</h2>",
     ]
     for p in points:
-        parts.append(f"<h3>{esc(p.cell.name)} ({esc(p.cell.family)}, {esc(p.cell.label)}, cut {p.cut})</h3>")
+        parts.append(f"<h3>{esc(p.title)} ({esc(p.cell.family)}, {esc(p.cell.label)}, cut {p.cut})</h3>")
         unseen = p.run_dir / "reconstructions_unseen.png"
         if unseen.exists():
-            parts.append(_img(unseen, f"{p.cell.name} unseen"))
+            parts.append(_img(unseen, f"{p.title} unseen"))
         grids = sorted(p.run_dir.glob("reconstructions_client_*.png"), key=lambda f: int(f.stem.rsplit("_", 1)[1]))
         shown = grids[:INLINE_CLIENTS] if p.cell.family == "dp" and p.noise == 0 else []
-        parts += [_img(g, f"{p.cell.name} {g.stem}") for g in shown]
+        parts += [_img(g, f"{p.title} {g.stem}") for g in shown]
         links = ", ".join(f"<a href='{esc(p.cell.name)}/{g.name}'>{g.stem.rsplit('_', 1)[1]}</a>" for g in grids)
         if links:
             parts.append(f"<p>Per client: {links}</p>")

@@ -10,6 +10,10 @@ Every target is a ratio of two things measured side by side in this one run, so 
 - ``attack_seconds``, ``attack_scoring_fraction``, ``attack_peak_rss_gb``: the whole attack of a finished run
   (``--attack-run``, default runs/s0: the default training at sigma 0), as ``python -m attack`` runs it.
 - ``per_client_round_overhead_s``: (simulation - plain loop) / (clients x rounds), 100 clients with tiny shards.
+- ``main_seconds``, ``main_peak_rss_gb``: the main command, ``python sim.py --clients 20 --noise 0.5``, end to end
+  (training and attack) in a child process: its wall time and the largest peak RSS of any one process it started
+  (the driver, a Ray worker, ...; ``VmHWM``); ``main_tree_peak_rss_gb`` (a lever) is the largest sum of the
+  process tree's RSS, sampled every 0.5 s.
 
 The levers behind each figure are measured too and reported under ``levers``. Benchmarks are not tests: nothing here
 asserts a time. Needs the Omniglot data (``--data-dir`` or ``$OMNIGLOT_ROOT``).
@@ -66,6 +70,8 @@ TARGETS = {  # metric -> (comparison, target)
     "attack_scoring_fraction": ("<=", 0.10),
     "attack_peak_rss_gb": ("<=", 3.0),
     "per_client_round_overhead_s": ("<=", 0.2),
+    "main_seconds": ("<=", 600.0),
+    "main_peak_rss_gb": ("<=", 3.0),
 }
 BATCH = 32
 DEFAULT_SAMPLER = RunConfig().grad_sampler  # what sim.py trains with: the headline figures use it
@@ -205,6 +211,56 @@ def bench_gemm_fraction(n_images: int) -> dict:
     return {"gemm_fraction": out[f"gemm_fraction_{DEFAULT_SAMPLER}"], "levers": out}
 
 
+def _tree(root: int) -> list[int]:
+    """``root`` and every process below it (from /proc; Linux only)."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            text = stat.read_text()  # "pid (name) state ppid ...": the name may hold spaces and parentheses
+            children.setdefault(int(text.rsplit(") ", 1)[1].split()[1]), []).append(int(text.split(" ", 1)[0]))
+        except (OSError, IndexError, ValueError):
+            continue  # a process that ended while being read
+    tree, todo = [], [root]
+    while todo:
+        pid = todo.pop()
+        tree.append(pid)
+        todo += children.get(pid, [])
+    return tree
+
+
+def _status_kb(pid: int, field: str) -> int:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
+def bench_main(argv: list[str]) -> dict:
+    """The main command (``sim.py`` with ``argv``) end to end in a child process, into a temporary run directory:
+    wall time, the largest per-process peak RSS and the largest sampled RSS of the whole process tree."""
+    with tempfile.TemporaryDirectory() as tmp:
+        cmd = [sys.executable, "sim.py", *argv, "--out", str(Path(tmp) / "run")]
+        started = time.perf_counter()
+        proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        peak_process = peak_tree = 0
+        while proc.poll() is None:
+            pids = _tree(proc.pid)
+            peak_tree = max(peak_tree, sum(_status_kb(pid, "VmRSS") for pid in pids))
+            peak_process = max([peak_process, *(_status_kb(pid, "VmHWM") for pid in pids)])
+            time.sleep(0.5)
+        wall = time.perf_counter() - started
+        if proc.returncode != 0:
+            raise UserError(f"the main command failed: {proc.stderr.read().strip().splitlines()[-1:]}")
+    return {
+        "main_seconds": wall,
+        "main_peak_rss_gb": peak_process / 2**20,
+        "levers": {"main_tree_peak_rss_gb": peak_tree / 2**20, "main_command": " ".join(["sim.py", *argv])},
+    }
+
+
 def bench_attack(run_dir: Path | None, epochs: int | None) -> dict:
     """The whole attack of a finished run (every attack, every set, scoring, writing): ``python -m attack`` on a
     copy of ``run_dir`` in a child process. Reports its wall time, the share of it spent scoring (attack.json's
@@ -338,13 +394,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--attack-run", type=Path, default=Path("runs/s0"), help="finished run the attack benchmark attacks"
     )
-    parser.add_argument("--only", nargs="+", choices=("dp", "gemm", "attack", "sim", "overhead"), help="a subset")
+    parser.add_argument(
+        "--only", nargs="+", choices=("dp", "gemm", "attack", "sim", "overhead", "main"), help="a subset"
+    )
     args = parser.parse_args(argv)
     if args.data_dir:
         os.environ["OMNIGLOT_ROOT"] = args.data_dir
     console = Console()
     quick = args.quick
-    parts = args.only or ("dp", "gemm", "attack", "sim", "overhead")
+    parts = args.only or ("dp", "gemm", "attack", "sim", "overhead", "main")
     results: dict = {"levers": {}}
     try:
         load_set(EVALUATION)
@@ -364,6 +422,9 @@ def main(argv: list[str] | None = None) -> int:
             sim = bench_simulation(clients=20, rounds=1 if quick else 5, limit=64 if quick else 0, cpus_levers=cpus)
             results["sim_overhead_ratio"] = sim["sim_s"] / sim["loop_s"]
             results["levers"] |= {f"sim20_{k}": v for k, v in sim.items()}
+        if "main" in parts:  # --quick: 2 rounds of 64 images a client, a smoke test of the measurement only
+            tiny = ["--rounds", "2", "--limit-per-client", "64", "--attack-epochs", "3"] if quick else []
+            results |= _merge(results, bench_main(["--clients", "20", "--noise", "0.5", *tiny]))
         if "overhead" in parts:
             sim = bench_simulation(clients=100, rounds=1 if quick else 3, limit=4)
             results["per_client_round_overhead_s"] = (sim["sim_s"] - sim["loop_s"]) / (sim["clients"] * sim["rounds"])

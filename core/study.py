@@ -59,7 +59,9 @@ class Cell:
         """How the report names the cell's point: "eps 8", "eps inf", "noise 0.1", "NoPeek 3"."""
         s = self.settings
         if self.family == "dp":
-            return f"eps {s['target_epsilon']:g}" if s.get("target_epsilon") else "eps inf"
+            if s.get("target_epsilon"):
+                return f"eps {s['target_epsilon']:g}"
+            return f"sigma {s['noise']:g}" if s.get("noise") else "eps inf"
         if self.family == "cut-noise":
             return f"noise {s.get('cut_noise', 0):g}"
         return f"NoPeek {s.get('nopeek', 0):g}"
