@@ -302,6 +302,12 @@ def build_study_parser() -> argparse.ArgumentParser:
     p.add_argument("--shard", help="K/N: run every N-th cell from the K-th (N machines sharing --out)")
     p.add_argument("--list", action="store_true", help="print the cells and their state; run nothing")
     p.add_argument("--report-only", action="store_true", help="write the report from the finished cells; run nothing")
+    p.add_argument(
+        "--central",
+        type=Path,
+        help="a finished centralised run (sim.py --clients 1 --partition iid --noise 0): its val acc is drawn as the "
+        "accuracy ceiling",
+    )
     return p
 
 
@@ -342,6 +348,8 @@ def run_study(argv: Sequence[str]) -> None:
     from strategy.server_app import clear_run_dir
 
     args = build_study_parser().parse_args(argv)
+    if args.central is not None and not (args.central / "metrics.csv").is_file():
+        raise UserError(f"--central {args.central}: not a finished run (no metrics.csv)")
     base_settings, cells = read_grid(args.grid) if args.grid else ({}, default_grid())
     check_cells(cells)
     data_dir = str(resolve_root(args.data_dir or None).resolve())
@@ -384,7 +392,7 @@ def run_study(argv: Sequence[str]) -> None:
         return
     from attack.study_report import write_study_report
 
-    print(f"report: {write_study_report(args.out, cells, configs)}")
+    print(f"report: {write_study_report(args.out, cells, configs, central=args.central)}")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -137,10 +137,14 @@ def _interval(row: dict, key: str) -> tuple[float, float]:
     return row[key] - row[f"{key}_lo"], row[f"{key}_hi"] - row[key]
 
 
-def plot_headline(points: Sequence[Point], path: Path) -> None:
+def plot_headline(points: Sequence[Point], path: Path, central: float | None = None) -> None:
     """Leakage (unseen) against val acc: re-id of the best attack and the highest SSIM, one curve per family and
-    cut, DP points labelled with their epsilon; dotted: the mean-image baseline's SSIM and the re-id chance."""
+    cut, DP points labelled with their epsilon; dotted: the mean-image baseline's SSIM and the re-id chance;
+    dashed, when given: ``central``, the val acc of the centralised model (the accuracy ceiling)."""
     fig, axes = plt.subplots(1, 2, figsize=(13, 5.2))
+    if central is not None:
+        for ax in axes:
+            ax.axvline(central, color="black", linestyle="--", linewidth=1, label=f"centralised model ({central:.3f})")
     for (family, cut), series in curves(points).items():
         xs = [p.val_acc for p in series]
         style = {"color": FAMILY_COLOURS[family], "marker": CUT_MARKERS.get(cut, "o"), "capsize": 3}
@@ -351,15 +355,26 @@ COVERS = (
 )
 
 
+def central_accuracy(run_dir: Path | None) -> float | None:
+    """The final val acc of a centralised run (``sim.py --clients 1 --partition iid``), or None."""
+    if run_dir is None:
+        return None
+    return float(_rows(run_dir / "metrics.csv")[-1]["val_acc"])
+
+
 def write_study_report(
-    out_dir: Path, cells: Sequence[Cell], configs: Mapping[str, RunConfig], markdown: bool = True
+    out_dir: Path,
+    cells: Sequence[Cell],
+    configs: Mapping[str, RunConfig],
+    markdown: bool = True,
+    central: Path | None = None,
 ) -> Path:
     """study.csv, the figures, report.md (unless ``markdown`` is False: a sweep of ``sim.py --noise`` writes its
     own) and a self-contained report.html (every figure inline) in ``out_dir``; returns report.html's path. A cell's
-    run directory is ``out_dir / cell.name``."""
+    run directory is ``out_dir / cell.name``. ``central``: a centralised run, drawn as the accuracy ceiling."""
     points = [read_point(c, configs[c.name], out_dir / c.name) for c in cells]
     write_csv(points, out_dir / "study.csv")
-    plot_headline(points, out_dir / FIGURES[0])
+    plot_headline(points, out_dir / FIGURES[0], central_accuracy(central))
     plot_epsilon(points, out_dir / FIGURES[1])
     plot_rounds(points, out_dir / FIGURES[2])
     sentence = headline(points)

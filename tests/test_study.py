@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from test_attack_run import make_run
 
-from attack.study_report import headline, read_point, write_study_report
+from attack.study_report import central_accuracy, headline, read_point, write_study_report
 from clients.data import OmniglotSet
 from core.config import RunConfig
 from core.errors import UserError
@@ -89,7 +89,8 @@ def test_headline_is_computed_from_the_cells(study) -> None:
 
 def test_report_html_renders_every_image_and_the_headline_in_chromium(study, tmp_path: Path) -> None:
     out, cells, configs = study
-    report = write_study_report(out, cells, configs)
+    report = write_study_report(out, cells, configs, central=out / "plain")  # any run stands in for a central one
+    assert central_accuracy(out / "plain") == 0.45 and central_accuracy(None) is None
     text = report.read_text()
     assert "http://" not in text and "https://" not in text  # self-contained: nothing fetched from a network
     n_images = text.count("<img ")
