@@ -238,6 +238,14 @@ def _status_kb(pid: int, field: str) -> int:
     return 0
 
 
+def _command(pid: int) -> str:
+    """The first 80 characters of a process's command line (which process holds the peak)."""
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")[:80].strip()
+    except OSError:
+        return "?"
+
+
 def bench_main(argv: list[str]) -> dict:
     """The main command (``sim.py`` with ``argv``) end to end in a child process, into a temporary run directory:
     wall time, the largest per-process peak RSS and the largest sampled RSS of the whole process tree."""
@@ -245,11 +253,13 @@ def bench_main(argv: list[str]) -> dict:
         cmd = [sys.executable, "sim.py", *argv, "--out", str(Path(tmp) / "run")]
         started = time.perf_counter()
         proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-        peak_process = peak_tree = 0
+        peak_process, peak_name, peak_tree = 0, "", 0
         while proc.poll() is None:
             pids = _tree(proc.pid)
             peak_tree = max(peak_tree, sum(_status_kb(pid, "VmRSS") for pid in pids))
-            peak_process = max([peak_process, *(_status_kb(pid, "VmHWM") for pid in pids)])
+            for pid in pids:
+                if _status_kb(pid, "VmHWM") > peak_process:
+                    peak_process, peak_name = _status_kb(pid, "VmHWM"), _command(pid)
             time.sleep(0.5)
         wall = time.perf_counter() - started
         if proc.returncode != 0:
@@ -257,7 +267,11 @@ def bench_main(argv: list[str]) -> dict:
     return {
         "main_seconds": wall,
         "main_peak_rss_gb": peak_process / 2**20,
-        "levers": {"main_tree_peak_rss_gb": peak_tree / 2**20, "main_command": " ".join(["sim.py", *argv])},
+        "levers": {
+            "main_tree_peak_rss_gb": peak_tree / 2**20,
+            "main_peak_rss_process": peak_name,
+            "main_command": " ".join(["sim.py", *argv]),
+        },
     }
 
 
