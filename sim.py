@@ -320,9 +320,8 @@ def cell_state(cfg: RunConfig, run_dir: Path) -> str:
         saved = json.loads((run_dir / "config.json").read_text())["settings"]
     except (OSError, ValueError, KeyError, TypeError):
         return "todo"  # killed before config.json was written: nothing worth keeping
-    ignore = {"out", "data_dir", "noise", *RESUME_MAY_CHANGE}  # noise: resolved from target_epsilon when set
-    if not cfg.target_epsilon:
-        ignore.discard("noise")
+    resolved = {"noise"} if cfg.target_epsilon else set()  # sigma comes from the cell's target epsilon
+    ignore = {"out", "data_dir", *RESUME_MAY_CHANGE, *resolved}
     wanted = cfg.settings_dict()
     differ = sorted(k for k in wanted if k not in ignore and saved.get(k, getattr(D, k)) != wanted[k])
     if differ:
