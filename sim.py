@@ -343,14 +343,13 @@ def run_study(argv: Sequence[str]) -> None:
     from attack.run import run_attack
     from clients.data import resolve_root
     from core import files
-    from core.study import check_cells, default_grid, read_grid, shard_of
+    from core.study import default_grid, read_grid, shard_of
     from strategy.server_app import clear_run_dir
 
     args = build_study_parser().parse_args(argv)
     if args.central is not None and not (args.central / "metrics.csv").is_file():
         raise UserError(f"--central {args.central}: not a finished run (no metrics.csv)")
-    base_settings, cells = read_grid(args.grid) if args.grid else ({}, default_grid())
-    check_cells(cells)
+    base_settings, cells = read_grid(args.grid) if args.grid else ({}, default_grid())  # read_grid checks its cells
     data_dir = str(resolve_root(args.data_dir or None).resolve())
     base = RunConfig(**{**base_settings, "data_dir": data_dir})
     configs = {cell.name: cell.config(base, args.out) for cell in cells}

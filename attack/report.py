@@ -52,14 +52,21 @@ def _csv_rows(path: Path) -> list[dict]:
         return list(csv.DictReader(fh))
 
 
+def ledger_spend(run_dir: Path) -> tuple[list[float], list[float]]:
+    """From a run's ``ledger.csv``: every client's final epsilon, sorted ([nan] for an empty ledger), and the
+    median client's spend after each round (clients a round skipped count with their earlier spend)."""
+    last: dict[str, float] = {}
+    by_round: dict[int, float] = {}
+    for row in _csv_rows(run_dir / "ledger.csv"):  # rows are in round order: the last one per client is its final spend
+        last[row["partition_id"]] = float(row["epsilon"])
+        by_round[int(row["round"])] = statistics.median(last.values())
+    return sorted(last.values()) or [math.nan], [by_round[r] for r in sorted(by_round)]
+
+
 def run_summary(run_dir: Path) -> dict:
     """Final-round privacy and accuracy of one run: noise, epsilon median/min/max, accountant, delta, val_acc."""
     settings = json.loads((run_dir / "config.json").read_text())["settings"]
-    ledger = _csv_rows(run_dir / "ledger.csv")
-    last_eps: dict[str, float] = {}
-    for row in ledger:  # rows are in round order: the last one per client is its final spend
-        last_eps[row["partition_id"]] = float(row["epsilon"])
-    eps = sorted(last_eps.values()) or [math.nan]
+    eps = ledger_spend(run_dir)[0]
     metrics = _csv_rows(run_dir / "metrics.csv")
     return {
         "noise": float(settings["noise"]),

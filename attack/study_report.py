@@ -27,6 +27,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+from attack.report import ledger_spend, run_summary  # noqa: E402
 from core import files  # noqa: E402
 from core.config import RunConfig  # noqa: E402
 from core.privacy import EPSILON_COVERS  # noqa: E402
@@ -71,21 +72,10 @@ class Point:
         return self.sets[set_name]["ssim"][1]
 
 
-def _rows(path: Path) -> list[dict]:
-    with path.open(newline="") as fh:
-        return list(csv.DictReader(fh))
-
-
 def read_point(cell: Cell, cfg: RunConfig, run_dir: Path) -> Point:
     """A finished cell's numbers from its run directory."""
     settings = json.loads((run_dir / "config.json").read_text())["settings"]
-    last: dict[str, float] = {}
-    by_round: dict[int, float] = {}  # the median client's spend after each round
-    for row in _rows(run_dir / "ledger.csv"):  # in round order: the last row per client is its final spend
-        last[row["partition_id"]] = float(row["epsilon"])
-        by_round[int(row["round"])] = statistics.median(last.values())
-    eps = sorted(last.values()) or [math.nan]
-    metrics = _rows(run_dir / "metrics.csv")
+    summary = run_summary(run_dir)
     leakage = json.loads((run_dir / "leakage.json").read_text())
     attack = json.loads((run_dir / "attack.json").read_text())
     sets = {}
@@ -101,13 +91,13 @@ def read_point(cell: Cell, cfg: RunConfig, run_dir: Path) -> Point:
     return Point(
         cell=cell,
         cut=int(settings.get("cut", cfg.cut)),
-        noise=float(settings["noise"]),
-        epsilon_median=statistics.median(eps),
-        epsilon_max=eps[-1],
-        val_acc=float(metrics[-1]["val_acc"]),
+        noise=summary["noise"],
+        epsilon_median=summary["epsilon_median"],
+        epsilon_max=summary["epsilon_max"],
+        val_acc=summary["val_acc"],
         sets=sets,
         activation_nn_reid=float(attack.get("ceiling_unseen", {}).get("activation_nn_reid_top1", math.nan)),
-        epsilon_rounds=[by_round[r] for r in sorted(by_round)],
+        epsilon_rounds=ledger_spend(run_dir)[1],
         run_dir=run_dir,
     )
 
@@ -142,6 +132,7 @@ def plot_headline(points: Sequence[Point], path: Path, central: float | None = N
     cut, DP points labelled with their epsilon; dotted: the mean-image baseline's SSIM and the re-id chance;
     dashed, when given: ``central``, the val acc of the centralised model (the accuracy ceiling)."""
     fig, axes = plt.subplots(1, 2, figsize=(13, 5.2))
+    labels: list[tuple] = []  # (axis, xs, ys, texts) of each DP curve, drawn once the axes' scales are set
     if central is not None:
         for ax in axes:
             ax.axvline(central, color="black", linestyle="--", linewidth=1, label=f"centralised model ({central:.3f})")
@@ -158,9 +149,11 @@ def plot_headline(points: Sequence[Point], path: Path, central: float | None = N
             err = list(zip(*(_interval(r, key) for r in rows), strict=True))
             ax.errorbar(xs, ys, yerr=err, label=label, **style)
         if family == "dp":
-            for p in series:
-                for ax, y in ((axes[0], p.reid()["reid_top1"]), (axes[1], p.ssim()["ssim"])):
-                    ax.annotate(_eps_label(p), (p.val_acc, y), textcoords="offset points", xytext=(5, 4), fontsize=8)
+            for ax, ys in (
+                (axes[0], [p.reid()["reid_top1"] for p in series]),
+                (axes[1], [p.ssim()["ssim"] for p in series]),
+            ):
+                labels.append((ax, xs, ys, [_eps_label(p) for p in series]))
     chance = statistics.mean(p.reid()["reid_chance"] for p in points)
     axes[0].axhline(chance, color="grey", linestyle=":", linewidth=1, label="chance")
     # Log scale from half the chance level: re-id spans 1e-3 (a defense at chance) to 1 (cut 2).
@@ -173,9 +166,30 @@ def plot_headline(points: Sequence[Point], path: Path, central: float | None = N
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=7)
     axes[1].legend(fontsize=7)
+    for ax, xs, ys, texts in labels:
+        _annotate_merged(ax, xs, ys, texts)
     fig.suptitle("Leakage on unseen images against task accuracy (bars: bootstrap 95 % intervals)")
     fig.tight_layout()
     _save(fig, path)
+
+
+def _annotate_merged(ax, xs: Sequence[float], ys: Sequence[float], texts: Sequence[str], near_px: float = 14) -> None:
+    """Label a curve's points; consecutive points within ``near_px`` pixels of the group's first point share one
+    label ("eps 30, 8, 3, 1"), so a cluster of points (DP at cut 4 barely moves) stays readable. Groups' labels
+    alternate above right and below left of their point."""
+    ax.get_xlim(), ax.get_ylim()  # settle autoscaled limits before reading pixel positions
+    pixels = ax.transData.transform(list(zip(xs, ys, strict=True)))
+    groups: list[list[int]] = []
+    for i, (px, py) in enumerate(pixels):
+        if groups and abs(px - pixels[groups[-1][0]][0]) <= near_px and abs(py - pixels[groups[-1][0]][1]) <= near_px:
+            groups[-1].append(i)
+        else:
+            groups.append([i])
+    for n, group in enumerate(groups):  # labels alternate above and below, so neighbouring groups' texts do not meet
+        text = texts[group[0]] + "".join(", " + texts[i].removeprefix("eps ") for i in group[1:])
+        offset, align = ((5, 4), "left") if n % 2 == 0 else ((-5, -11), "right")
+        point = (xs[group[0]], ys[group[0]])
+        ax.annotate(text, point, textcoords="offset points", xytext=offset, ha=align, fontsize=8)
 
 
 def _eps_label(p: Point) -> str:
@@ -359,7 +373,7 @@ def central_accuracy(run_dir: Path | None) -> float | None:
     """The final val acc of a centralised run (``sim.py --clients 1 --partition iid``), or None."""
     if run_dir is None:
         return None
-    return float(_rows(run_dir / "metrics.csv")[-1]["val_acc"])
+    return run_summary(run_dir)["val_acc"]
 
 
 def write_study_report(
