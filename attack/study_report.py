@@ -34,7 +34,7 @@ from core.privacy import EPSILON_COVERS  # noqa: E402
 from core.study import Cell  # noqa: E402
 
 SETS = ("unseen", "clients_inference", "clients_train")
-FAMILY_COLOURS = {"dp": "tab:blue", "cut-noise": "tab:orange", "nopeek": "tab:green"}
+FAMILY_COLOURS = {"dp": "tab:blue", "cut-noise": "tab:orange", "nopeek": "tab:green"}  # controls: black stars
 FAMILY_NAMES = {"dp": "DP-SGD (epsilon sweep)", "cut-noise": "noise on clipped activations", "nopeek": "NoPeek"}
 CUT_MARKERS = {1: "^", 2: "s", 3: "D", 4: "o"}
 FIGURES = ("leakage_vs_accuracy.png", "leakage_vs_epsilon_study.png", "epsilon_per_round_study.png")
@@ -104,11 +104,12 @@ def read_point(cell: Cell, cfg: RunConfig, run_dir: Path) -> Point:
 
 def curves(points: Sequence[Point]) -> dict[tuple[str, int], list[Point]]:
     """(family, cut) -> its points in order of strength, each non-DP curve starting from the no-defense cell at that
-    cut (the DP cell without noise), DP from epsilon inf down."""
+    cut (the DP cell without noise), DP from epsilon inf down. Controls are no curve: ``plot_headline`` draws them."""
     plain = {p.cut: p for p in points if p.cell.family == "dp" and p.noise == 0}
     out: dict[tuple[str, int], list[Point]] = {}
     for p in points:
-        out.setdefault((p.cell.family, p.cut), []).append(p)
+        if p.cell.family != "control":
+            out.setdefault((p.cell.family, p.cut), []).append(p)
     for (family, cut), series in out.items():
         if family == "dp":
             series.sort(key=lambda p: -p.epsilon_median if math.isfinite(p.epsilon_median) else -math.inf)
@@ -129,8 +130,8 @@ def _interval(row: dict, key: str) -> tuple[float, float]:
 
 def plot_headline(points: Sequence[Point], path: Path, central: float | None = None) -> None:
     """Leakage (unseen) against val acc: re-id of the best attack and the highest SSIM, one curve per family and
-    cut, DP points labelled with their epsilon; dotted: the mean-image baseline's SSIM and the re-id chance;
-    dashed, when given: ``central``, the val acc of the centralised model (the accuracy ceiling)."""
+    cut, DP points labelled with their epsilon, controls as black stars; dotted: the mean-image baseline's SSIM and
+    the re-id chance; dashed, when given: ``central``, the val acc of the centralised model (the accuracy ceiling)."""
     fig, axes = plt.subplots(1, 2, figsize=(13, 5.2))
     labels: list[tuple] = []  # (axis, xs, ys, texts) of each DP curve, drawn once the axes' scales are set
     if central is not None:
@@ -154,6 +155,11 @@ def plot_headline(points: Sequence[Point], path: Path, central: float | None = N
                 (axes[1], [p.ssim()["ssim"] for p in series]),
             ):
                 labels.append((ax, xs, ys, [_eps_label(p) for p in series]))
+    for p in (p for p in points if p.cell.family == "control"):
+        for ax, row, key in ((axes[0], p.reid(), "reid_top1"), (axes[1], p.ssim(), "ssim")):
+            err = [[v] for v in _interval(row, key)]
+            ax.errorbar([p.val_acc], [row[key]], yerr=err, color="black", marker="*", markersize=11, capsize=3,
+                        linestyle="none", label=f"control: {p.cell.name}, cut {p.cut}")  # fmt: skip
     chance = statistics.mean(p.reid()["reid_chance"] for p in points)
     axes[0].axhline(chance, color="grey", linestyle=":", linewidth=1, label="chance")
     # Log scale from half the chance level: re-id spans 1e-3 (a defense at chance) to 1 (cut 2).
@@ -176,7 +182,7 @@ def plot_headline(points: Sequence[Point], path: Path, central: float | None = N
 def _annotate_merged(ax, xs: Sequence[float], ys: Sequence[float], texts: Sequence[str], near_px: float = 14) -> None:
     """Label a curve's points; consecutive points within ``near_px`` pixels of the group's first point share one
     label ("eps 30, 8, 3, 1"), so a cluster of points (DP at cut 4 barely moves) stays readable. Groups' labels
-    alternate above right and below left of their point."""
+    alternate above and below their point."""
     ax.get_xlim(), ax.get_ylim()  # settle autoscaled limits before reading pixel positions
     pixels = ax.transData.transform(list(zip(xs, ys, strict=True)))
     groups: list[list[int]] = []
@@ -185,11 +191,10 @@ def _annotate_merged(ax, xs: Sequence[float], ys: Sequence[float], texts: Sequen
             groups[-1].append(i)
         else:
             groups.append([i])
-    for n, group in enumerate(groups):  # labels alternate above and below, so neighbouring groups' texts do not meet
+    for n, group in enumerate(groups):
         text = texts[group[0]] + "".join(", " + texts[i].removeprefix("eps ") for i in group[1:])
-        offset, align = ((5, 4), "left") if n % 2 == 0 else ((-5, -11), "right")
-        point = (xs[group[0]], ys[group[0]])
-        ax.annotate(text, point, textcoords="offset points", xytext=offset, ha=align, fontsize=8)
+        offset = (5, 4) if n % 2 == 0 else (5, -11)
+        ax.annotate(text, (xs[group[0]], ys[group[0]]), textcoords="offset points", xytext=offset, fontsize=8)
 
 
 def _eps_label(p: Point) -> str:
@@ -281,6 +286,12 @@ def headline(points: Sequence[Point]) -> str:
             for family in ("cut-noise", "nopeek"):
                 s += _compare(plain, target, [p for p in at_cut if p.cell.family == family], family)
             sentences.append(s + ".")
+            strongest = min(dp, key=lambda p: p.epsilon_median)
+            if strongest is not target:
+                sentences.append(
+                    f"At epsilon {strongest.epsilon_median:.3g} (cut {cut}) re-id is "
+                    f"{_ci(strongest.reid(), 'reid_top1')} at val acc {strongest.val_acc:.3f}."
+                )
         else:
             sentences.append(
                 f"At cut {cut} without DP the best attack re-identifies {_ci(plain.reid(), 'reid_top1')} of unseen "
@@ -293,6 +304,11 @@ def headline(points: Sequence[Point]) -> str:
             f"Moving the cut from block 4 to block 2 (no defense) moves re-id from {_ci(a.reid(), 'reid_top1')} to "
             f"{_ci(b.reid(), 'reid_top1')}, with val acc {a.val_acc:.3f} and {b.val_acc:.3f}."
         )
+    sentences += [
+        f"Control {p.cell.name} (cut {p.cut}): re-id {_ci(p.reid(), 'reid_top1')} at val acc {p.val_acc:.3f}."
+        for p in points
+        if p.cell.family == "control"
+    ]
     return " ".join(sentences) or "No cell is finished yet."
 
 

@@ -6,7 +6,10 @@ settings. Every cell shares the base's seed, clients and shards, so cells differ
 Families (one curve each in the report):
 - ``dp``: DP-SGD at a target epsilon (the accountant resolves sigma per cell), 0 = no DP (epsilon inf);
 - ``cut-noise``: noise on clipped activations (``--cut-clip`` / ``--cut-noise``) at sigma 0;
-- ``nopeek``: NoPeek's distance-correlation weight at sigma 0.
+- ``nopeek``: NoPeek's distance-correlation weight at sigma 0;
+- ``control``: a reference drawn as a point of its own, not on a curve, e.g. the device frozen at its random
+  initialisation (``lr = 1e-12``, sigma 0: Adam's steps are then about 1e-12), which says what an untrained device
+  leaks and what the server's part alone reaches.
 The no-defense cell at a cut (``dp`` with epsilon inf) is every family's starting point at that cut.
 
 A grid file is TOML: an optional ``[base]`` table of settings (kebab-case keys, as ``sim.py``'s flags) and one
@@ -34,7 +37,7 @@ from typing import Any
 from core.config import RunConfig, flag_name, settings
 from core.errors import UserError
 
-FAMILIES = ("dp", "cut-noise", "nopeek")
+FAMILIES = ("dp", "cut-noise", "nopeek", "control")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")  # a cell's name is its directory's name
 
 
@@ -56,7 +59,7 @@ class Cell:
 
     @property
     def label(self) -> str:
-        """How the report names the cell's point: "eps 8", "eps inf", "noise 0.1", "NoPeek 3"."""
+        """How the report names the cell's point: "eps 8", "eps inf", "noise 0.1", "NoPeek 3", or a control's name."""
         s = self.settings
         if self.family == "dp":
             if s.get("target_epsilon"):
@@ -64,6 +67,8 @@ class Cell:
             return f"sigma {s['noise']:g}" if s.get("noise") else "eps inf"
         if self.family == "cut-noise":
             return f"noise {s.get('cut_noise', 0):g}"
+        if self.family == "control":
+            return self.name
         return f"NoPeek {s.get('nopeek', 0):g}"
 
 

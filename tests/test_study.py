@@ -15,7 +15,8 @@ import numpy as np
 import pytest
 from test_attack_run import make_run
 
-from attack.study_report import central_accuracy, headline, read_point, write_study_report
+from attack import study_report
+from attack.study_report import central_accuracy, curves, headline, plot_headline, read_point, write_study_report
 from clients.data import OmniglotSet
 from core.config import RunConfig
 from core.errors import UserError
@@ -85,6 +86,29 @@ def test_headline_is_computed_from_the_cells(study) -> None:
         sentence
     )
     assert "NoPeek (NoPeek 3) reaches 0.010 [0.000, 0.030] at an accuracy cost of +0.250" in sentence
+
+
+def test_a_control_is_a_point_of_its_own_and_the_strongest_epsilon_joins_the_headline(
+    study, evaluation: OmniglotSet, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    out, cells, configs = study
+    extra = [Cell("eps1", "dp", {"target_epsilon": 1.0}), Cell("frozen", "control", {"noise": 0.0, "lr": 1e-12})]
+    _fake_cell(out / "eps1", evaluation, 0.28, 0.04, noise=2.0, epsilons=(0.9, 1.0))
+    _fake_cell(out / "frozen", evaluation, 0.25, 0.02, noise=0.0, epsilons=(math.inf,) * 2, lr=1e-12)
+    cells = cells + extra
+    configs |= {c.name: c.config(RunConfig(clients=2, rounds=2), out) for c in extra}
+    points = [read_point(c, configs[c.name], out / c.name) for c in cells]
+    assert all(p.cell.family != "control" for series in curves(points).values() for p in series)
+    assert [p.cell.name for p in curves(points)[("dp", 4)]] == ["plain", "eps8", "eps1"]
+    sentence = headline(points)
+    assert "At epsilon 0.95 (cut 4) re-id is 0.040 [0.020, 0.060] at val acc 0.280." in sentence
+    assert sentence.endswith("Control frozen (cut 4): re-id 0.020 [0.000, 0.040] at val acc 0.250.")
+    assert Cell("frozen", "control", {}).label == "frozen"
+    saved = []
+    monkeypatch.setattr(study_report, "_save", lambda fig, path: saved.append(fig))
+    plot_headline(points, tmp_path / "headline.png")
+    legend = saved[0].axes[0].get_legend_handles_labels()[1]
+    assert "control: frozen, cut 4" in legend and "DP-SGD (epsilon sweep), cut 4" in legend
 
 
 def test_report_html_renders_every_image_and_the_headline_in_chromium(study, tmp_path: Path) -> None:
