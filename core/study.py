@@ -78,8 +78,8 @@ class Cell:
 #   (val acc 0.33-0.35 against 0.29 with the device frozen, the same re-id), so inf, 8 and 1 show that flat curve.
 # - each activation-side defense at two strengths at cut 4, where the measured pair brackets "no effect" and
 #   "near chance" (README, Cut depth and defenses).
-# ``docs/study-full.toml`` adds epsilon 30 and 3 at both cuts (14 cells); its other cells are these, so a study
-# directory holding the default grid only runs the four new cells.
+# ``docs/study-full.toml`` adds epsilon 30 and 3 at both cuts and a frozen-device control (15 cells); its other
+# cells are these, so a study directory holding the default grid only runs the five new cells.
 DEFAULT_EPSILONS = {4: (0.0, 8.0, 1.0), 2: (0.0, 8.0, 1.0)}
 DEFAULT_CUT_NOISE = (0.03, 0.1)  # x the clip below: per-value std 0.18 and 0.6, against a spread of about 0.7
 DEFAULT_CUT_CLIP = 6.0  # about the activations' L2 norm at cut 4 (median 6.1 on the sigma-0 model)

@@ -165,7 +165,7 @@ def test_grid_files_and_shards(tmp_path: Path) -> None:
     cells = default_grid()
     assert len({c.name for c in cells}) == 10 and {c.family for c in cells} == {"dp", "cut-noise", "nopeek"}
     full_base, full = read_grid(Path(__file__).resolve().parent.parent / "docs" / "study-full.toml")
-    assert full_base == {} and len(full) == 14 and all(c in full for c in cells)  # a default study's cells are reused
+    assert full_base == {} and len(full) == 15 and all(c in full for c in cells)  # a default study's cells are reused
     assert [c.name for c in shard_of(cells, "2/3")] == [c.name for c in cells[1::3]]
     with pytest.raises(UserError, match="--shard must be K/N"):
         shard_of(cells, "4/3")
