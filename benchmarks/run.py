@@ -14,6 +14,8 @@ Every target is a ratio of two things measured side by side in this one run, so 
   (training and attack) in a child process: its wall time and the largest peak RSS of any one process it started
   (the driver, a Ray worker, ...; ``VmHWM``); ``main_tree_peak_rss_gb`` (a lever) is the largest sum of the
   process tree's RSS, sampled every 0.5 s.
+- ``study_seconds`` (only with ``--only study``: about 80 minutes): ``python sim.py study``, the default grid, end
+  to end into a temporary directory; ``study_peak_rss_gb`` beside it.
 
 The levers behind each figure are measured too and reported under ``levers``. Benchmarks are not tests: nothing here
 asserts a time. Needs the Omniglot data (``--data-dir`` or ``$OMNIGLOT_ROOT``).
@@ -72,6 +74,7 @@ TARGETS = {  # metric -> (comparison, target)
     "per_client_round_overhead_s": ("<=", 0.2),
     "main_seconds": ("<=", 600.0),
     "main_peak_rss_gb": ("<=", 3.0),
+    "study_seconds": ("<=", 5400.0),
 }
 BATCH = 32
 DEFAULT_SAMPLER = RunConfig().grad_sampler  # what sim.py trains with: the headline figures use it
@@ -246,9 +249,10 @@ def _command(pid: int) -> str:
         return "?"
 
 
-def bench_main(argv: list[str]) -> dict:
-    """The main command (``sim.py`` with ``argv``) end to end in a child process, into a temporary run directory:
-    wall time, the largest per-process peak RSS and the largest sampled RSS of the whole process tree."""
+def bench_main(argv: list[str], name: str = "main") -> dict:
+    """``sim.py`` with ``argv`` (the main command, or ``study``) end to end in a child process, into a temporary
+    ``--out``: wall time, the largest per-process peak RSS and the largest sampled RSS of the whole process tree,
+    as ``<name>_seconds``, ``<name>_peak_rss_gb`` and levers."""
     with tempfile.TemporaryDirectory() as tmp:
         cmd = [sys.executable, "sim.py", *argv, "--out", str(Path(tmp) / "run")]
         started = time.perf_counter()
@@ -263,16 +267,33 @@ def bench_main(argv: list[str]) -> dict:
             time.sleep(0.5)
         wall = time.perf_counter() - started
         if proc.returncode != 0:
-            raise UserError(f"the main command failed: {proc.stderr.read().strip().splitlines()[-1:]}")
+            raise UserError(f"sim.py {' '.join(argv)} failed: {proc.stderr.read().strip().splitlines()[-1:]}")
     return {
-        "main_seconds": wall,
-        "main_peak_rss_gb": peak_process / 2**20,
+        f"{name}_seconds": wall,
+        f"{name}_peak_rss_gb": peak_process / 2**20,
         "levers": {
-            "main_tree_peak_rss_gb": peak_tree / 2**20,
-            "main_peak_rss_process": peak_name,
-            "main_command": " ".join(["sim.py", *argv]),
+            f"{name}_tree_peak_rss_gb": peak_tree / 2**20,
+            f"{name}_peak_rss_process": peak_name,
+            f"{name}_command": " ".join(["sim.py", *argv]),
         },
     }
+
+
+def bench_study(quick: bool) -> dict:
+    """``python sim.py study`` (the default grid) end to end; ``quick``: a two-cell grid of 2 rounds on 64 images a
+    client, a smoke test of the measurement only."""
+    with tempfile.TemporaryDirectory() as tmp:
+        argv = ["study"]
+        if quick:
+            grid = Path(tmp) / "grid.toml"
+            base = "[base]\nrounds = 2\nlimit-per-client = 64\nattack-epochs = 3\n"
+            cells = '[[cells]]\nname = "plain"\nfamily = "dp"\nnoise = 0.0\n'
+            cells += '[[cells]]\nname = "eps8"\nfamily = "dp"\ntarget-epsilon = 8.0\n'
+            grid.write_text(base + cells)
+            argv += ["--grid", str(grid)]
+        result = bench_main(argv, "study")
+    result["levers"]["study_peak_rss_gb"] = result.pop("study_peak_rss_gb")  # no target: reported beside the time
+    return result
 
 
 def bench_attack(run_dir: Path | None, epochs: int | None) -> dict:
@@ -409,7 +430,10 @@ def main(argv: list[str] | None = None) -> int:
         "--attack-run", type=Path, default=Path("runs/s0"), help="finished run the attack benchmark attacks"
     )
     parser.add_argument(
-        "--only", nargs="+", choices=("dp", "gemm", "attack", "sim", "overhead", "main"), help="a subset"
+        "--only",
+        nargs="+",
+        choices=("dp", "gemm", "attack", "sim", "overhead", "main", "study"),
+        help="a subset (study, about 80 minutes, only when named)",
     )
     args = parser.parse_args(argv)
     if args.data_dir:
@@ -443,6 +467,8 @@ def main(argv: list[str] | None = None) -> int:
             sim = bench_simulation(clients=100, rounds=1 if quick else 3, limit=4)
             results["per_client_round_overhead_s"] = (sim["sim_s"] - sim["loop_s"]) / (sim["clients"] * sim["rounds"])
             results["levers"] |= {f"sim100_{k}": v for k, v in sim.items()}
+        if "study" in parts:
+            results |= _merge(results, bench_study(quick))
     except UserError as exc:
         console.print(f"error: {exc}", markup=False, highlight=False)
         return 2
