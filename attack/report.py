@@ -63,11 +63,16 @@ def ledger_spend(run_dir: Path) -> tuple[list[float], list[float]]:
     return sorted(last.values()) or [math.nan], [by_round[r] for r in sorted(by_round)]
 
 
+def final_val_acc(run_dir: Path) -> float:
+    """The global model's validation accuracy after a run's last round (``metrics.csv``; nan before round 1)."""
+    metrics = _csv_rows(run_dir / "metrics.csv")
+    return float(metrics[-1]["val_acc"]) if metrics else math.nan
+
+
 def run_summary(run_dir: Path) -> dict:
     """Final-round privacy and accuracy of one run: noise, epsilon median/min/max, accountant, delta, val_acc."""
     settings = json.loads((run_dir / "config.json").read_text())["settings"]
     eps = ledger_spend(run_dir)[0]
-    metrics = _csv_rows(run_dir / "metrics.csv")
     return {
         "noise": float(settings["noise"]),
         "epsilon_median": statistics.median(eps),
@@ -75,7 +80,7 @@ def run_summary(run_dir: Path) -> dict:
         "epsilon_max": eps[-1],
         "accountant": settings["accountant"],
         "delta": float(settings["delta"]),
-        "val_acc": float(metrics[-1]["val_acc"]) if metrics else math.nan,
+        "val_acc": final_val_acc(run_dir),
     }
 
 

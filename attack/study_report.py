@@ -27,7 +27,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from attack.report import ledger_spend, run_summary  # noqa: E402
+from attack.report import final_val_acc, ledger_spend, run_summary  # noqa: E402
 from core import files  # noqa: E402
 from core.config import RunConfig  # noqa: E402
 from core.privacy import EPSILON_COVERS  # noqa: E402
@@ -389,7 +389,7 @@ def central_accuracy(run_dir: Path | None) -> float | None:
     """The final val acc of a centralised run (``sim.py --clients 1 --partition iid``), or None."""
     if run_dir is None:
         return None
-    return run_summary(run_dir)["val_acc"]
+    return final_val_acc(run_dir)  # only metrics.csv: what --central checks for
 
 
 def write_study_report(

@@ -249,7 +249,7 @@ def _command(pid: int) -> str:
         return "?"
 
 
-def bench_main(argv: list[str], name: str = "main") -> dict:
+def bench_command(argv: list[str], name: str) -> dict:
     """``sim.py`` with ``argv`` (the main command, or ``study``) end to end in a child process, into a temporary
     ``--out``: wall time, the largest per-process peak RSS and the largest sampled RSS of the whole process tree,
     as ``<name>_seconds``, ``<name>_peak_rss_gb`` and levers."""
@@ -262,8 +262,9 @@ def bench_main(argv: list[str], name: str = "main") -> dict:
             pids = _tree(proc.pid)
             peak_tree = max(peak_tree, sum(_status_kb(pid, "VmRSS") for pid in pids))
             for pid in pids:
-                if _status_kb(pid, "VmHWM") > peak_process:
-                    peak_process, peak_name = _status_kb(pid, "VmHWM"), _command(pid)
+                hwm = _status_kb(pid, "VmHWM")
+                if hwm > peak_process:
+                    peak_process, peak_name = hwm, _command(pid)
             time.sleep(0.5)
         wall = time.perf_counter() - started
         if proc.returncode != 0:
@@ -291,7 +292,7 @@ def bench_study(quick: bool) -> dict:
             cells += '[[cells]]\nname = "eps8"\nfamily = "dp"\ntarget-epsilon = 8.0\n'
             grid.write_text(base + cells)
             argv += ["--grid", str(grid)]
-        result = bench_main(argv, "study")
+        result = bench_command(argv, "study")
     result["levers"]["study_peak_rss_gb"] = result.pop("study_peak_rss_gb")  # no target: reported beside the time
     return result
 
@@ -462,7 +463,7 @@ def main(argv: list[str] | None = None) -> int:
             results["levers"] |= {f"sim20_{k}": v for k, v in sim.items()}
         if "main" in parts:  # --quick: 2 rounds of 64 images a client, a smoke test of the measurement only
             tiny = ["--rounds", "2", "--limit-per-client", "64", "--attack-epochs", "3"] if quick else []
-            results |= _merge(results, bench_main(["--clients", "20", "--noise", "0.5", *tiny]))
+            results |= _merge(results, bench_command(["--clients", "20", "--noise", "0.5", *tiny], "main"))
         if "overhead" in parts:
             sim = bench_simulation(clients=100, rounds=1 if quick else 3, limit=4)
             results["per_client_round_overhead_s"] = (sim["sim_s"] - sim["loop_s"]) / (sim["clients"] * sim["rounds"])
