@@ -6,6 +6,7 @@ Nothing is skipped: without the data, every test that needs it fails with one me
 from __future__ import annotations
 
 import os
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -75,3 +76,15 @@ def small2(omniglot: Sets) -> OmniglotSet:
 def small1_zip(omniglot_root: Path) -> Path:
     """The real (read-only) small1 zip: the source for every copy / rewrite / corruption test."""
     return omniglot_root / f"{SMALL1}.zip"
+
+
+@pytest.fixture(scope="session")
+def chromium() -> str:
+    """Headless Chromium's path. Skipped with one line where it is absent, except under CI (``$CI`` set), where the
+    browser tests of report.html must run (``.ci/run`` installs Debian's chromium)."""
+    path = shutil.which("chromium") or shutil.which("chromium-browser")
+    if path:
+        return path
+    if os.environ.get("CI"):
+        pytest.fail("headless Chromium is needed under CI (Debian package chromium; .ci/run installs it)")
+    pytest.skip("headless Chromium not installed (apt-get install chromium); the browser check of report.html")

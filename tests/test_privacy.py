@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import inspect
 import math
 import subprocess
 import sys
 
 import dp_accounting
 import pytest
-from opacus.accountants import RDPAccountant
+from opacus.accountants import PRVAccountant, RDPAccountant
 from opacus.accountants.analysis.rdp import compute_rdp
 from opacus.accountants.utils import get_noise_multiplier
 
@@ -131,6 +132,9 @@ def test_classic_rdp_uses_the_old_conversion():
     assert classic > epsilon([(SIGMA, Q, 190)], DELTA, "rdp")
 
 
+PRV_EPS_ERROR = inspect.signature(PRVAccountant.get_epsilon).parameters["eps_error"].default
+
+
 # rdp and prv as they were before rdp-classic was aligned with TF Privacy (they must not move).
 @pytest.mark.parametrize(
     "history,rdp,prv",
@@ -144,7 +148,9 @@ def test_classic_rdp_uses_the_old_conversion():
 )
 def test_rdp_and_prv_unchanged(history, rdp, prv):
     assert epsilon(history, DELTA, "rdp") == pytest.approx(rdp, rel=1e-12)
-    assert epsilon(history, DELTA, "prv") == pytest.approx(prv, rel=1e-9)
+    # PRV is numerical (an FFT over a discretised privacy loss, done by scipy): Opacus guarantees its epsilon to
+    # within eps_error of the true value, not to the last digits, which move with the scipy release.
+    assert epsilon(history, DELTA, "prv") == pytest.approx(prv, abs=PRV_EPS_ERROR)
 
 
 def test_no_noise_is_infinite_and_no_steps_is_zero():
