@@ -29,9 +29,12 @@ import torch
 from torch import nn
 
 from attack.metrics import ssim_torch
-from split.model import IMAGE_SIDE, as_float_tensor, batched_eval, cut_shape
+from split.model import CUT_CHANNELS, as_float_tensor, batched_eval
 
-VECTOR_SHAPE = cut_shape(4)  # (32,1,1): the original cut
+# The decoders draw images of the original experiment's side: ``seed``'s transposed convolutions end at 105 by
+# construction (1 -> 9 -> 23 -> 51 -> 105); ``attack.run`` refuses a dataset of another side with one line.
+IMAGE_SIDE = 105
+VECTOR_SHAPE = (CUT_CHANNELS, 1, 1)  # the original cut
 
 # About 92 % of Omniglot pixels are white: starting the sigmoid there skips the epochs spent learning the background.
 _BACKGROUND_START = 0.9

@@ -33,18 +33,20 @@ from rich.table import Table
 
 from attack.base import Attack, AttackerKnowledge
 from attack.ceiling import ceiling
+from attack.decoders import IMAGE_SIDE
 from attack.figures import pick, save_grid
 from attack.metrics import INTERVAL_KEYS, METRIC_KEYS, PerImage, mean_image_baseline, per_image_many, summarize
 from attack.registry import build_attack, parse_attacks
 from attack.sets import POINTS, EvalSet, client_sets, small2_sets
 from attack.surrogate import surrogate_images
-from clients.data import EVALUATION, SMALL1, SMALL2, OmniglotSet, load_set
 from core import files
-from core.config import RunConfig, settings
+from core.config import RunConfig
 from core.errors import UserError
+from core.rundir import INCOMPLETE, RunDir, local_devices
+from data.base import geometry, get_dataset
+from data.omniglot import ImageSet
 from split.cut import Cut, build_cut
 from split.model import batched_eval, build_split, device_activations
-from strategy.interception import local_devices
 
 CSV_KEYS = (*METRIC_KEYS, *(f"{k}_{e}" for k in INTERVAL_KEYS for e in ("lo", "hi")))
 SAVE_PER_SET = 100  # reconstructions kept per set in its .npz (the metrics use every scored row)
@@ -79,20 +81,24 @@ class FinishedRun:
 
 
 def load_run(run_dir: Path) -> FinishedRun:
-    """The finished run in ``run_dir``; UserError if it is incomplete."""
-    for name in ("model.pt", "intercepted.npz", "config.json"):
-        if not (run_dir / name).is_file():
-            raise UserError(f"{run_dir} is not a finished run: {name} is missing (train it first with sim.py)")
-    saved = torch.load(run_dir / "model.pt", map_location="cpu", weights_only=False)
-    cfg = load_config(run_dir, saved)
-    device, head = build_split(**cfg.model_options())
+    """The finished run in ``run_dir`` (read through ``RunDir``); UserError if it is not a trained run."""
+    run = RunDir(run_dir)
+    cfg = run.read_config()  # one clear line for a missing config.json or a run of another version
+    if run.state() == INCOMPLETE:
+        raise UserError(f"{run_dir} has not finished training; {run.resume_hint()}")
+    for path in (run.model, run.intercepted):
+        if not path.is_file():
+            raise UserError(f"{run_dir} is not a finished run: {path.name} is missing (train it first with sim.py)")
+    if geometry(cfg.dataset)["image_side"] != IMAGE_SIDE:
+        raise UserError(f"the attacks draw {IMAGE_SIDE}-pixel images; dataset {cfg.dataset!r} has another side")
+    saved = torch.load(run.model, map_location="cpu", weights_only=False)
+    device, head = build_split(**cfg.model_options(), **geometry(cfg.dataset))
     device.load_state_dict(saved["device"])
     head.load_state_dict(saved["head"])
-    with np.load(run_dir / "intercepted.npz") as z:
-        intercepted = {k: z[k] for k in z.files}
+    intercepted = run.load_intercepted()
     client_devices = {}
     for pid, state in local_devices(intercepted).items():
-        own, _ = build_split(**cfg.model_options())
+        own, _ = build_split(**cfg.model_options(), **geometry(cfg.dataset))
         own.load_state_dict({k: torch.from_numpy(v) for k, v in state.items()})
         client_devices[pid] = own.eval()
     # The one place the attacker's cut is built: from the run's settings, so its own queries send through the same
@@ -100,26 +106,8 @@ def load_run(run_dir: Path) -> FinishedRun:
     return FinishedRun(cfg, device.eval(), head.eval(), build_cut(**cfg.cut_options()), intercepted, client_devices)
 
 
-def load_config(run_dir: Path, saved: dict) -> RunConfig:
-    """The run's settings from config.json; from model.pt's ``"config"`` (kebab-case) when config.json has none.
-
-    Settings the run's code did not have yet take their defaults; ones this code no longer has are dropped.
-    """
-    try:
-        payload = json.loads((run_dir / "config.json").read_text())
-    except (OSError, ValueError) as exc:
-        raise UserError(f"{run_dir}/config.json is unreadable ({type(exc).__name__})") from None
-    stored = payload.get("settings") if isinstance(payload, dict) else None
-    if isinstance(stored, dict):
-        names = {f.name for f in settings()}
-        return RunConfig(**{k: v for k, v in stored.items() if k in names})
-    if "config" in saved:  # runs written before model.pt lost its copy of the settings
-        return RunConfig.from_flwr(saved["config"])
-    raise UserError(f"{run_dir}: neither config.json nor model.pt holds the run's settings")
-
-
 def build_sets(
-    run: FinishedRun, small1: OmniglotSet, small2: OmniglotSet, evaluation: OmniglotSet, seed: int = 0
+    run: FinishedRun, small1: ImageSet, small2: ImageSet, evaluation: ImageSet, seed: int = 0
 ) -> list[EvalSet]:
     """Every evaluation set of the run, in leakage.json's order: unseen, seen, clients' inference, clients' train."""
     return small2_sets(run.query, small1, small2) + client_sets(
@@ -252,7 +240,6 @@ def run_attack(
     run_dir: Path,
     data_dir: str | None = None,
     epochs: int | None = None,
-    decoders: Sequence[str] | str | None = None,
     seed: int = 0,
     console: Console | None = None,
     *,
@@ -262,18 +249,15 @@ def run_attack(
 ) -> dict:
     """Fit each attack on the surrogate and score every evaluation set; writes the leakage files into ``run_dir``.
 
-    attacks (``decoders`` is the older name of the same thing): registered names (``attack.registry``) as a sequence
+    attacks: registered names (``attack.registry``) as a sequence
     or ``"seed,cond"``; default: the run's ``attacks`` setting. The first one fills the figures beside the best.
     epochs: the most decoder epochs, default the run's ``attack_epochs``. surrogate: "small1" or "public", default
     the run's. whitebox_images: unseen images a white-box attack reconstructs, default the run's.
     Returns ``{set: {method: numbers}}`` (also written as leakage.json).
     """
-    if attacks is not None and decoders is not None and parse_attacks(attacks) != parse_attacks(decoders):
-        raise ValueError(f"attacks={attacks!r} and decoders={decoders!r} disagree; give one of them")
     run_dir = Path(run_dir)
     console = console or Console()
-    chosen = attacks if attacks is not None else decoders
-    names = parse_attacks(chosen) if chosen is not None else None  # unknown names fail before the run is read
+    names = parse_attacks(attacks) if attacks is not None else None  # unknown names fail before the run is read
     run = load_run(run_dir)
     names = names or parse_attacks(run.config.attacks)
     epochs = epochs if epochs is not None else run.config.attack_epochs
@@ -281,8 +265,9 @@ def run_attack(
     data_dir = data_dir or run.config.data_dir or None
     began = time.perf_counter()
     torch.manual_seed(seed)  # a noisy cut draws its noise from torch's generator: the same queries every run
-    small1, small2, evaluation = (load_set(name, data_dir) for name in (SMALL1, SMALL2, EVALUATION))
-    public, described = surrogate_images(surrogate, data_dir)
+    source = get_dataset(run.config.dataset, data_dir)
+    small1, small2, evaluation = (source.load(role) for role in ("surrogate", "unseen", "private"))
+    public, described = surrogate_images(surrogate, run.config.dataset, data_dir)
     public_activations = run.query(public)  # once: the device is frozen, so every attack's epochs reuse it
     n_classes = run.head[-1].out_features
     knowledge = AttackerKnowledge(
@@ -314,8 +299,7 @@ def run_attack(
     meta = {
         "run": str(run_dir),
         "attacks": list(names),
-        "decoders": list(names),  # the name attack/report.py read before "attacks"
-        "primary_decoder": names[0],
+        "first_attack": names[0],
         "refines_from": start_attack(fitted),
         "epochs": epochs,
         "surrogate": f"{surrogate}: {described}, {len(public)} images",
@@ -331,7 +315,7 @@ def run_attack(
             "sets_total": attack_seconds,
         },
     }
-    files.write_text(run_dir / "attack.json", json.dumps(meta, indent=2) + "\n")
+    files.write_text(RunDir(run_dir).attack, json.dumps(meta, indent=2) + "\n")
     print_summary(console, results, names)
     return results
 

@@ -25,7 +25,7 @@ from torch import nn
 
 from attack.base import Intercepted
 from attack.figures import pick
-from clients.data import OmniglotSet, shared_files
+from data.base import ImageSet, shared_files
 
 POINTS = ("inference", "train")  # where the server intercepted a client's activations (intercepted.npz prefixes)
 PER_CLIENT = 100  # rows of each client set that are attacked and scored
@@ -89,7 +89,7 @@ def _as_float(images: np.ndarray) -> np.ndarray:
     return (np.asarray(images, dtype=np.float32) / 255.0)[:, None, :, :]
 
 
-def small2_sets(query: Callable[[np.ndarray], torch.Tensor], small1: OmniglotSet, small2: OmniglotSet) -> list[EvalSet]:
+def small2_sets(query: Callable[[np.ndarray], torch.Tensor], small1: ImageSet, small2: ImageSet) -> list[EvalSet]:
     """The ``unseen`` and ``seen`` sets: small2 split by whether a file is also in small1, each sent through
     ``query`` (images float32 [N,1,105,105] -> activations [N,C,H,W], the attacker's own queries of the device).
     Every row is scored; no labels (the attacker's queries get none)."""
@@ -106,7 +106,7 @@ def small2_sets(query: Callable[[np.ndarray], torch.Tensor], small1: OmniglotSet
 
 def client_sets(
     intercepted: dict[str, np.ndarray],
-    evaluation: OmniglotSet,
+    evaluation: ImageSet,
     devices: dict[int, nn.Module] | None = None,
     per_client: int = PER_CLIENT,
     seed: int = 0,

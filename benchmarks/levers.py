@@ -30,6 +30,7 @@ from benchmarks.run import client_round, fedavg, refit_head  # noqa: E402
 from clients.client_app import client_split  # noqa: E402
 from clients.train import evaluate  # noqa: E402
 from core.config import RunConfig, settings  # noqa: E402
+from data.base import geometry  # noqa: E402
 from split.head import fit_head, head_fit_seed  # noqa: E402
 from split.model import build_split, joined_state, load_joined  # noqa: E402
 
@@ -39,7 +40,7 @@ def run(
 ) -> list[dict]:
     """Train as described in the module docstring; returns one row per round."""
     torch.manual_seed(cfg.seed)
-    state = joined_state(*build_split(**cfg.model_options()))
+    state = joined_state(*build_split(**cfg.model_options(), **geometry(cfg.dataset)))
     train_mode = local_head or ("copies" if head_mode == "copies" else "server")
     rows, started, velocity = [], time.perf_counter(), {}
     for server_round in range(1, cfg.rounds + 1):
@@ -63,7 +64,7 @@ def run(
                 delta = state[k] - new_state[k]
                 velocity[k] = momentum * velocity.get(k, 0) + delta
                 new_state[k] = state[k] - velocity[k]
-        device, head = build_split(**cfg.model_options())
+        device, head = build_split(**cfg.model_options(), **geometry(cfg.dataset))
         load_joined(device, head, new_state)
         if head_mode == "refit":
             refit_head(cfg, device, head, server_round, refit_fraction)

@@ -52,12 +52,14 @@ sys.path.insert(0, str(ROOT))  # run as a script from anywhere
 
 from clients import grad_samplers  # noqa: E402
 from clients.client_app import client_split, local_round_seed  # noqa: E402
-from clients.data import EVALUATION, load_set  # noqa: E402
+from clients.grad_samplers import SAMPLERS  # noqa: E402
 from clients.train import LocalResult, evaluate, split_step, train_local  # noqa: E402
 from core import files  # noqa: E402
-from core.config import GRAD_SAMPLERS, RunConfig  # noqa: E402
+from core.config import RunConfig  # noqa: E402
 from core.errors import UserError  # noqa: E402
-from split.allocator import keep_freed_memory  # noqa: E402
+from core.runtime import keep_freed_memory  # noqa: E402
+from data.base import geometry  # noqa: E402
+from data.omniglot import EVALUATION, load_set  # noqa: E402
 from split.head import fit_head, head_fit_sample, head_fit_seed  # noqa: E402
 from split.model import build_split, device_activations, joined_state, load_joined  # noqa: E402
 
@@ -114,14 +116,14 @@ def _step_fn(
     """One split step of ``kind``: plain, or DP-SGD with a per-sample-gradient method (fused, fast, opacus,
     functorch), the model split after block ``cut``."""
     torch.manual_seed(0)
-    device, head = (m.to(on) for m in build_split(cut=cut))
+    device, head = (m.to(on) for m in build_split(cut=cut, **geometry("omniglot")))
     images, labels = images.to(on), labels.to(on)
     head_opt = torch.optim.Adam(head.parameters(), lr=1e-3)
     device_opt = torch.optim.Adam(device.parameters(), lr=1e-3)
     model: nn.Module = device
     if kind != "plain":
         model = wrap_model(device, grad_sample_mode="functorch" if kind == "functorch" else "hooks")
-        if kind in GRAD_SAMPLERS:
+        if kind in SAMPLERS:
             model = grad_samplers.install(model, kind)
         device_opt = DPOptimizer(device_opt, noise_multiplier=0.5, max_grad_norm=1.0, expected_batch_size=BATCH)
     return _synced(lambda: split_step(model, head, device_opt, head_opt, images, labels), on)
@@ -137,7 +139,7 @@ def _steps_ms(
 
 def bench_dp_step(repeats: int) -> dict:
     images, labels = _real_batch()
-    kinds = ("plain", *GRAD_SAMPLERS, "functorch")
+    kinds = ("plain", *SAMPLERS, "functorch")
     # Lever: glibc's default allocator settings, measured first while this process's heap is still small.
     keep_freed_memory(False)
     glibc = _steps_ms(("plain", DEFAULT_SAMPLER), images, labels, max(repeats // 3, 5))
@@ -193,23 +195,23 @@ def matmul_flops_per_s(side: int = 1024, repeats: int = 10) -> float:
 def bench_gemm_fraction(n_images: int) -> dict:
     """DP training throughput of ``train_local`` (data loading, Poisson batches, clipping, noise included)."""
     images, labels = _real_batch(n_images)
-    flops = training_flops_per_image(*build_split())
+    flops = training_flops_per_image(*build_split(**geometry("omniglot")))
     peak = matmul_flops_per_s()
     out = {"training_mflop_per_image": flops / 1e6, "matmul_gflop_per_s": peak / 1e9}
-    for sampler in GRAD_SAMPLERS:
+    for sampler in SAMPLERS:
         cfg = RunConfig(noise=0.5, grad_sampler=sampler)
         # Seed 1 is a warm-up round, untimed: the steady state of a simulation worker's later rounds (allocator
         # heap grown, oneDNN kernels created for the Poisson batch sizes seen).
         for seed in (1, 0):
             torch.manual_seed(0)
-            device, head = build_split()
+            device, head = build_split(**geometry("omniglot"))
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 started = time.perf_counter()
                 result = train_local(device, head, images, labels, cfg, [], seed=seed)
             seconds = time.perf_counter() - started
         out[f"dp_images_per_s_{sampler}"] = result.steps * BATCH / seconds  # expected images per Poisson batch
-    for sampler in GRAD_SAMPLERS:
+    for sampler in SAMPLERS:
         out[f"gemm_fraction_{sampler}"] = out[f"dp_images_per_s_{sampler}"] / (peak / flops)
     return {"gemm_fraction": out[f"gemm_fraction_{DEFAULT_SAMPLER}"], "levers": out}
 
@@ -346,7 +348,7 @@ def client_round(
 ) -> tuple[nn.Module, nn.Module, torch.Tensor, LocalResult]:
     """One client's local round as the ClientApp runs it (same seed, same step), from the global ``state``, with no
     earlier privacy history: (device, head, its training labels, the result). ``train_kwargs`` go to train_local."""
-    device, head = build_split(**cfg.model_options())
+    device, head = build_split(**cfg.model_options(), **geometry(cfg.dataset))
     load_joined(device, head, state)
     images, labels, _ = client_split(cfg, pid, "train")
     seed = local_round_seed(cfg.seed, pid, server_round)
@@ -377,7 +379,7 @@ def plain_loop(cfg: RunConfig) -> float:
     torch.set_num_threads(os.cpu_count() or 1)
     started = time.perf_counter()
     torch.manual_seed(cfg.seed)
-    state = joined_state(*build_split(**cfg.model_options()))
+    state = joined_state(*build_split(**cfg.model_options(), **geometry(cfg.dataset)))
     for server_round in range(1, cfg.rounds + 1):
         states, weights = [], []
         for pid in range(cfg.clients):
@@ -386,15 +388,15 @@ def plain_loop(cfg: RunConfig) -> float:
             weights.append(result.n_train)
         state = fedavg(states, weights)
         if cfg.head_mode == "refit":
-            device, head = build_split(**cfg.model_options())
+            device, head = build_split(**cfg.model_options(), **geometry(cfg.dataset))
             load_joined(device, head, state)
             refit_head(cfg, device, head, server_round, cfg.head_fit_fraction)
             state = joined_state(device, head)
         for pid in range(cfg.clients):
-            device, head = build_split(**cfg.model_options())
+            device, head = build_split(**cfg.model_options(), **geometry(cfg.dataset))
             load_joined(device, head, state)
             evaluate(device, head, *client_split(cfg, pid, "val")[:2])
-    device, head = build_split(**cfg.model_options())
+    device, head = build_split(**cfg.model_options(), **geometry(cfg.dataset))
     load_joined(device, head, state)
     for pid in range(cfg.clients):
         device_activations(device, torch.cat([client_split(cfg, pid, p)[0] for p in ("train", "val")]))
@@ -403,7 +405,7 @@ def plain_loop(cfg: RunConfig) -> float:
 
 def simulation_seconds(cfg: RunConfig) -> float:
     """Wall time of a full ``sim.py`` training run (Ray start, rounds, query, ledger and figures), no attack."""
-    from strategy.simulation import run_training
+    from simulation.wiring import run_training
 
     with tempfile.TemporaryDirectory() as tmp:
         started = time.perf_counter()

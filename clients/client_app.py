@@ -6,8 +6,8 @@ carries the updated arrays, the round's privacy figures, a status and the client
 history lives in ``context.state`` so that epsilon composes over every round this client ever trained in; the
 server keeps a copy for its checkpoints and sends it back, which restores it after ``--resume``.
 
-``app`` is the ClientApp that ``flwr run`` and the simulation use; ``build_client_app(mods)`` builds the same app
-with Flower client mods around every handler (the test seam of ``clients/fault_injection.py``).
+``build_client_app(mods)`` builds the ClientApp (``flwr run .`` loads ``simulation.apps.client_app``), with Flower
+client mods around every handler (the test seam of ``clients/fault_injection.py``).
 """
 
 from __future__ import annotations
@@ -23,7 +23,6 @@ from flwr.app import ArrayRecord, Context, Message
 from flwr.clientapp import ClientApp
 from flwr.clientapp.typing import Mod
 
-from clients.data import EVALUATION, OmniglotSet, load_set
 from clients.shards import ClientShard, build_shards
 from clients.train import LocalResult, evaluate, train_local
 from core.config import RunConfig
@@ -31,6 +30,7 @@ from core.privacy import History, epsilon, sample_rate, steps_per_epoch, total_s
 from core.protocol import (
     ARRAYS_KEY,
     CONFIG_KEY,
+    FAIL_AT_KEY,
     PRIVACY_KEY,
     ROUND_KEY,
     EvaluateReply,
@@ -44,15 +44,16 @@ from core.protocol import (
     is_partition_query,
     read_history,
 )
+from data.base import ImageSet, geometry, get_dataset
 from split.cut import Cut, build_cut
 from split.head import head_fit_sample
 from split.model import build_split, device_activations, joined_state, load_joined
 
 
 @functools.lru_cache(maxsize=2)  # a simulation worker serves many clients and rounds: partition once per run
-def _shards(cfg_key: tuple) -> tuple[OmniglotSet, list[ClientShard]]:
+def _shards(cfg_key: tuple) -> tuple[ImageSet, list[ClientShard]]:
     cfg = RunConfig(**dict(cfg_key))
-    data = load_set(EVALUATION, cfg.data_dir or None)
+    data = get_dataset(cfg.dataset, cfg.data_dir or None).load("private")
     return data, build_shards(data.alphabet, cfg)
 
 
@@ -61,7 +62,7 @@ def client_split(cfg: RunConfig, partition_id: int, part: str) -> tuple[torch.Te
     labels int64 [n], and the images' int64 [n] indices into the evaluation set."""
     key = tuple(
         (name, getattr(cfg, name))
-        for name in ("data_dir", "clients", "partition", "alphabets_per_client", "alpha")
+        for name in ("dataset", "data_dir", "clients", "partition", "alphabets_per_client", "alpha")
         + ("limit_per_client", "val_fraction", "seed")
     )
     data, shards = _shards(key)
@@ -94,7 +95,7 @@ def _setup(msg: Message, context: Context) -> tuple[RunConfig, int, torch.nn.Mod
     torch_device = torch.device("cuda" if cfg.device == "cuda" else "cpu")
     if cfg.device == "auto":
         torch_device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device, head = build_split(**cfg.model_options())
+    device, head = build_split(**cfg.model_options(), **geometry(cfg.dataset))
     load_joined(device, head, msg.content[ARRAYS_KEY].to_torch_state_dict())
     return cfg, partition_id, device, head, torch_device
 
@@ -113,8 +114,8 @@ def train(msg: Message, context: Context) -> Message:
     """Local DP-SGD round; reply with updated weights and this client's composed privacy spend.
 
     The reply's ``status`` is ``trained``; ``over-budget`` when this round would take the client past
-    ``--max-epsilon`` (nothing is trained); or ``failed`` for a ``--fail-rate`` crash after some steps, whose steps
-    are in the accountant (no weights are returned).
+    ``--max-epsilon`` (nothing is trained); or ``failed`` for a failure the test seam injected after some steps,
+    whose steps are in the accountant (no weights are returned).
     """
     started = time.perf_counter()
     cfg, pid, device, head, torch_device = _setup(msg, context)
@@ -127,10 +128,9 @@ def train(msg: Message, context: Context) -> Message:
         message = f"not trained: {planned} more steps would take epsilon past --max-epsilon {cfg.max_epsilon:g}"
         reply = _train_reply(cfg, pid, history, len(labels), 0, started, q, status="over-budget", message=message)
         return reply.to_message(msg)
-    # Seeded per (seed, client, round) so that a run and its resumed copy draw the same failures.
-    fail_rng = np.random.default_rng([cfg.seed, pid, server_round, 1])
-    fails = fail_rng.random() < cfg.fail_rate
-    max_steps = int(fail_rng.integers(1, max(2, planned))) if fails else None  # part-way through the round
+    fail_at = float(msg.content[CONFIG_KEY].get(FAIL_AT_KEY, 0.0))  # the test seam's injected failure
+    fails = fail_at > 0
+    max_steps = 1 + int(fail_at * (max(2, planned) - 1)) if fails else None  # part-way through the round
     seed = local_round_seed(cfg.seed, pid, server_round)
     torch.manual_seed(seed)
     # This client's last training round: the final round, or the last one its --max-epsilon budget allows.
@@ -145,7 +145,7 @@ def train(msg: Message, context: Context) -> Message:
     # Persisted before replying: a client that fails mid-round still carries the steps it took.
     context.state.config_records[PRIVACY_KEY] = history_record(result.history)
     if fails:
-        message = f"simulated failure (--fail-rate {cfg.fail_rate:g}) after {result.steps} of {planned} steps"
+        message = f"simulated failure (test seam) after {result.steps} of {planned} steps"
         reply = _train_reply(cfg, pid, result.history, result.n_train, result.steps, started, q, "failed", message)
         return reply.to_message(msg)
     reply = _train_reply(cfg, pid, result.history, result.n_train, result.steps, started, q, result=result)
@@ -242,6 +242,3 @@ def build_client_app(mods: list[Mod] | None = None) -> ClientApp:
     client_app.evaluate()(evaluate_client)
     client_app.query()(query)
     return client_app
-
-
-app = build_client_app()

@@ -21,12 +21,11 @@ import torch
 from opacus import GradSampleModule
 from torch import nn
 
-from core.config import GRAD_SAMPLERS
-
 # Below this many output positions a convolution's per-sample weight gradients come from one grouped convolution
 # (batch as groups); above it, from one weight-gradient kernel call per sample. Measured on this model, batch 32,
-# 2 cores, with split.allocator's setting: 9x9 outputs 2.0 ms grouped vs 3.2 ms per sample; 27x27 outputs 29.8 ms
+# 2 cores, with core.runtime's setting: 9x9 outputs 2.0 ms grouped vs 3.2 ms per sample; 27x27 outputs 29.8 ms
 # vs 14.7 ms.
+SAMPLERS = ("fused", "fast", "opacus")  # --grad-sampler: how DP-SGD gets per-sample gradients
 _GROUPED_BELOW = 256
 
 
@@ -168,8 +167,8 @@ def install(model: nn.Module, sampler: str = "fused") -> GradSampleModule | PerS
     shadows Opacus's class-wide registry). "fused": ``model``'s hooks are removed and a ``PerSampleDevice`` over
     the wrapped network is returned.
     """
-    if sampler not in GRAD_SAMPLERS:
-        raise ValueError(f"unknown grad sampler {sampler!r}; choose from {', '.join(GRAD_SAMPLERS)}")
+    if sampler not in SAMPLERS:
+        raise ValueError(f"unknown grad sampler {sampler!r}; choose from {', '.join(SAMPLERS)}")
     if not isinstance(model, GradSampleModule):
         raise TypeError(f"install needs an Opacus GradSampleModule, got {type(model).__name__}")
     if sampler == "fused":

@@ -21,7 +21,7 @@ from clients import grad_samplers
 from clients.grad_samplers import PerSampleDevice
 from core.config import RunConfig
 from core.privacy import History, make_accountant, sample_rate, total_steps
-from split.allocator import keep_freed_memory
+from core.runtime import keep_freed_memory
 from split.cut import Cut, build_cut
 from split.model import activation_shape
 
@@ -121,7 +121,7 @@ def train_local(
     ``max_steps`` stops the round early (``--fail-rate``'s simulated crash); the steps taken are in the history.
     ``cfg.skew_loss`` offsets the logits in the loss (``label_skew_bias``); with ``cfg.strategy == "fedprox"`` the
     device is pulled towards its starting (global) weights after every step (``_proximal_step``).
-    Sets this process's allocator to keep freed memory (``split.allocator``): about 2x faster steps on the CPU.
+    Sets this process's allocator to keep freed memory (``core.runtime``): about 2x faster steps on the CPU.
     """
     keep_freed_memory()
     device.to(torch_device).train()

@@ -16,29 +16,33 @@ from core.errors import UserError
 
 PARTITIONS = ("shards", "alphabet", "dirichlet", "iid")
 OPTIMIZERS = ("adam", "sgd")
-ACCOUNTANTS = ("rdp", "prv", "rdp-classic")
 DEVICES = ("auto", "cpu", "cuda")
-GRAD_SAMPLERS = ("fused", "fast", "opacus")  # how DP-SGD gets per-sample gradients: clients/grad_samplers.py
-STRATEGIES = ("fedavg", "fedavgm", "fedadam", "fedyogi", "fedprox")  # strategy/registry.py
 HEAD_MODES = ("copies", "refit")
-SURROGATES = ("small1", "public")  # the attacker's public images (attack.surrogate)
 INPUT_NORMS = ("none", "invert")
 SKEW_LOSSES = ("none", "restricted", "logit-adjust")
-N_ALPHABETS = 20
+CUT_DEPTHS = (1, 2, 3, 4)  # the device is the first N conv blocks of split.model's four
 
 # Flag groups of ``sim.py --help``, in this order.
 FEDERATION, DP_TRAINING, RUN, ATTACK = "federation", "local DP-SGD training", "run", "attack (the curious server)"
 SPLIT = "the cut (where the model is split, and defenses on what crosses it)"
-CUTS = (1, 2, 3, 4)  # split.model.CUTS (core imports nothing of ours)
 
 
-def setting(default, help: str, group: str, choices: tuple[str, ...] | None = None, **cli) -> Any:
+def setting(
+    default,
+    help: str,
+    group: str,
+    choices: tuple[str, ...] | None = None,
+    registry: str | None = None,
+    **cli,
+) -> Any:
     """A RunConfig field with what the command line and ``[tool.flwr.app.config]`` need to know about it.
 
     ``help`` and ``group`` become the flag's help text and section in ``sim.py --help``; ``choices`` are checked by
-    ``validate`` and listed in the help; ``cli`` holds extra argparse keywords (``nargs``, ``metavar``).
+    ``validate`` and listed in the help. ``registry`` names the registry whose keys are the choices (a strategy,
+    an accountant, ...): they live in the room that owns the registry and are checked against it
+    (``simulation.registries``), never repeated here. ``cli`` holds extra argparse keywords (``nargs``).
     """
-    meta = {"help": help, "group": group, "choices": choices, "cli": cli}
+    meta = {"help": help, "group": group, "choices": choices, "registry": registry, "cli": cli}
     return field(default=default, metadata=meta)
 
 
@@ -84,7 +88,7 @@ class RunConfig:
         DP_TRAINING,
         SKEW_LOSSES,
     )
-    strategy: str = setting("fedavg", "server aggregation (Flower's strategies)", FEDERATION, STRATEGIES)
+    strategy: str = setting("fedavg", "server aggregation (Flower's strategies)", FEDERATION, registry="strategy")
     server_lr: float = setting(
         0.0,
         "server learning rate: fedavgm's server_learning_rate, fedadam / fedyogi's eta; 0 = Flower's default",
@@ -111,7 +115,7 @@ class RunConfig:
     )
     clip: float = setting(1.0, "per-sample gradient L2 clipping bound", DP_TRAINING)
     delta: float = setting(1e-5, "delta of the (epsilon, delta) guarantee", DP_TRAINING)
-    accountant: str = setting("rdp", "privacy accountant", DP_TRAINING, ACCOUNTANTS)
+    accountant: str = setting("rdp", "privacy accountant", DP_TRAINING, registry="accountant")
     local_epochs: int = setting(1, "local epochs per round", DP_TRAINING)
     batch_size: int = setting(32, "expected (Poisson) batch size", DP_TRAINING)
     lr: float = setting(0.002, "learning rate (0.005 in the 2020 DP runs; see README, Levers)", DP_TRAINING)
@@ -129,7 +133,7 @@ class RunConfig:
         "fused",
         "per-sample gradients: fused (own backward, no Opacus hooks), fast (Opacus hooks, own conv) or opacus",
         DP_TRAINING,
-        GRAD_SAMPLERS,
+        registry="grad_sampler",
     )
     # --- the cut
     cut: int = setting(
@@ -157,18 +161,15 @@ class RunConfig:
         SPLIT,
     )
     # --- run
+    dataset: str = setting(
+        "omniglot", "the images (data/ registry): clients' private set, attacker's sets", RUN, registry="dataset"
+    )
     seed: int = setting(0, "seed for shards, weights, sampling and noise", RUN)
     data_dir: str = setting("", "Omniglot zips/folders; else $OMNIGLOT_ROOT, ./data/omniglot", RUN)
     out: str = setting("", "run directory; default runs/<timestamp>-c<clients>-s<noise>", RUN)
     device: str = setting("cpu", "torch device", RUN, DEVICES)
     cpus_per_client: float = setting(1.0, "CPU cores per client", RUN)
     gpus_per_client: float = setting(0.0, "GPU share per client", RUN)
-    fail_rate: float = setting(
-        0.0,
-        "testing: each client training call fails after some steps with this probability (seeded); the round goes "
-        "on with the others and the ledger marks it failed",
-        RUN,
-    )
     # --- attack (the curious server)
     attack_epochs: int = setting(
         100, "most decoder training epochs over the surrogate (each stops early on a held-out slice)", ATTACK
@@ -189,9 +190,8 @@ class RunConfig:
         "the attacker's public images: small1 (2,720) or public (images_background minus small2's alphabets and "
         "files, 16,160)",
         ATTACK,
-        choices=SURROGATES,
+        registry="surrogate",
     )
-    extra: dict = field(default_factory=dict, repr=False)
 
     def validate(self) -> RunConfig:
         """Raise UserError with one line for the first invalid setting; return self."""
@@ -204,7 +204,7 @@ class RunConfig:
         if self.head_lr <= 0:
             raise UserError(f"--head-lr must be > 0, got {self.head_lr}")
         _finite(self, "noise", "lr", "clip", "delta", "alpha", "target_epsilon", "fraction_train", "val_fraction")
-        _finite(self, "dropout", "cpus_per_client", "gpus_per_client", "max_epsilon", "fail_rate")
+        _finite(self, "dropout", "cpus_per_client", "gpus_per_client", "max_epsilon")
         _finite(self, "server_lr", "server_momentum", "proximal_mu")
         if self.server_lr < 0 or self.proximal_mu < 0 or not 0 <= self.server_momentum < 1:
             raise UserError("--server-lr and --proximal-mu must be >= 0 and --server-momentum in [0, 1)")
@@ -225,8 +225,6 @@ class RunConfig:
             raise UserError(
                 "--max-epsilon needs --noise > 0: without noise epsilon is infinite, so no client could train"
             )
-        if not 0 <= self.fail_rate < 1:
-            raise UserError(f"--fail-rate must be in [0, 1), got {self.fail_rate}")
         if not 0 < self.fraction_train <= 1:
             raise UserError(f"--fraction-train must be in (0, 1], got {self.fraction_train}")
         if not 0 < self.val_fraction < 1:
@@ -239,8 +237,8 @@ class RunConfig:
             raise UserError(f"--gpus-per-client must be >= 0, got {self.gpus_per_client}")
         if self.cut_clip < 0 or self.cut_noise < 0:
             raise UserError(f"--cut-clip and --cut-noise must be >= 0, got {self.cut_clip} and {self.cut_noise}")
-        if self.cut not in CUTS:
-            raise UserError(f"--cut must be one of {', '.join(map(str, CUTS))}, got {self.cut}")
+        if self.cut not in CUT_DEPTHS:
+            raise UserError(f"--cut must be one of {', '.join(map(str, CUT_DEPTHS))}, got {self.cut}")
         _finite(self, "cut_clip", "cut_noise", "nopeek")
         if self.nopeek < 0:
             raise UserError(f"--nopeek must be >= 0 (0 = off), got {self.nopeek}")
@@ -256,11 +254,6 @@ class RunConfig:
         for f in settings():
             if f.metadata["choices"]:
                 _choice(self, f.name, f.metadata["choices"])
-        if self.partition == "alphabet" and self.clients > N_ALPHABETS:
-            raise UserError(
-                f"--partition alphabet gives each client whole alphabets, so --clients must be <= {N_ALPHABETS}, "
-                f"got {self.clients}; use --partition shards, dirichlet or iid for more clients"
-            )
         return self
 
     def cut_options(self) -> dict:
@@ -277,7 +270,7 @@ class RunConfig:
         return {"dropout": self.dropout, "norm_groups": self.norm_groups, "invert_input": invert, "cut": self.cut}
 
     def settings_dict(self) -> dict:
-        """Every setting by field name (``extra`` left out): what ``config.json`` stores."""
+        """Every setting by field name: what ``config.json`` stores."""
         return {f.name: getattr(self, f.name) for f in settings()}
 
     def to_flwr(self) -> dict[str, int | float | str | bool]:
@@ -286,26 +279,22 @@ class RunConfig:
 
     @classmethod
     def from_flwr(cls, values: dict) -> RunConfig:
-        """Inverse of ``to_flwr``; unknown keys are kept in ``extra``, missing keys take the defaults.
-
-        Flower's own name for the round count, ``num-server-rounds``, is accepted as ``rounds``.
+        """Inverse of ``to_flwr``: missing keys take the defaults; keys that are not settings (the protocol's own,
+        such as ``server-round``) are left out. Flower's name for the round count, ``num-server-rounds``, is
+        accepted as ``rounds``.
         """
         names = {f.name: f for f in settings()}
         kwargs: dict = {}
-        extra: dict = {}
         for key, value in values.items():
             name = "rounds" if key == "num-server-rounds" else key.replace("-", "_")
             if name in names:
-                default = names[name].default
-                kwargs[name] = type(default)(value) if default is not None else value
-            else:
-                extra[key] = value
-        return cls(**kwargs, extra=extra)
+                kwargs[name] = type(names[name].default)(value)
+        return cls(**kwargs)
 
 
 def settings() -> tuple[dataclasses.Field, ...]:
-    """The RunConfig fields that are settings (every field but ``extra``), in declaration order."""
-    return tuple(f for f in dataclasses.fields(RunConfig) if f.name != "extra")
+    """The RunConfig fields, in declaration order: each one a setting."""
+    return dataclasses.fields(RunConfig)
 
 
 def flag_name(name: str) -> str:

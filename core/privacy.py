@@ -81,10 +81,17 @@ def classic_dp_sgd_epsilon(n: int, batch_size: int, noise: float, epochs: float,
     return epsilon(classic_dp_sgd_history(n, batch_size, noise, epochs), delta, "rdp-classic")
 
 
+# The accountant registry: ``--accountant`` names one of these (a new accountant is one more entry, an IAccountant).
+ACCOUNTANTS: dict[str, type[IAccountant]] = {
+    "rdp": RDPAccountant,
+    "prv": PRVAccountant,
+    "rdp-classic": ClassicRDPAccountant,
+}
+
+
 def make_accountant(name: str, history: History | None = None) -> IAccountant:
-    """A new accountant of kind ``rdp`` | ``prv`` | ``rdp-classic`` holding ``history``."""
-    kinds = {"rdp": RDPAccountant, "prv": PRVAccountant, "rdp-classic": ClassicRDPAccountant}
-    accountant = kinds[name]()
+    """A new accountant of a kind in ``ACCOUNTANTS`` holding ``history``."""
+    accountant = ACCOUNTANTS[name]()
     accountant.history = [tuple(step) for step in history or []]
     return accountant
 
@@ -96,16 +103,6 @@ def epsilon(history: History, delta: float, accountant: str = "rdp") -> float:
     if any(sigma <= 0 for sigma, _, _ in history):
         return math.inf
     return float(make_accountant(accountant, history).get_epsilon(delta=delta))
-
-
-def cut_release_epsilon(cut_noise: float, releases: int, delta: float, accountant: str = "rdp") -> float:
-    """The epsilon of the noisy cut (``split.cut.NoisyCut``) for one image whose clipped activations were sent
-    ``releases`` times: the Gaussian mechanism with L2 sensitivity 2 x clip and noise std ``cut_noise`` x clip,
-    i.e. noise multiplier cut_noise / 2, composed without subsampling. inf when ``cut_noise`` is 0. It covers the
-    activations alone (not the labels sent beside them, nor the device weights)."""
-    if cut_noise <= 0:
-        return math.inf
-    return epsilon([(cut_noise / 2, 1.0, releases)], delta, accountant)
 
 
 def total_steps(history: History) -> int:
@@ -169,4 +166,16 @@ def noise_for_clients(
             target_epsilon, delta, sample_rate(n, batch_size), epochs * steps_per_epoch(n, batch_size), accountant
         )
         for n in sorted(set(n_trains))
+    )
+
+
+def describe_dp_sgd(n: int, batch_size: int, noise: float, epochs: int, delta: float, accountant: str = "rdp") -> str:
+    """One line: the epsilon of ``epochs`` epochs of DP-SGD over ``n`` examples, counted as training counts it
+    (q = 1 / ceil(n / batch), ceil(n / batch) steps per epoch), so it equals the ledger's for a client of ``n``
+    training images that trained every round."""
+    q, steps = sample_rate(n, batch_size), epochs * steps_per_epoch(n, batch_size)
+    eps = epsilon([(noise, q, steps)], delta, accountant)
+    return (
+        f"DP-SGD with sampling rate q = {q:.4g} and noise multiplier {noise:g} for {steps} steps "
+        f"({epochs} epochs of {n} examples): epsilon = {eps:.3f} at delta = {delta:g} ({accountant} accountant)"
     )

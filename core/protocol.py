@@ -35,6 +35,9 @@ QUERY_PARTITION_ID = "partition-id"  # value of config["query"] for the start-up
 QUERY_HEAD_FIT = "head-fit"  # value of config["query"] when the server refits its head (--head-mode refit)
 HEAD_FIT_KEY = "head-fit"  # {"activations": float32 [n,C,H,W], "labels": int64 [n]}
 ROUND_KEY = "server-round"  # in the train / evaluate config
+# In a train config: stop after this share of the round's steps and reply "failed" (set only by the test seam,
+# clients/fault_injection.py; the steps taken are still accounted).
+FAIL_AT_KEY = "fail-at"
 
 STATUSES = ("trained", "failed", "over-budget")
 

@@ -3,7 +3,7 @@
 Every path that produces what the server receives goes through a ``Cut``: the training step
 (``clients.train.split_step``), the inference query (``device_activations`` with the run's cut), the attacker's
 own queries of the device model, and the benchmarks. A defense at the cut (noise on clipped activations, ...) is
-one new ``Cut`` subclass plus one entry in ``CUTS``; nothing else changes.
+one new ``Cut`` subclass plus one entry in ``DEFENSES``; nothing else changes.
 
 ``Cut.forward(activations) -> sent``: device activations float32 [B,C,H,W] -> what crosses the network (same
 shape). In training the device back-propagates the server's gradient through it (``device_gradient``), where a
@@ -108,11 +108,11 @@ class NoisyCut(Cut):
         return clipped + torch.randn_like(clipped) * (self.sigma * self.clip)
 
 
-CUTS: dict[str, type[Cut]] = {"identity": Cut, "noise": NoisyCut}
+DEFENSES: dict[str, type[Cut]] = {"identity": Cut, "noise": NoisyCut}
 
 
 def build_cut(name: str = "identity", **options) -> Cut:
     """A cut by registry name; ``options`` are its constructor's keywords."""
-    if name not in CUTS:
-        raise ValueError(f"unknown cut {name!r}; choose from {', '.join(CUTS)}")
-    return CUTS[name](**options)
+    if name not in DEFENSES:
+        raise ValueError(f"unknown defense {name!r}; choose from {', '.join(DEFENSES)}")
+    return DEFENSES[name](**options)

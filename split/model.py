@@ -1,6 +1,6 @@
 """The split model: device convnet (runs on the client) | cut | server head (hosted by the server).
 
-Architecture from the 2020 experiment (shared/docs/EXPERIMENT.md), made DP-SGD compatible:
+Architecture from the 2020 experiment (docs/experiment.md), made DP-SGD compatible:
 BatchNorm -> GroupNorm with ``norm_groups`` groups (1 by default: close to BatchNorm, while the 32 groups that
 Opacus's ``ModuleValidator.fix`` would pick stop the model learning), and non-inplace ReLU.
 """
@@ -11,21 +11,26 @@ import numpy as np
 import torch
 from torch import nn
 
-IMAGE_SIDE = 105
+from core.config import CUT_DEPTHS
+
 CUT_CHANNELS = 32
-N_CLASSES = 20
 
-# (kernel, pool kernel, pool stride) per block: 105 -> 99 -> 33 -> 27 -> 13 -> 9 -> 4 -> 2 -> 1
+# (kernel, pool kernel, pool stride) per block; on Omniglot's 105: 105 -> 99 -> 33 -> 27 -> 13 -> 9 -> 4 -> 2 -> 1
 _BLOCKS = ((7, 3, 3), (7, 3, 2), (5, 2, 2), (3, 2, 2))
-CUTS = (1, 2, 3, 4)  # the device is the first N blocks (``--cut``); 4 = the original split
-_SIDES = {1: 33, 2: 13, 3: 4, 4: 1}  # side of the activations after block N
+assert len(_BLOCKS) == max(CUT_DEPTHS)
 
 
-def cut_shape(cut: int = 4) -> tuple[int, int, int]:
-    """The shape of one image's activations after block ``cut``: (32,33,33), (32,13,13), (32,4,4) or (32,1,1)."""
-    if cut not in CUTS:
-        raise ValueError(f"cut must be one of {CUTS}, got {cut}")
-    return (CUT_CHANNELS, _SIDES[cut], _SIDES[cut])
+def cut_shape(cut: int, image_side: int) -> tuple[int, int, int]:
+    """The shape of one image's activations after block ``cut`` for images of ``image_side`` (the dataset's): on
+    Omniglot's 105, (32,33,33), (32,13,13), (32,4,4) or (32,1,1). ValueError when the images are too small."""
+    if cut not in CUT_DEPTHS:
+        raise ValueError(f"cut must be one of {CUT_DEPTHS}, got {cut}")
+    side = image_side
+    for kernel, pool, stride in _BLOCKS[:cut]:
+        side = (side - kernel + 1 - pool) // stride + 1  # valid conv, then max-pool without padding
+        if side < 1:
+            raise ValueError(f"images of side {image_side} are too small for {cut} conv blocks")
+    return (CUT_CHANNELS, side, side)
 
 
 def _conv_blocks(first: int, last: int, dropout: float, norm_groups: int) -> list[nn.Module]:
@@ -58,33 +63,42 @@ class Invert(nn.Module):
 
 
 class DeviceNet(nn.Sequential):
-    """Client-side convnet: the first ``cut`` blocks. images float32 [B,1,105,105] in [0,1] -> activations
-    float32 [B, *cut_shape(cut)] ([B,32,1,1] at the default cut 4).
+    """Client-side convnet: the first ``cut`` blocks. images float32 [B,1,S,S] in [0,1] (S = ``image_side``, the
+    dataset's) -> activations float32 [B, *cut_shape(cut, S)] ([B,32,1,1] on Omniglot at the default cut 4).
 
     The output is what crosses the network to the server: the "activations" the attack inverts.
     ``invert_input`` puts a fixed ``Invert`` before the first block (then the blocks are layers 1..).
     """
 
-    def __init__(self, dropout: float = 0.0, norm_groups: int = 1, invert_input: bool = False, cut: int = 4) -> None:
-        self.out_shape = cut_shape(cut)
+    def __init__(
+        self, image_side: int, dropout: float = 0.0, norm_groups: int = 1, invert_input: bool = False, cut: int = 4
+    ) -> None:
+        self.image_side, self.out_shape = image_side, cut_shape(cut, image_side)
         super().__init__(*([Invert()] if invert_input else []), *_conv_blocks(1, cut, dropout, norm_groups))
 
 
 class ServerHead(nn.Sequential):
     """Server-side part: blocks ``cut+1``..4 (none at the default cut 4), then the dense head.
-    activations float32 [B, *cut_shape(cut)] -> logits float32 [B,n_classes] (softmax in the loss).
+    activations float32 [B, *in_shape] -> logits float32 [B,n_classes] (softmax in the loss).
 
     At cut 4 its layers and state-dict keys are those of the original head (Flatten first).
     """
 
     def __init__(
-        self, n_classes: int = N_CLASSES, dropout: float = 0.0, hidden: int = 256, cut: int = 4, norm_groups: int = 1
+        self,
+        image_side: int,
+        n_classes: int,
+        dropout: float = 0.0,
+        hidden: int = 256,
+        cut: int = 4,
+        norm_groups: int = 1,
     ) -> None:
-        self.in_shape = cut_shape(cut)
+        self.in_shape = cut_shape(cut, image_side)
+        flat = CUT_CHANNELS * cut_shape(len(_BLOCKS), image_side)[1] ** 2
         super().__init__(
             *_conv_blocks(cut + 1, len(_BLOCKS), dropout, norm_groups),
             nn.Flatten(),
-            nn.Linear(CUT_CHANNELS, hidden),
+            nn.Linear(flat, hidden),
             nn.ReLU(inplace=False),
             nn.Dropout(dropout),
             nn.Linear(hidden, n_classes),
@@ -92,21 +106,21 @@ class ServerHead(nn.Sequential):
 
 
 def build_split(
-    dropout: float = 0.0, norm_groups: int = 1, n_classes: int = N_CLASSES, invert_input: bool = False, cut: int = 4
+    *,
+    image_side: int,
+    n_classes: int,
+    dropout: float = 0.0,
+    norm_groups: int = 1,
+    invert_input: bool = False,
+    cut: int = 4,
 ) -> tuple[DeviceNet, ServerHead]:
     """A fresh (device, head) pair split after block ``cut``; seed torch beforehand for reproducible initial weights.
 
-    Callers with a RunConfig pass ``**cfg.model_options()``, so a new model option touches only the config and here.
+    The geometry (``image_side``, ``n_classes``) is the dataset's (``data.base.geometry``); callers with a
+    RunConfig pass ``**cfg.model_options(), **geometry(cfg.dataset)``.
     """
-    return DeviceNet(dropout, norm_groups, invert_input, cut), ServerHead(
-        n_classes, dropout, cut=cut, norm_groups=norm_groups
-    )
-
-
-def split_forward(device: nn.Module, head: nn.Module, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Run both halves explicitly: returns (activations [B,C,H,W] that cross the cut, logits [B,n_classes])."""
-    activations = device(images)
-    return activations, head(activations)
+    device = DeviceNet(image_side, dropout, norm_groups, invert_input, cut)
+    return device, ServerHead(image_side, n_classes, dropout, cut=cut, norm_groups=norm_groups)
 
 
 def joined_state(device: nn.Module, head: nn.Module) -> dict[str, torch.Tensor]:
@@ -171,10 +185,13 @@ def activation_shape(device: nn.Module) -> tuple[int, ...]:
     blocks): (C,H,W), from a forward pass of one blank image when the module does not say."""
     if isinstance(device, DeviceNet):
         return device.out_shape
+    nets = [m for m in device.modules() if isinstance(m, DeviceNet)]
+    assert nets, "activation_shape needs a DeviceNet inside the module"
+    side = nets[0].image_side
     param = next(device.parameters())
     was_training = device.training
     device.eval()
     with torch.no_grad():
-        shape = tuple(device(torch.zeros(1, 1, IMAGE_SIDE, IMAGE_SIDE, device=param.device)).shape[1:])
+        shape = tuple(device(torch.zeros(1, 1, side, side, device=param.device)).shape[1:])
     device.train(was_training)
     return shape

@@ -18,6 +18,7 @@ from flwr.serverapp import Grid
 
 from core.config import RunConfig
 from core.protocol import HeadFitReply, head_fit_query
+from data.base import geometry
 from split.head import fit_head, head_fit_seed
 from split.model import build_split, load_joined
 from strategy.interception import query_every_client
@@ -38,7 +39,7 @@ class HeadFitter:
         replies = sorted((HeadFitReply.from_message(m) for m in answers), key=lambda r: r.partition)
         activations = torch.from_numpy(np.concatenate([r.activations for r in replies]))
         labels = torch.from_numpy(np.concatenate([r.labels for r in replies]))
-        device, head = build_split(**self.cfg.model_options())
+        device, head = build_split(**self.cfg.model_options(), **geometry(self.cfg.dataset))
         load_joined(device, head, arrays.to_torch_state_dict())
         seed = head_fit_seed(self.cfg.seed, server_round)
         self.last_loss = fit_head(head, activations, labels, self.cfg.head_epochs, self.cfg.head_lr, seed)

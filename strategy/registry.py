@@ -10,7 +10,7 @@ Server optimisers keep state between rounds (FedAvgM its momentum, FedAdam / Fed
 aggregates exactly as the uninterrupted one (``strategy/driver.py`` stores it in ``checkpoint.pt``).
 
 Adding a strategy: one builder here, one ``REGISTRY`` entry (with a ``StateAdapter`` if it keeps state), and its
-name in ``core.config.STRATEGIES`` (the ``--strategy`` choices).
+name in ``REGISTRY`` (the ``--strategy`` choices).
 """
 
 from __future__ import annotations

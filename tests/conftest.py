@@ -19,7 +19,7 @@ if not os.environ.get("OMNIGLOT_ROOT"):
     os.environ["OMNIGLOT_ROOT"] = str((REPO_ROOT.parent / "shared" / "data" / "omniglot").resolve())
 os.environ["FLWR_TELEMETRY_ENABLED"] = "0"
 
-from clients.data import EVALUATION, SMALL1, SMALL2, OmniglotSet, load_set  # noqa: E402
+from data.omniglot import EVALUATION, SMALL1, SMALL2, ImageSet, load_set  # noqa: E402
 
 NEEDED = (EVALUATION, SMALL1, SMALL2)
 ALSO_NEEDED = ("images_background",)  # the attacker's public surrogate (tests/test_attack_knowledge.py)
@@ -32,9 +32,9 @@ def pytest_configure(config: pytest.Config) -> None:
 
 @dataclass(frozen=True)
 class Sets:
-    evaluation: OmniglotSet
-    small1: OmniglotSet
-    small2: OmniglotSet
+    evaluation: ImageSet
+    small1: ImageSet
+    small2: ImageSet
 
 
 @pytest.fixture(scope="session")
@@ -58,17 +58,17 @@ def omniglot(omniglot_root: Path) -> Sets:
 
 
 @pytest.fixture(scope="session")
-def evaluation(omniglot: Sets) -> OmniglotSet:
+def evaluation(omniglot: Sets) -> ImageSet:
     return omniglot.evaluation
 
 
 @pytest.fixture(scope="session")
-def small1(omniglot: Sets) -> OmniglotSet:
+def small1(omniglot: Sets) -> ImageSet:
     return omniglot.small1
 
 
 @pytest.fixture(scope="session")
-def small2(omniglot: Sets) -> OmniglotSet:
+def small2(omniglot: Sets) -> ImageSet:
     return omniglot.small2
 
 

@@ -1,4 +1,4 @@
-"""split/allocator.py: with keep_freed_memory() a freed large tensor stays in the process for reuse; without it glibc
+"""core/runtime.py: with keep_freed_memory() a freed large tensor stays in the process for reuse; without it glibc
 returns the memory to the kernel at once (each allocation then page-faults anew). Run in fresh processes."""
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 _PROBE = """
 import os, sys, torch
-from split.allocator import keep_freed_memory
+from core.runtime import keep_freed_memory
 assert keep_freed_memory({keep}) is True
 page = os.sysconf("SC_PAGE_SIZE")
 rss = lambda: int(open("/proc/self/statm").read().split()[1]) * page

@@ -15,12 +15,12 @@ from attack.base import AttackerKnowledge, Intercepted
 from attack.decoder_attack import ConditionedDecoderAttack
 from attack.surrogate import BACKGROUND, public_rows, surrogate_images
 from attack.whitebox import LatentWhiteBoxAttack, RMLEAttack, activation_distance, total_variation
-from clients.data import OmniglotSet, load_set
+from data.omniglot import ImageSet, load_set
 from split.model import DeviceNet, device_activations
 
 
 @pytest.fixture(scope="module")
-def background(omniglot_root: Path) -> OmniglotSet:
+def background(omniglot_root: Path) -> ImageSet:
     return load_set(BACKGROUND, omniglot_root)
 
 
@@ -31,7 +31,7 @@ def _zip_md5s(path: Path) -> set[str]:
 
 
 def test_public_surrogate_is_disjoint_from_small2_and_the_clients(
-    omniglot_root: Path, background: OmniglotSet, small2: OmniglotSet
+    omniglot_root: Path, background: ImageSet, small2: ImageSet
 ) -> None:
     rows = public_rows(background, small2)
     public_md5 = {background.md5[i] for i in rows}
@@ -57,7 +57,7 @@ def device() -> DeviceNet:
 
 
 @pytest.fixture(scope="module")
-def images(small1: OmniglotSet) -> np.ndarray:
+def images(small1: ImageSet) -> np.ndarray:
     return small1.as_float(np.linspace(0, len(small1) - 1, 320).astype(np.int64))
 
 

@@ -25,11 +25,11 @@ from attack.metrics import (
     ssim_per_image,
     summarize,
 )
-from clients.data import OmniglotSet
+from data.base import ImageSet
 
 
 @pytest.fixture(scope="module")
-def originals(small2: OmniglotSet) -> np.ndarray:
+def originals(small2: ImageSet) -> np.ndarray:
     """500 small2 images, float32 [500,1,105,105], spread over the whole set."""
     return small2.as_float(np.linspace(0, len(small2) - 1, 500).astype(np.int64))
 
@@ -141,7 +141,7 @@ def test_shape_mismatch_is_an_error(originals: np.ndarray) -> None:
         mse(originals[:3], originals[:4])
 
 
-def test_mean_image_baseline(small1: OmniglotSet, originals: np.ndarray) -> None:
+def test_mean_image_baseline(small1: ImageSet, originals: np.ndarray) -> None:
     surrogate = small1.as_float()
     baseline = mean_image_baseline(surrogate, len(originals))
     assert baseline.shape == originals.shape and baseline.dtype == np.float32

@@ -24,9 +24,9 @@ from attack.metrics import PerImage, mean_image_baseline, summarize
 from attack.registry import ATTACKS, build_attack, parse_attacks, register_attack
 from attack.run import load_run, print_summary, run_attack
 from attack.sets import client_sets, small2_sets
-from clients.data import EVALUATION, SMALL1, SMALL2, OmniglotSet, load_set
 from core.config import RunConfig, flag_name
 from core.errors import UserError
+from data.omniglot import EVALUATION, SMALL1, SMALL2, ImageSet, load_set
 from split.cut import Cut
 from split.model import build_split, device_activations
 
@@ -39,7 +39,7 @@ CHOICES = "seed, up, cond, rmle, whitebox"
 
 def make_run(
     run_dir: Path,
-    evaluation: OmniglotSet,
+    evaluation: ImageSet,
     *,
     noise: float = 0.5,
     epsilons: tuple[float, ...] = (2.0, 3.0),
@@ -148,7 +148,7 @@ def test_run_attack_refuses_conflicting_names(tmp_path: Path) -> None:
         run_attack(tmp_path, attacks="seed", decoders="up")
 
 
-def test_load_run_reads_settings_from_config_json(tmp_path: Path, evaluation: OmniglotSet) -> None:
+def test_load_run_reads_settings_from_config_json(tmp_path: Path, evaluation: ImageSet) -> None:
     run_dir = make_run(tmp_path / "run", evaluation, norm_groups=2, attack_epochs=7, attacks="up")
     run = load_run(run_dir)
     assert (run.config.norm_groups, run.config.attack_epochs, run.config.attacks, run.config.noise) == (2, 7, "up", 0.5)
@@ -174,7 +174,7 @@ def test_load_run_reads_settings_from_config_json(tmp_path: Path, evaluation: Om
     assert run.classify(run.query(images)).shape == (3,)
 
 
-def test_load_run_falls_back_to_model_config(tmp_path: Path, evaluation: OmniglotSet) -> None:
+def test_load_run_falls_back_to_model_config(tmp_path: Path, evaluation: ImageSet) -> None:
     run_dir = make_run(tmp_path / "old", evaluation, settings_in_json=False, config_in_model=True, norm_groups=4)
     assert load_run(run_dir).config.norm_groups == 4
     # A setting older runs did not have takes its default; a kebab-case key this code no longer knows is kept aside.
@@ -190,7 +190,7 @@ def test_load_run_falls_back_to_model_config(tmp_path: Path, evaluation: Omniglo
         load_run(run_dir)
 
 
-def test_client_sets_from_intercepted(tmp_path: Path, evaluation: OmniglotSet) -> None:
+def test_client_sets_from_intercepted(tmp_path: Path, evaluation: ImageSet) -> None:
     run = load_run(make_run(tmp_path / "run", evaluation))
     sets = client_sets(run.intercepted, evaluation, run.client_devices)
     assert [s.name for s in sets] == ["client_0_inference", "client_1_inference", "client_0_train"]
@@ -216,7 +216,7 @@ def test_client_sets_from_intercepted(tmp_path: Path, evaluation: OmniglotSet) -
     assert len(sets[2].originals) == 4 and list(sets[2].own) == [0, 1, 2, 2, 3]
 
 
-def test_small2_sets_split_by_overlap(small1: OmniglotSet, small2: OmniglotSet) -> None:
+def test_small2_sets_split_by_overlap(small1: ImageSet, small2: ImageSet) -> None:
     def query(images: np.ndarray) -> torch.Tensor:
         """A stand-in device: each image's ink (number of dark pixels) in all 32 channels."""
         return torch.from_numpy((images < 0.5).sum(axis=(1, 2, 3))).float()[:, None, None, None].expand(-1, 32, 1, 1)
@@ -234,7 +234,7 @@ def test_small2_sets_split_by_overlap(small1: OmniglotSet, small2: OmniglotSet) 
         assert s.intercepted().partition is None and s.intercepted().labels is None
 
 
-def _every_20th(name: str, data_dir: str | None = None) -> OmniglotSet:
+def _every_20th(name: str, data_dir: str | None = None) -> ImageSet:
     """``load_set`` with small1 and small2 cut to every 20th image (136 and 156 images, 50 of small2's shared with
     small1's slice), so that a whole attack runs in seconds; the evaluation set stays whole (clients index it)."""
     full = load_set(name, data_dir)
@@ -248,7 +248,7 @@ def _every_20th(name: str, data_dir: str | None = None) -> OmniglotSet:
 
 
 def test_registered_attack_is_scored_like_the_baseline(
-    tmp_path: Path, evaluation: OmniglotSet, mean_attack: list[AttackerKnowledge], monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, evaluation: ImageSet, mean_attack: list[AttackerKnowledge], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr("attack.run.load_set", _every_20th)
     monkeypatch.setattr("attack.surrogate.load_set", _every_20th)
@@ -327,7 +327,7 @@ def test_summary_table_is_never_cut(terminal: bool) -> None:
 
 
 def test_a_refining_attack_starts_from_the_decoder_and_respects_its_caps(
-    tmp_path: Path, evaluation: OmniglotSet, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, evaluation: ImageSet, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr("attack.run.load_set", _every_20th)
     monkeypatch.setattr("attack.surrogate.load_set", _every_20th)

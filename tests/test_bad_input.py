@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from clients.data import EVALUATION
 from core.config import RunConfig
+from data.omniglot import EVALUATION
 from strategy.checkpoint import mark_incomplete
 from strategy.server_app import write_config
 

@@ -13,11 +13,11 @@ from test_attack_run import make_run
 
 from attack.run import load_run
 from clients.client_app import query_cut
-from clients.data import OmniglotSet
 from clients.train import train_local
 from core.config import RunConfig
 from core.errors import UserError
 from core.privacy import cut_release_epsilon, epsilon
+from data.base import ImageSet
 from split.cut import Cut, NoisyCut, build_cut, distance_correlation
 from split.model import build_split, device_activations
 
@@ -59,7 +59,7 @@ def test_settings_choose_the_cut_and_refuse_noise_without_a_clip() -> None:
 
 
 def test_every_path_sends_through_the_runs_defense(
-    tmp_path: Path, evaluation: OmniglotSet, batch: tuple[torch.Tensor, torch.Tensor]
+    tmp_path: Path, evaluation: ImageSet, batch: tuple[torch.Tensor, torch.Tensor]
 ) -> None:
     # A clip far below the activations' norms and no noise: whatever went through the cut has norm <= 0.01.
     cfg = RunConfig(cut_clip=0.01, cut_noise=0.0, clients=2, rounds=2)
@@ -124,7 +124,7 @@ def test_nopeek_lowers_the_distance_correlation_as_its_weight_grows(batch: tuple
 
 
 @pytest.fixture(scope="module")
-def batch(evaluation: OmniglotSet) -> tuple[torch.Tensor, torch.Tensor]:
+def batch(evaluation: ImageSet) -> tuple[torch.Tensor, torch.Tensor]:
     """64 evaluation images from across the set with their labels."""
     idx = np.linspace(0, len(evaluation) - 1, 64).astype(np.int64)
     return torch.from_numpy(evaluation.as_float(idx)), torch.from_numpy(evaluation.alphabet[idx])

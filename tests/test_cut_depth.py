@@ -12,16 +12,16 @@ import torch
 from test_attack_run import _every_20th, _quiet, make_run
 
 from attack.run import run_attack
-from clients.data import OmniglotSet
 from clients.train import train_local
 from core.config import RunConfig
 from core.errors import UserError
+from data.base import ImageSet
 from split.model import build_split, cut_shape
 
 
 @pytest.mark.parametrize("cut", [1, 2, 3, 4])
 def test_every_cut_trains_with_dp_sgd_and_is_attacked(
-    cut: int, tmp_path: Path, evaluation: OmniglotSet, monkeypatch: pytest.MonkeyPatch
+    cut: int, tmp_path: Path, evaluation: ImageSet, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     cfg = RunConfig(cut=cut, noise=1.0, batch_size=8, local_epochs=2).validate()
     idx = np.arange(0, 2400, 150)

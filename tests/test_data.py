@@ -1,4 +1,4 @@
-"""clients/data.py on the real Omniglot zips: counts, pixel convention, order, cache, and every user error."""
+"""data/omniglot.py on the real Omniglot zips: counts, pixel convention, order, cache, and every user error."""
 
 from __future__ import annotations
 
@@ -14,9 +14,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-import clients.data as data
-from clients.data import SMALL1, SMALL2, OmniglotSet, SetSpec, load_set, shared_files
+import data.omniglot as data
 from core.errors import UserError
+from data.base import ImageSet, shared_files
+from data.omniglot import SMALL1, SMALL2, SetSpec, load_set
 
 # From the data README: characters per alphabet of the evaluation set.
 EVALUATION_CHARACTERS = {
@@ -87,7 +88,7 @@ def load_error(tmp_path: Path, zip_path: Path | None = None) -> str:
     [("evaluation", 20, 659, 13_180), ("small1", 5, 136, 2_720), ("small2", 5, 156, 3_120)],
 )
 def test_counts(omniglot, attr: str, alphabets: int, characters: int, images: int) -> None:
-    ds: OmniglotSet = getattr(omniglot, attr)
+    ds: ImageSet = getattr(omniglot, attr)
     assert len(ds) == images
     assert ds.images.shape == (images, 105, 105)
     assert ds.images.dtype == np.uint8
@@ -103,7 +104,7 @@ def test_counts(omniglot, attr: str, alphabets: int, characters: int, images: in
     assert len(ds.md5) == images
 
 
-def test_evaluation_alphabets(evaluation: OmniglotSet) -> None:
+def test_evaluation_alphabets(evaluation: ImageSet) -> None:
     assert evaluation.alphabet_names == tuple(sorted(EVALUATION_CHARACTERS))
     per_alphabet = {
         name: len(np.unique(evaluation.character[evaluation.alphabet == i]))
@@ -114,7 +115,7 @@ def test_evaluation_alphabets(evaluation: OmniglotSet) -> None:
     assert np.bincount(evaluation.alphabet).tolist() == [20 * EVALUATION_CHARACTERS[n] for n in sorted(per_alphabet)]
 
 
-def test_metadata_matches_paths(evaluation: OmniglotSet) -> None:
+def test_metadata_matches_paths(evaluation: ImageSet) -> None:
     for i in range(0, len(evaluation), 97):
         alphabet, folder, filename = evaluation.files[i].split("/")
         assert evaluation.alphabet_names[evaluation.alphabet[i]] == alphabet
@@ -126,7 +127,7 @@ def test_metadata_matches_paths(evaluation: OmniglotSet) -> None:
 # --- pixels ---------------------------------------------------------------------------------------------
 
 
-def test_pixel_convention(evaluation: OmniglotSet) -> None:
+def test_pixel_convention(evaluation: ImageSet) -> None:
     sample = np.arange(0, len(evaluation), 13)  # ~1,000 images spread over all alphabets
     x = evaluation.as_float(sample)
     assert x.dtype == np.float32
@@ -169,7 +170,7 @@ def test_sorted_deterministic_order(omniglot, omniglot_root: Path, tmp_path: Pat
     assert np.array_equal(again.character, omniglot.small1.character)
 
 
-def test_shared_files_small1_small2(small1: OmniglotSet, small2: OmniglotSet) -> None:
+def test_shared_files_small1_small2(small1: ImageSet, small2: ImageSet) -> None:
     shared = shared_files(small1, small2)
     assert shared.dtype == bool
     assert shared.shape == (len(small2),)
@@ -192,7 +193,7 @@ def test_shared_files_small1_small2(small1: OmniglotSet, small2: OmniglotSet) ->
 # --- cache ----------------------------------------------------------------------------------------------
 
 
-def test_cache_reused_memory_mapped(small1_zip: Path, small1: OmniglotSet, tmp_path: Path, monkeypatch) -> None:
+def test_cache_reused_memory_mapped(small1_zip: Path, small1: ImageSet, tmp_path: Path, monkeypatch) -> None:
     cache = tmp_path / "cache"
     first = load_set(SMALL1, small1_zip.parent, cache_dir=cache)
     assert sorted(p.suffix for p in cache.iterdir()) == [".json", ".npy"]
@@ -252,7 +253,7 @@ def test_cache_invalidated_when_zip_changes(small1_zip: Path, tmp_path: Path, mo
     assert len(list(cache.glob("*.npy"))) == 1  # rebuilt in place, not a second copy
 
 
-def test_extracted_folder_equals_zip(small1_zip: Path, small1: OmniglotSet, tmp_path: Path) -> None:
+def test_extracted_folder_equals_zip(small1_zip: Path, small1: ImageSet, tmp_path: Path) -> None:
     with zipfile.ZipFile(small1_zip) as archive:
         archive.extractall(tmp_path / "extracted")
     assert (tmp_path / "extracted" / SMALL1).is_dir()
@@ -297,7 +298,7 @@ def test_truncated_zip(small1_zip: Path, tmp_path: Path) -> None:
     assert "zip" in message
 
 
-def test_garbage_png_entry(small1_zip: Path, small1: OmniglotSet, tmp_path: Path) -> None:
+def test_garbage_png_entry(small1_zip: Path, small1: ImageSet, tmp_path: Path) -> None:
     (tmp_path / "data").mkdir()
     zip_path = tmp_path / "data" / small1_zip.name
     victim = small1.files[500]
@@ -315,7 +316,7 @@ def test_non_png_entry(small1_zip: Path, tmp_path: Path) -> None:
     assert "Greek/character01/notes.txt" in message
 
 
-def test_wrong_size_png(small1_zip: Path, small1: OmniglotSet, tmp_path: Path) -> None:
+def test_wrong_size_png(small1_zip: Path, small1: ImageSet, tmp_path: Path) -> None:
     (tmp_path / "data").mkdir()
     zip_path = tmp_path / "data" / small1_zip.name
     victim = small1.files[7]
@@ -325,7 +326,7 @@ def test_wrong_size_png(small1_zip: Path, small1: OmniglotSet, tmp_path: Path) -
     assert victim in message and "60x50" in message and "105x105" in message
 
 
-def test_zip_missing_an_alphabet(small1_zip: Path, small1: OmniglotSet, tmp_path: Path) -> None:
+def test_zip_missing_an_alphabet(small1_zip: Path, small1: ImageSet, tmp_path: Path) -> None:
     (tmp_path / "data").mkdir()
     zip_path = tmp_path / "data" / small1_zip.name
     dropped = "Korean"
@@ -350,7 +351,7 @@ def test_download_unreachable_fails_fast(tmp_path: Path, monkeypatch) -> None:
     assert not (tmp_path / "data" / f"{SMALL1}.zip").exists()
 
 
-def test_download_checks_md5(omniglot_root: Path, small1: OmniglotSet, tmp_path: Path, monkeypatch) -> None:
+def test_download_checks_md5(omniglot_root: Path, small1: ImageSet, tmp_path: Path, monkeypatch) -> None:
     # The small zips are the official files byte for byte, so a file:// "download" of them passes the md5 check...
     monkeypatch.setattr(SetSpec, "url", property(lambda self: (omniglot_root / f"{self.name}.zip").as_uri()))
     got = load_set(SMALL1, tmp_path / "data", cache_dir=tmp_path / "cache", download=True)

@@ -19,7 +19,7 @@ from attack.decoders import (
     train_decoder,
 )
 from attack.metrics import mean_image_baseline, mse
-from clients.data import OmniglotSet, shared_files
+from data.base import ImageSet, shared_files
 from split.model import DeviceNet, device_activations
 
 OVERLAP_ALPHABETS = {"Greek", "Latin"}  # in both small1 and small2 (shared/docs/EXPERIMENT.md, the pitfall)
@@ -32,7 +32,7 @@ def device() -> DeviceNet:
 
 
 @pytest.fixture(scope="module")
-def train_images(small1: OmniglotSet) -> np.ndarray:
+def train_images(small1: ImageSet) -> np.ndarray:
     """512 small1 images spread over its five alphabets, float32 [512,1,105,105]."""
     return small1.as_float(np.linspace(0, len(small1) - 1, 512).astype(np.int64))
 
@@ -75,7 +75,7 @@ def test_seed_decoder_layout_and_live_start(train_activations: torch.Tensor) -> 
             assert (SeedDecoder()(train_activations[:64]) > 0).any()
 
 
-def test_unseen_set_is_disjoint_from_small1(small1: OmniglotSet, small2: OmniglotSet) -> None:
+def test_unseen_set_is_disjoint_from_small1(small1: ImageSet, small2: ImageSet) -> None:
     shared = shared_files(small1, small2)
     unseen = np.flatnonzero(~shared)
     assert len(unseen) == 2_120 and shared.sum() == 1_000

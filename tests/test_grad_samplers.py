@@ -14,10 +14,10 @@ from opacus.optimizers import DPOptimizer
 from torch import nn
 
 from clients import grad_samplers
-from clients.data import EVALUATION, load_set
 from clients.train import split_step, train_local
 from core.config import RunConfig
 from core.privacy import History
+from data.omniglot import EVALUATION, load_set
 from split.model import build_split
 
 

@@ -9,7 +9,7 @@ from opacus.validators import ModuleValidator
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from clients.data import OmniglotSet
+from data.base import ImageSet
 from split.model import DeviceNet, ServerHead, build_split, cut_shape, split_forward
 
 
@@ -55,7 +55,7 @@ def test_the_original_cut_keeps_its_state_dict_keys() -> None:
     assert list(device.state_dict())[:2] == ["0.weight", "0.bias"]
 
 
-def test_split_forward_on_real_images(evaluation: OmniglotSet) -> None:
+def test_split_forward_on_real_images(evaluation: ImageSet) -> None:
     torch.manual_seed(0)
     device, head = build_split()
     images = torch.from_numpy(evaluation.as_float(np.arange(0, 4000, 1000)))
@@ -98,7 +98,7 @@ LEARN_PER_ALPHABET = 375  # 1,500 images
 LEARN_EPOCHS = 2
 
 
-def test_split_model_learns(evaluation: OmniglotSet) -> None:
+def test_split_model_learns(evaluation: ImageSet) -> None:
     """Non-private Adam (lr 1e-3, batch 32) on 1,500 real images: the training loss falls well below what any
     predictor that ignores the pixels can reach, so gradients flow through head and device alike."""
     rng = np.random.default_rng(0)

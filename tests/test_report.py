@@ -1,4 +1,4 @@
-"""attack/report.py: leakage per epsilon from two fabricated runs (no training, no attack): CSV rows, report.md, PNG."""
+"""report/sweep.py: leakage per epsilon from two fabricated runs (no training, no attack): CSV rows, report.md, PNG."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 from test_attack_run import make_run
 
-from attack.report import COLUMNS, write_report
-from clients.data import OmniglotSet
+from data.base import ImageSet
+from report.sweep import COLUMNS, write_report
 
 SETS = ("unseen", "seen", "client_0_inference", "clients_inference", "clients_train")
 REPORTED = ("clients_inference", "clients_train", "unseen")  # what the report keeps, in its (sorted) order
@@ -39,7 +39,7 @@ def write_attack_outputs(run_dir: Path, run: int, attacks_key: str) -> None:
 
 
 @pytest.fixture
-def runs(tmp_path: Path, evaluation: OmniglotSet) -> list[Path]:
+def runs(tmp_path: Path, evaluation: ImageSet) -> list[Path]:
     """Run 1: noise 0.5, final epsilons 2 and 4 (median 3); run 2: noise 0, epsilon inf for both clients."""
     dp = make_run(tmp_path / "sweep" / "s0.5", evaluation, noise=0.5, epsilons=(2.0, 4.0))
     plain = make_run(tmp_path / "sweep" / "s0", evaluation, noise=0.0, epsilons=(math.inf, math.inf))

@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from clients.data import OmniglotSet
 from clients.shards import build_shards, partition_indices
 from core.config import PARTITIONS, RunConfig
 from core.errors import UserError
+from data.base import ImageSet
 
 N_IMAGES = 13_180
 CASES = [(scheme, k) for scheme in PARTITIONS for k in (20, 4)]
@@ -16,7 +16,7 @@ SEEDED = ("shards", "dirichlet", "iid")
 
 
 @pytest.fixture(scope="module")
-def labels(evaluation: OmniglotSet) -> np.ndarray:
+def labels(evaluation: ImageSet) -> np.ndarray:
     return np.asarray(evaluation.alphabet)
 
 
@@ -45,7 +45,7 @@ def test_partition_seed_changes_assignment(labels: np.ndarray, scheme: str, k: i
     assert any(not np.array_equal(a, b) for a, b in zip(zero, one, strict=True))
 
 
-def test_alphabet_one_per_client(evaluation: OmniglotSet, labels: np.ndarray) -> None:
+def test_alphabet_one_per_client(evaluation: ImageSet, labels: np.ndarray) -> None:
     parts = parts_for(labels, "alphabet", 20)
     owned = [np.unique(labels[p]).tolist() for p in parts]
     assert owned == [[a] for a in range(20)]  # client i holds exactly alphabet i, all of it

@@ -1,4 +1,4 @@
-"""The study (core/study.py, ``sim.py study``) and its report (attack/study_report.py), opened in headless Chromium."""
+"""The study (study/grid.py, ``sim.py study``) and its report (report/study_page.py), opened in headless Chromium."""
 
 from __future__ import annotations
 
@@ -14,14 +14,14 @@ import numpy as np
 import pytest
 from test_attack_run import make_run
 
-from attack import study_report
-from attack.study_report import central_accuracy, curves, headline, plot_headline, read_point, write_study_report
-from clients.data import OmniglotSet
 from core.config import RunConfig
 from core.errors import UserError
-from core.study import Cell, default_grid, read_grid, shard_of
+from data.base import ImageSet
+from report import study_page as study_report
+from report.study_page import central_accuracy, curves, headline, plot_headline, read_point, write_study_report
 from sim import cell_state
 from strategy.server_app import clear_run_dir
+from study.grid import Cell, default_grid, read_grid, shard_of
 
 ROOT = Path(__file__).resolve().parents[1]
 SETS = ("unseen", "seen", "clients_inference", "clients_train")
@@ -35,7 +35,7 @@ def _row(reid: float, ssim: float) -> dict:
     }  # fmt: skip
 
 
-def _fake_cell(run_dir: Path, evaluation: OmniglotSet, val_acc: float, reid: float, **settings) -> Path:
+def _fake_cell(run_dir: Path, evaluation: ImageSet, val_acc: float, reid: float, **settings) -> Path:
     """A finished cell without training: make_run's files, then val acc, leakage and real PNG reconstructions."""
     make_run(run_dir, evaluation, **settings)
     (run_dir / "metrics.csv").write_text(f"round,val_loss,val_acc\n1,3.0,0.05\n2,2.5,{val_acc}\n")
@@ -54,7 +54,7 @@ def _fake_cell(run_dir: Path, evaluation: OmniglotSet, val_acc: float, reid: flo
 
 
 @pytest.fixture
-def study(tmp_path: Path, evaluation: OmniglotSet) -> tuple[Path, list[Cell], dict[str, RunConfig]]:
+def study(tmp_path: Path, evaluation: ImageSet) -> tuple[Path, list[Cell], dict[str, RunConfig]]:
     cells = [
         Cell("plain", "dp", {"noise": 0.0}),
         Cell("eps8", "dp", {"target_epsilon": 8.0}),
@@ -88,7 +88,7 @@ def test_headline_is_computed_from_the_cells(study) -> None:
 
 
 def test_a_control_is_a_point_of_its_own_and_the_strongest_epsilon_joins_the_headline(
-    study, evaluation: OmniglotSet, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    study, evaluation: ImageSet, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     out, cells, configs = study
     extra = [Cell("eps1", "dp", {"target_epsilon": 1.0}), Cell("frozen", "control", {"noise": 0.0, "lr": 1e-12})]

@@ -8,10 +8,10 @@ import torch
 from opacus import PrivacyEngine
 from torch.utils.data import DataLoader, TensorDataset
 
-from clients.data import EVALUATION, load_set
 from clients.train import _proximal_step, label_skew_bias, split_step, train_local
 from core.config import RunConfig
 from core.privacy import epsilon
+from data.omniglot import EVALUATION, load_set
 from split.model import build_split
 
 

@@ -1,4 +1,4 @@
-"""Leakage per privacy budget: one row per (run, decoder, set) in ``leakage_vs_epsilon.csv``, a figure, ``report.md``.
+"""Leakage per privacy budget: one row per (run, attack, set) in ``leakage_vs_epsilon.csv``, a figure, ``report.md``.
 
 Reads only what training and the attack wrote (metrics.csv, ledger.csv, config.json, leakage.json, attack.json).
 epsilon on the x axis is the median client's final epsilon (inf for noise 0), with its accountant and delta.
@@ -7,7 +7,6 @@ epsilon on the x axis is the median client's final epsilon (inf for noise 0), wi
 from __future__ import annotations
 
 import csv
-import json
 import math
 import os
 import statistics
@@ -20,6 +19,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 from core import files
 from core.privacy import EPSILON_COVERS
+from core.rundir import RunDir
 
 SETS = ("unseen", "clients_inference", "clients_train")
 # Read from leakage.json where present (runs attacked before the intervals existed leave them empty: nan).
@@ -32,7 +32,7 @@ COLUMNS = (
     "accountant",
     "delta",
     "val_acc",
-    "decoder",
+    "attack",
     "set",
     "mse",
     "psnr",
@@ -71,15 +71,15 @@ def final_val_acc(run_dir: Path) -> float:
 
 def run_summary(run_dir: Path) -> dict:
     """Final-round privacy and accuracy of one run: noise, epsilon median/min/max, accountant, delta, val_acc."""
-    settings = json.loads((run_dir / "config.json").read_text())["settings"]
+    cfg = RunDir(run_dir).read_config()
     eps = ledger_spend(run_dir)[0]
     return {
-        "noise": float(settings["noise"]),
+        "noise": float(cfg.noise),
         "epsilon_median": statistics.median(eps),
         "epsilon_min": eps[0],
         "epsilon_max": eps[-1],
-        "accountant": settings["accountant"],
-        "delta": float(settings["delta"]),
+        "accountant": cfg.accountant,
+        "delta": float(cfg.delta),
         "val_acc": final_val_acc(run_dir),
     }
 
@@ -88,18 +88,15 @@ def leakage_rows(run_dirs: list[Path]) -> list[dict]:
     rows = []
     for run_dir in run_dirs:
         summary = run_summary(run_dir)
-        leakage = json.loads((run_dir / "leakage.json").read_text())
-        meta = json.loads((run_dir / "attack.json").read_text())
-        decoders = meta.get("attacks", meta.get("decoders", []))
-        for decoder in (*decoders, "best"):  # "best": the worst case per set (runs attacked before it had none)
+        run = RunDir(run_dir)
+        leakage, meta = run.read_json("leakage.json"), run.read_json("attack.json")
+        for attack in (*meta["attacks"], "best"):  # "best": the worst case per set
             for set_name in SETS:
-                if decoder not in leakage.get(set_name, {}):
-                    continue
-                m, base = leakage[set_name][decoder], leakage[set_name]["baseline"]
+                m, base = leakage[set_name][attack], leakage[set_name]["baseline"]
                 rows.append(
                     {
                         **summary,
-                        "decoder": decoder,
+                        "attack": attack,
                         "set": set_name,
                         **{k: m[k] for k in ("mse", "psnr", "ssim", "reid_top1", "reid_chance")},
                         **{k: m.get(k, math.nan) for k in INTERVALS},
@@ -109,7 +106,7 @@ def leakage_rows(run_dirs: list[Path]) -> list[dict]:
                         "run_dir": str(run_dir),
                     }
                 )
-    return sorted(rows, key=lambda r: (r["decoder"], r["set"], -r["noise"] if r["noise"] else -math.inf))
+    return sorted(rows, key=lambda r: (r["attack"], r["set"], -r["noise"] if r["noise"] else -math.inf))
 
 
 def _x(eps: float, finite_max: float) -> float:
@@ -123,16 +120,16 @@ def plot_leakage(rows: list[dict], path: Path) -> None:
     fig, axes = plt.subplots(2, 2, figsize=(11, 8))
     panels = (("ssim", "SSIM (higher = more leakage)"), ("reid_top1", "re-identification top-1"), ("mse", "MSE"))
     for ax, (key, label) in zip(axes.flat, panels, strict=False):
-        for (decoder, set_name), series in _group(rows).items():
+        for (attack, set_name), series in _group(rows).items():
             xs = [_x(r["epsilon_median"], finite_max) for r in series]
             ys = [r[key] for r in series]
             lo = [r.get(f"{key}_lo", math.nan) for r in series]
             hi = [r.get(f"{key}_hi", math.nan) for r in series]
             if all(math.isfinite(v) for v in lo + hi):  # the bootstrap 95 % interval, where the run has one
                 yerr = [[y - a for y, a in zip(ys, lo, strict=True)], [b - y for y, b in zip(ys, hi, strict=True)]]
-                ax.errorbar(xs, ys, yerr=yerr, marker="o", capsize=3, label=f"{decoder} / {set_name}")
+                ax.errorbar(xs, ys, yerr=yerr, marker="o", capsize=3, label=f"{attack} / {set_name}")
             else:
-                ax.plot(xs, ys, marker="o", label=f"{decoder} / {set_name}")
+                ax.plot(xs, ys, marker="o", label=f"{attack} / {set_name}")
         base_key = {"ssim": "baseline_ssim", "reid_top1": "baseline_reid_top1", "mse": "baseline_mse"}[key]
         for set_name in SETS:
             values = [r[base_key] for r in rows if r["set"] == set_name]
@@ -163,7 +160,7 @@ def plot_leakage(rows: list[dict], path: Path) -> None:
 def _group(rows: list[dict]) -> dict[tuple[str, str], list[dict]]:
     groups: dict[tuple[str, str], list[dict]] = {}
     for row in rows:
-        groups.setdefault((row["decoder"], row["set"]), []).append(row)
+        groups.setdefault((row["attack"], row["set"]), []).append(row)
     return groups
 
 
@@ -199,13 +196,13 @@ def _markdown(out_dir: Path, run_dirs: list[Path], rows: list[dict]) -> str:
         "",
         "Table: [leakage_vs_epsilon.csv](leakage_vs_epsilon.csv)",
         "",
-        "| noise | epsilon (median) | val acc | decoder | set | MSE | PSNR | SSIM | re-id "
+        "| noise | epsilon (median) | val acc | attack | set | MSE | PSNR | SSIM | re-id "
         "| baseline MSE | baseline SSIM |",
         "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         lines.append(
-            f"| {r['noise']:g} | {_fmt(r['epsilon_median'], 2)} | {r['val_acc']:.3f} | {r['decoder']} | {r['set']} | "
+            f"| {r['noise']:g} | {_fmt(r['epsilon_median'], 2)} | {r['val_acc']:.3f} | {r['attack']} | {r['set']} | "
             f"{r['mse']:.4f} | {_fmt(r['psnr'], 2)} | {r['ssim']:.3f} | {r['reid_top1']:.3f} | "
             f"{r['baseline_mse']:.4f} | {r['baseline_ssim']:.3f} |"
         )

@@ -24,6 +24,7 @@ from PIL import Image, UnidentifiedImageError
 
 from core import files
 from core.errors import UserError
+from data.base import Dataset, ImageSet, register_dataset
 
 SIDE = 105
 ENV_ROOT = "OMNIGLOT_ROOT"
@@ -57,36 +58,7 @@ SETS: dict[str, SetSpec] = {
     )
 }
 EVALUATION, SMALL1, SMALL2 = "images_evaluation", "images_background_small1", "images_background_small2"
-
-
-@dataclass(frozen=True)
-class OmniglotSet:
-    """One decoded Omniglot set, in sorted relative-path order.
-
-    images: uint8 [N,105,105], 255 = background, 0 = stroke (memory-mapped when loaded from the cache).
-    alphabet: int64 [N], index into ``alphabet_names`` (sorted names, so ids are 0..A-1).
-    character: int64 [N], the global character id (``NNNN`` of ``NNNN_MM.png``).
-    drawer: int64 [N], the drawer ``MM`` (1..20).
-    files: relative paths ``<Alphabet>/characterNN/NNNN_MM.png`` inside the set.
-    md5: hex md5 of each PNG file's bytes (identifies byte-identical files across sets).
-    """
-
-    name: str
-    images: np.ndarray
-    alphabet: np.ndarray
-    alphabet_names: tuple[str, ...]
-    character: np.ndarray
-    drawer: np.ndarray
-    files: tuple[str, ...]
-    md5: tuple[str, ...]
-
-    def __len__(self) -> int:
-        return len(self.files)
-
-    def as_float(self, index: np.ndarray | slice | None = None) -> np.ndarray:
-        """float32 [n,1,105,105] in [0,1], background 1.0, strokes 0.0."""
-        raw = self.images if index is None else self.images[index]
-        return (np.asarray(raw, dtype=np.float32) / 255.0)[:, None, :, :]
+BACKGROUND = "images_background"
 
 
 def resolve_root(data_dir: str | os.PathLike | None) -> Path:
@@ -115,7 +87,7 @@ def load_set(
     data_dir: str | os.PathLike | None = None,
     cache_dir: str | os.PathLike | None = None,
     download: bool = False,
-) -> OmniglotSet:
+) -> ImageSet:
     """Load one Omniglot set by name (e.g. ``"images_evaluation"``), decoding it only on first use.
 
     Raises UserError (one line naming the file and where it belongs) when the data is missing or corrupt.
@@ -137,7 +109,7 @@ def load_set(
     images = np.load(npy, mmap_mode="r")
     if images.shape != (spec.images, SIDE, SIDE):
         raise UserError(f"cache file {npy} is damaged (shape {images.shape}); delete it and run again")
-    return OmniglotSet(
+    return ImageSet(
         name=name,
         images=images,
         alphabet=np.asarray(meta["alphabet"], dtype=np.int64),
@@ -147,15 +119,6 @@ def load_set(
         files=tuple(meta["files"]),
         md5=tuple(meta["md5"]),
     )
-
-
-def shared_files(first: OmniglotSet, second: OmniglotSet) -> np.ndarray:
-    """bool [len(second)]: True where ``second``'s PNG is byte-identical to some PNG of ``first``.
-
-    For small1 vs small2 this marks the 1,000 files the two "disjoint" subsets share (Greek and Latin).
-    """
-    known = set(first.md5)
-    return np.fromiter((h in known for h in second.md5), dtype=bool, count=len(second))
 
 
 # --- finding the source ---------------------------------------------------------------------------------
@@ -301,3 +264,54 @@ def _write_cache(cache: Path, npy: Path, meta_path: Path, images: np.ndarray, me
         files.write_text(meta_path, json.dumps(meta))
     except OSError as exc:
         raise UserError(f"cannot write the Omniglot cache in {cache} ({exc}); set ${ENV_CACHE}") from None
+
+
+@register_dataset("omniglot")
+class Omniglot(Dataset):
+    """Omniglot (Lake et al.): clients hold ``images_evaluation`` (20 alphabets, the task's classes); the attacker
+    trains on ``images_background_small1`` and is tested on ``images_background_small2`` (see docs/experiment.md
+    for the files the two share); ``public`` is ``images_background`` minus small2's alphabets and files."""
+
+    side = SIDE
+    n_classes = SETS[EVALUATION].alphabets
+    ROLE_SETS = {"private": EVALUATION, "surrogate": SMALL1, "unseen": SMALL2}
+
+    def load(self, role: str, download: bool = False) -> ImageSet:
+        if role == "public":
+            return self._public()
+        return load_set(self.ROLE_SETS[role], self.data_dir, download=download)
+
+    def describe(self, role: str) -> str:
+        if role == "public":
+            return f"{BACKGROUND} minus small2's alphabets and files"
+        return {"surrogate": f"{SMALL1} (2020 experiment's surrogate)"}.get(role, self.ROLE_SETS[role])
+
+    def _public(self) -> ImageSet:
+        """images_background without small2's alphabets and byte-identical files; ValueError if an image of it is
+        a client's private image (md5), which would make the surrogate see the clients' data."""
+        background, small2 = load_set(BACKGROUND, self.data_dir), load_set(SMALL2, self.data_dir)
+        banned_alphabets, banned_files = set(small2.alphabet_names), set(small2.md5)
+        keep = np.flatnonzero(
+            [
+                background.alphabet_names[a] not in banned_alphabets and h not in banned_files
+                for a, h in zip(background.alphabet, background.md5, strict=True)
+            ]
+        )
+        private = set(load_set(EVALUATION, self.data_dir).md5)
+        if any(background.md5[i] in private for i in keep):
+            raise ValueError("a public surrogate image is byte-identical to a client's private image")
+        return _subset(background, keep, "public")
+
+
+def _subset(images: ImageSet, rows: np.ndarray, name: str) -> ImageSet:
+    """The rows ``rows`` of ``images`` as a set of its own (the class ids and names kept)."""
+    return ImageSet(
+        name=name,
+        images=images.images[rows],
+        alphabet=images.alphabet[rows],
+        alphabet_names=images.alphabet_names,
+        character=images.character[rows],
+        drawer=images.drawer[rows],
+        files=tuple(images.files[i] for i in rows),
+        md5=tuple(images.md5[i] for i in rows),
+    )

@@ -15,7 +15,6 @@ from __future__ import annotations
 import base64
 import csv
 import html
-import json
 import math
 import statistics
 from collections.abc import Mapping, Sequence
@@ -27,15 +26,15 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from attack.report import final_val_acc, ledger_spend, run_summary  # noqa: E402
 from core import files  # noqa: E402
 from core.config import RunConfig  # noqa: E402
+from core.defenses import FAMILIES  # noqa: E402
 from core.privacy import EPSILON_COVERS  # noqa: E402
-from core.study import Cell  # noqa: E402
+from core.rundir import RunDir  # noqa: E402
+from report.sweep import final_val_acc, ledger_spend, run_summary  # noqa: E402
+from study.grid import Cell  # noqa: E402
 
 SETS = ("unseen", "clients_inference", "clients_train")
-FAMILY_COLOURS = {"dp": "tab:blue", "cut-noise": "tab:orange", "nopeek": "tab:green"}  # controls: black stars
-FAMILY_NAMES = {"dp": "DP-SGD (epsilon sweep)", "cut-noise": "noise on clipped activations", "nopeek": "NoPeek"}
 CUT_MARKERS = {1: "^", 2: "s", 3: "D", 4: "o"}
 FIGURES = ("leakage_vs_accuracy.png", "leakage_vs_epsilon_study.png", "epsilon_per_round_study.png")
 CSV_COLUMNS = (
@@ -62,8 +61,7 @@ class Point:
 
     @property
     def title(self) -> str:
-        """The cell's name; a single run reported in its own directory (cell ".") goes by the directory's name."""
-        return self.cell.name if self.cell.name != "." else self.run_dir.resolve().name
+        return self.cell.name
 
     def reid(self, set_name: str = "unseen") -> dict:
         return self.sets[set_name]["best"]
@@ -74,10 +72,10 @@ class Point:
 
 def read_point(cell: Cell, cfg: RunConfig, run_dir: Path) -> Point:
     """A finished cell's numbers from its run directory."""
-    settings = json.loads((run_dir / "config.json").read_text())["settings"]
+    run = RunDir(run_dir)
+    saved = run.read_config()
     summary = run_summary(run_dir)
-    leakage = json.loads((run_dir / "leakage.json").read_text())
-    attack = json.loads((run_dir / "attack.json").read_text())
+    leakage, attack = run.read_json("leakage.json"), run.read_json("attack.json")
     sets = {}
     for set_name in SETS:
         methods = leakage[set_name]
@@ -90,7 +88,7 @@ def read_point(cell: Cell, cfg: RunConfig, run_dir: Path) -> Point:
         }
     return Point(
         cell=cell,
-        cut=int(settings.get("cut", cfg.cut)),
+        cut=saved.cut,
         noise=summary["noise"],
         epsilon_median=summary["epsilon_median"],
         epsilon_max=summary["epsilon_max"],
@@ -121,7 +119,7 @@ def curves(points: Sequence[Point]) -> dict[tuple[str, int], list[Point]]:
 
 
 def _strength(cell: Cell) -> float:
-    return float(cell.settings.get("cut_noise", cell.settings.get("nopeek", 0.0)))
+    return FAMILIES[cell.family].strength_of(cell.settings)
 
 
 def _interval(row: dict, key: str) -> tuple[float, float]:
@@ -139,9 +137,9 @@ def plot_headline(points: Sequence[Point], path: Path, central: float | None = N
             ax.axvline(central, color="black", linestyle="--", linewidth=1, label=f"centralised model ({central:.3f})")
     for (family, cut), series in curves(points).items():
         xs = [p.val_acc for p in series]
-        style = {"color": FAMILY_COLOURS[family], "marker": CUT_MARKERS.get(cut, "o"), "capsize": 3}
+        style = {"color": FAMILIES[family].colour, "marker": CUT_MARKERS.get(cut, "o"), "capsize": 3}
         style["linestyle"] = "-" if cut == 4 else "--"
-        label = f"{FAMILY_NAMES[family]}, cut {cut}"
+        label = f"{FAMILIES[family].label}, cut {cut}"
         for ax, rows, key in (
             (axes[0], [p.reid() for p in series], "reid_top1"),
             (axes[1], [p.ssim() for p in series], "ssim"),
@@ -318,7 +316,7 @@ def _compare(plain: Point, target: Point, family: list[Point], name: str) -> str
     reached = sorted(
         (p for p in family if p.reid()["reid_top1"] <= target.reid()["reid_top1_hi"]), key=lambda p: _strength(p.cell)
     )
-    what = FAMILY_NAMES[name]
+    what = FAMILIES[name].label
     if not family:
         return ""
     if not reached:
@@ -376,13 +374,15 @@ def _table(points: Sequence[Point]) -> tuple[list[str], list[list[str]]]:
     return head, rows
 
 
-COVERS = (
-    f"What epsilon covers: {EPSILON_COVERS}. The cut-noise cells add a separate, per-release guarantee on the "
-    "activations (a Gaussian mechanism of noise multiplier cut-noise / 2, composed over every release of an image; "
-    "core.privacy.cut_release_epsilon), vacuous at the strengths shown (hundreds or more per release); NoPeek has no "
-    "formal guarantee. Activation-NN re-id: matching each intercepted activation to the candidates' own activations, "
-    "what an attacker holding the candidate images achieves (the ceiling for identification)."
-)
+def covers(families: Sequence[str]) -> str:
+    """What epsilon covers, then the guarantee of each other defense family the study holds (core.defenses)."""
+    others = [f"{FAMILIES[f].label}: {FAMILIES[f].guarantee}" for f in FAMILIES if f in families and f != "dp"]
+    return (
+        f"What epsilon covers: {EPSILON_COVERS}."
+        + "".join(f" {text}." for text in others)
+        + " Activation-NN re-id: matching each intercepted activation to the candidates' own activations, what an "
+        "attacker holding the candidate images achieves (the ceiling for identification)."
+    )
 
 
 def central_accuracy(run_dir: Path | None) -> float | None:
@@ -415,13 +415,17 @@ def write_study_report(
 
 def _markdown(points: Sequence[Point], sentence: str) -> str:
     head, rows = _table(points)
-    lines = ["# Leakage against accuracy: the study", "", f"**{sentence}**", "", COVERS, ""]
+    lines = ["# Leakage against accuracy: the study", "", f"**{sentence}**", "", covers(_families(points)), ""]
     lines += [f"![{name}]({name})" for name in FIGURES]
     lines += ["", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     lines += ["| " + " | ".join(r) + " |" for r in rows]
     lines += ["", "Every number: [study.csv](study.csv). Each cell's run directory holds its reconstructions:"]
     lines += [f"- [{p.title}]({p.cell.name}/report.md)" for p in points]
     return "\n".join(lines) + "\n"
+
+
+def _families(points: Sequence[Point]) -> set[str]:
+    return {p.cell.family for p in points}
 
 
 def _img(path: Path, alt: str) -> str:
@@ -443,7 +447,7 @@ def _html(out_dir: Path, points: Sequence[Point], sentence: str) -> str:
         "#headline{font-size:1.15em;background:#f3f6fa;padding:0.8em;border-left:4px solid #2a6}</style></head><body>",
         "<h1>How much of a client's images can the server reconstruct, at each privacy budget?</h1>",
         f"<p id='headline'>{esc(sentence)}</p>",
-        f"<p>{esc(COVERS)}</p>",
+        f"<p>{esc(covers(_families(points)))}</p>",
         "<h2>Leakage against accuracy</h2>",
         _img(out_dir / FIGURES[0], "leakage against accuracy"),
         "<h2>Leakage against epsilon (DP-SGD)</h2>",

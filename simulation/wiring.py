@@ -10,6 +10,7 @@ from pathlib import Path
 from clients import fault_injection
 from clients.client_app import build_client_app
 from core.config import RunConfig
+from report.run_figures import plot_run
 from strategy.checkpoint import Checkpoint
 from strategy.server_app import build_server_app
 
@@ -19,8 +20,8 @@ def run_training(cfg: RunConfig, run_dir: Path, resume: Checkpoint | None = None
 
     Each client gets ``cfg.cpus_per_client`` cores (and ``cfg.gpus_per_client`` GPUs), so on 2 cores with the
     default 1 core per client, two clients train at a time. ``resume`` continues from a checkpoint of ``run_dir``.
-    Raises RuntimeError if the server or a client failed. ``$SPLITFED_INJECT_CRASH`` (tests) adds the crash mod of
-    ``clients/fault_injection.py`` to the ClientApp.
+    Raises RuntimeError if the server or a client failed. The test seam ``clients/fault_injection.py`` adds its mods
+    to the ClientApp only when its environment variables are set.
     """
     os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
@@ -38,7 +39,7 @@ def run_training(cfg: RunConfig, run_dir: Path, resume: Checkpoint | None = None
         warnings.simplefilter("ignore", DeprecationWarning)
         logging.getLogger("flwr").setLevel(logging.ERROR)  # hides run_simulation's deprecation banner
         run_simulation(
-            server_app=build_server_app(cfg, run_dir, outcome, resume),
+            server_app=build_server_app(cfg, run_dir, outcome, resume, on_complete=plot_run),
             client_app=build_client_app(mods=fault_injection.mods()),
             num_supernodes=cfg.clients,
             backend_config=backend_config,

@@ -1,9 +1,9 @@
-"""The study: a grid of runs ("cells") that answers leakage against accuracy, per defense, on one seed and shards.
+"""The study's grid: runs ("cells") that answer leakage against accuracy, per defense, on one seed and shards.
 
 A cell is a name, the defense family its point belongs to, and the settings it changes from the study's base
 settings. Every cell shares the base's seed, clients and shards, so cells differ only in what they name.
 
-Families (one curve each in the report):
+Families (``core.defenses.FAMILIES``, one curve each in the report):
 - ``dp``: DP-SGD at a target epsilon (the accountant resolves sigma per cell), 0 = no DP (epsilon inf);
 - ``cut-noise``: noise on clipped activations (``--cut-clip`` / ``--cut-noise``) at sigma 0;
 - ``nopeek``: NoPeek's distance-correlation weight at sigma 0;
@@ -35,9 +35,9 @@ from pathlib import Path
 from typing import Any
 
 from core.config import RunConfig, flag_name, settings
+from core.defenses import FAMILIES
 from core.errors import UserError
 
-FAMILIES = ("dp", "cut-noise", "nopeek", "control")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")  # a cell's name is its directory's name
 
 
@@ -60,16 +60,7 @@ class Cell:
     @property
     def label(self) -> str:
         """How the report names the cell's point: "eps 8", "eps inf", "noise 0.1", "NoPeek 3", or a control's name."""
-        s = self.settings
-        if self.family == "dp":
-            if s.get("target_epsilon"):
-                return f"eps {s['target_epsilon']:g}"
-            return f"sigma {s['noise']:g}" if s.get("noise") else "eps inf"
-        if self.family == "cut-noise":
-            return f"noise {s.get('cut_noise', 0):g}"
-        if self.family == "control":
-            return self.name
-        return f"NoPeek {s.get('nopeek', 0):g}"
+        return FAMILIES[self.family].point_label(self.name, self.settings)
 
 
 # What the default grid holds, and why (10 cells: about 6 minutes each at cut 4, 8 to 9 at cut 2, on 2 cores; the

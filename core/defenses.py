@@ -1,0 +1,59 @@
+"""The defense families a study compares, each described once: how the report names and draws it, which setting
+is its strength, and what it guarantees.
+
+A family is a curve of the study's report (``control`` a point of its own). The mechanism behind each lives where it
+acts: DP-SGD in ``clients/train.py``, the noisy cut and NoPeek in ``split/cut.py``. A new family is one entry here
+plus its settings; ``study.grid`` and ``report.study_page`` read everything else from the entry.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Family:
+    """``label``: its name in the legend; ``colour``: a matplotlib colour (controls: black stars); ``strength``: the
+    setting (field name) whose value orders its points, "" for none; ``point``: the prefix of a point's label before
+    its strength ("" for a control: the cell's name); ``guarantee``: what it promises, in words."""
+
+    label: str
+    colour: str
+    strength: str
+    point: str
+    guarantee: str
+
+    def point_label(self, name: str, settings: dict[str, Any]) -> str:
+        """How a cell of this family is labelled in the report: "eps 8", "noise 0.1", "NoPeek 3", a control's name."""
+        if self.strength == "target_epsilon":  # DP-SGD: a target epsilon, a fixed sigma, or none (epsilon inf)
+            if settings.get("target_epsilon"):
+                return f"eps {settings['target_epsilon']:g}"
+            return f"sigma {settings['noise']:g}" if settings.get("noise") else "eps inf"
+        return f"{self.point} {settings.get(self.strength, 0):g}" if self.strength else name
+
+    def strength_of(self, settings: dict[str, Any]) -> float:
+        return float(settings.get(self.strength, 0.0)) if self.strength else 0.0
+
+
+FAMILIES: dict[str, Family] = {
+    "dp": Family(
+        "DP-SGD (epsilon sweep)",
+        "tab:blue",
+        "target_epsilon",
+        "eps",
+        "(epsilon, delta)-DP per client and record for the device weights it trains (the ledger's accountant); "
+        "nothing for the activations and labels that cross the cut",
+    ),
+    "cut-noise": Family(
+        "noise on clipped activations",
+        "tab:orange",
+        "cut_noise",
+        "noise",
+        "a separate, per-release guarantee on the activations: a Gaussian mechanism of noise multiplier "
+        "cut-noise / 2 (sensitivity 2 x clip), composed over every release of an image; vacuous at the strengths "
+        "shown (hundreds or more per release)",
+    ),
+    "nopeek": Family("NoPeek", "tab:green", "nopeek", "NoPeek", "no formal guarantee"),
+    "control": Family("control", "black", "", "", "a reference point, not a defense"),
+}

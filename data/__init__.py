@@ -1,0 +1,1 @@
+"""Datasets behind one small interface (``data.base.Dataset``) and a registry: Omniglot today (``data.omniglot``)."""

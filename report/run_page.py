@@ -1,0 +1,325 @@
+"""One run's page: ``report.html`` in a finished and attacked run directory, what ``python sim.py`` was run for.
+
+It answers, top to bottom: which run this is (its main settings, what epsilon covers); how much privacy each client
+spent per round (ledger.csv); how accurate the model got per round (metrics.csv); how much the server reconstructs,
+beside the mean-image baseline (leakage.json); and every client's reconstructions, one folded section per client.
+
+The page is self-contained: figures are drawn here (matplotlib's object API on the Agg canvas) or read from the
+run's PNGs, and inlined as base64 data URIs, so the file can be mailed or opened offline. Reads config.json through
+``RunDir`` only.
+"""
+
+from __future__ import annotations
+
+import base64
+import csv
+import html
+import io
+import math
+import re
+from collections import defaultdict
+from pathlib import Path
+
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+from core import files
+from core.config import RunConfig
+from core.errors import UserError
+from core.privacy import EPSILON_COVERS
+from core.rundir import ATTACKED, RunDir
+
+NO_DP = "This run had no DP (noise multiplier 0): epsilon is infinite, so there is no privacy budget to show."
+SUMMARY_SETS = ("unseen", "seen", "clients_inference", "clients_train")
+NOT_ATTACKS = ("baseline", "best")  # leakage.json's methods that are not attacks
+OPEN_GRIDS = ("reconstructions_unseen.png", "reconstructions_seen.png")  # small2's grids, shown unfolded
+RUN_FIGURES = ("epsilon_per_round.png", "accuracy_per_round.png")  # what report/run_figures.py writes
+# A client's grid: the attack has written ``reconstructions_client_<k>.png`` (inference); a ``_<point>`` suffix is
+# read too, so a grid of the training-time set shows up when the attack draws one.
+CLIENT_GRID = re.compile(r"reconstructions_client_(\d+)(?:_(inference|train))?\.png")
+POINT_NAMES = {"inference": "inference", "train": "training"}
+MAX_LEGEND = 10  # clients beyond this make the legend hide the lines; the table names them instead
+STYLE = (
+    "body{font-family:sans-serif;max-width:1200px;margin:auto;padding:1em}img{max-width:100%}"
+    "table{border-collapse:collapse;font-size:0.85em;margin:0.5em 0}td,th{border:1px solid #bbb;padding:3px 6px}"
+    "td{text-align:right}td.l,th.l{text-align:left}.wide{overflow-x:auto}"
+    "details{margin:0.4em 0}summary{cursor:pointer}.covers{background:#f3f6fa;padding:0.6em;border-left:4px solid #2a6}"
+)
+
+
+def write_run_page(run_dir: Path) -> Path:
+    """Write ``run_dir/report.html`` (self-contained HTML, UTF-8) for an attacked run; returns its path.
+
+    Reads config.json (through ``RunDir``), ledger.csv, metrics.csv, leakage.json and the PNGs beside them. UserError
+    (one line) when the directory is not an attacked run.
+    """
+    run = RunDir(Path(run_dir))
+    state = run.state()
+    if state != ATTACKED:
+        raise UserError(f"{run.path}: no report page for a run that is {state}, not attacked (leakage.json)")
+    cfg = run.read_config()
+    ledger, metrics = _read_csv(run.ledger), _read_csv(run.metrics)
+    leakage = run.read_json("leakage.json")
+    dp = has_dp(cfg, ledger)
+    body = [
+        _header(run, cfg),
+        _privacy_section(ledger, dp),
+        _accuracy_section(metrics),
+        _leakage_section(leakage),
+        _small2_grids(run.path),
+        _clients_section(run.path, ledger, leakage),
+        _run_figures(run.path, dp),
+    ]
+    title = html.escape(f"Run {run.path.name}")
+    page = (
+        f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>{title}</title>"
+        f"<style>{STYLE}</style></head><body>{''.join(body)}</body></html>\n"
+    )
+    return files.write_text(run.report_html, page)
+
+
+def has_dp(cfg: RunConfig, ledger: list[dict]) -> bool:
+    """True when the run trained with DP-SGD: noise > 0 and some finite epsilon in the ledger."""
+    return cfg.noise > 0 and any(math.isfinite(float(row["epsilon"])) for row in ledger)
+
+
+# --- reading
+
+
+def _read_csv(path: Path) -> list[dict]:
+    """The rows of a CSV file with a header, as dicts of strings; UserError when it is missing."""
+    try:
+        with path.open(newline="") as fh:
+            return list(csv.DictReader(fh))
+    except FileNotFoundError:
+        raise UserError(f"{path.parent}: no {path.name} there; did training finish?") from None
+
+
+def epsilon_by_client(ledger: list[dict]) -> dict[int, dict[int, tuple[float, str]]]:
+    """``{client: {round: (epsilon, status)}}`` from ledger.csv's rows (client = partition id)."""
+    spent: dict[int, dict[int, tuple[float, str]]] = defaultdict(dict)
+    for row in ledger:
+        spent[int(row["partition_id"])][int(row["round"])] = (float(row["epsilon"]), row["status"])
+    return dict(sorted(spent.items()))
+
+
+def client_ids(run_dir: Path, ledger: list[dict], leakage: dict) -> list[int]:
+    """Every client the run knows of (ledger, leakage sets, grids), ascending as numbers (2 before 10)."""
+    ids = {int(row["partition_id"]) for row in ledger}
+    ids |= {int(m.group(1)) for name in leakage if (m := re.fullmatch(r"client_(\d+)_\w+", name))}
+    ids |= set(client_grids(run_dir))
+    return sorted(ids)
+
+
+def client_grids(run_dir: Path) -> dict[int, list[tuple[str, Path]]]:
+    """``{client: [(point, png)]}`` of the reconstruction grids the attack wrote, inference before training."""
+    grids: dict[int, list[tuple[str, Path]]] = defaultdict(list)
+    for path in run_dir.glob("reconstructions_client_*.png"):
+        if m := CLIENT_GRID.fullmatch(path.name):
+            grids[int(m.group(1))].append((m.group(2) or "inference", path))
+    order = list(POINT_NAMES)
+    return {k: sorted(v, key=lambda item: order.index(item[0])) for k, v in grids.items()}
+
+
+# --- pieces of HTML
+
+
+def _esc(value: object) -> str:
+    return html.escape(str(value))
+
+
+def _table(head: list[str], rows: list[list[str]], left: int = 1) -> str:
+    """An HTML table; the first ``left`` columns are text (left-aligned), the others numbers."""
+
+    def cells(tag: str, values: list[str]) -> str:
+        return "".join(f"<{tag}{' class=l' if i < left else ''}>{_esc(v)}</{tag}>" for i, v in enumerate(values))
+
+    body = "".join(f"<tr>{cells('td', r)}</tr>" for r in rows)
+    return f"<div class='wide'><table><tr>{cells('th', head)}</tr>{body}</table></div>"
+
+
+def _img(png: bytes, alt: str) -> str:
+    """An ``<img>`` holding ``png`` (the file's bytes) as a data URI."""
+    return f"<img alt='{_esc(alt)}' src='data:image/png;base64,{base64.b64encode(png).decode('ascii')}'>"
+
+
+def _file_img(path: Path) -> str:
+    return f"<figure>{_img(path.read_bytes(), path.name)}<figcaption>{_esc(path.name)}</figcaption></figure>"
+
+
+def _figure_png(fig: Figure) -> bytes:
+    """The figure as PNG bytes (100 dpi); no metadata, so the page holds no address (matplotlib's own site)."""
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=100, metadata={"Software": None})
+    return buffer.getvalue()
+
+
+def _interval(m: dict, key: str) -> str:
+    """``0.950 [0.900, 1.000]`` when the numbers hold ``<key>_lo`` / ``<key>_hi``, else the value alone."""
+    if f"{key}_lo" in m and f"{key}_hi" in m:
+        return f"{m[key]:.3f} [{m[f'{key}_lo']:.3f}, {m[f'{key}_hi']:.3f}]"
+    return f"{m[key]:.3f}"
+
+
+# --- sections
+
+
+def _header(run: RunDir, cfg: RunConfig) -> str:
+    noise = f"{cfg.noise:g}"
+    if cfg.target_epsilon:
+        noise += f" (chosen for target epsilon {cfg.target_epsilon:g})"
+    settings = [
+        ["clients", str(cfg.clients)],
+        ["rounds", str(cfg.rounds)],
+        ["noise multiplier sigma", noise],
+        ["accountant", cfg.accountant],
+        ["delta", f"{cfg.delta:g}"],
+        ["cut", str(cfg.cut)],
+        ["strategy", cfg.strategy],
+    ]
+    return (
+        f"<h1>Run {_esc(run.path.name)}</h1>{_table(['setting', 'value'], settings, left=2)}"
+        f"<p class='covers'>What epsilon covers: {_esc(EPSILON_COVERS)}.</p>"
+    )
+
+
+def _privacy_section(ledger: list[dict], dp: bool) -> str:
+    head = "<h2>Privacy budget per round, per client</h2>"
+    if not dp:
+        return f"{head}<p id='no-dp'>{_esc(NO_DP)}</p>"
+    spent = epsilon_by_client(ledger)
+    delta, accountant = ledger[0]["delta"], ledger[0]["accountant"]
+    note = (
+        f"<p>Epsilon (delta {_esc(delta)}, {_esc(accountant)} accountant) each client has spent after each round, "
+        "3 significant digits; a client that did not train in a round is marked with its status, and a blank "
+        "means it was not asked.</p>"
+    )
+    fig = _img(_epsilon_png(spent, accountant), "epsilon per round, one line per client")
+    return head + note + _epsilon_table(spent) + fig
+
+
+def _epsilon_table(spent: dict[int, dict[int, tuple[float, str]]]) -> str:
+    rounds = sorted({r for by_round in spent.values() for r in by_round})
+    rows = [[str(r), *(_epsilon_cell(by_round.get(r)) for by_round in spent.values())] for r in rounds]
+    return _table(["round", *(f"client {k}" for k in spent)], rows)
+
+
+def _epsilon_cell(entry: tuple[float, str] | None) -> str:
+    if entry is None:
+        return ""
+    epsilon, status = entry
+    return f"{epsilon:.3g}" if status == "trained" else f"{epsilon:.3g} ({status})"
+
+
+def _epsilon_png(spent: dict[int, dict[int, tuple[float, str]]], accountant: str) -> bytes:
+    fig = Figure(figsize=(7, 4), layout="constrained")
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    for k, by_round in spent.items():
+        rounds = sorted(by_round)
+        ax.plot(rounds, [by_round[r][0] for r in rounds], marker="o", markersize=3, linewidth=1, label=f"client {k}")
+    if len(spent) <= MAX_LEGEND:
+        ax.legend(fontsize=7)
+    ax.set(xlabel="round", ylabel=f"epsilon ({accountant})", title="Privacy spent per client")
+    ax.grid(alpha=0.3)
+    return _figure_png(fig)
+
+
+def _accuracy_section(metrics: list[dict]) -> str:
+    shown = [c for c in ("val_acc", "train_acc", "val_loss", "clients_trained") if metrics and c in metrics[0]]
+    rows = [[r["round"], *(_number(r[c], c) for c in shown)] for r in metrics]
+    figure = _img(_accuracy_png(metrics), "accuracy per round") if metrics else "<p>No round completed.</p>"
+    return f"<h2>Accuracy per round</h2>{_table(['round', *shown], rows)}{figure}"
+
+
+def _number(text: str, column: str) -> str:
+    """A metrics.csv cell for the page: a count as is, 3 decimals otherwise, "–" where a round had none (nan: no
+    client trained, so no train accuracy)."""
+    value = float(text)
+    if math.isnan(value):
+        return "–"
+    return str(int(value)) if column == "clients_trained" else f"{value:.3f}"
+
+
+def _accuracy_png(metrics: list[dict]) -> bytes:
+    fig = Figure(figsize=(7, 4), layout="constrained")
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    rounds = [int(r["round"]) for r in metrics]
+    for column, label in (("val_acc", "validation (global model)"), ("train_acc", "training (local models)")):
+        if column in metrics[0]:
+            ax.plot(rounds, [float(r[column]) for r in metrics], marker="o", label=label)
+    ax.legend(fontsize=8)
+    ax.set(xlabel="round", ylabel="accuracy", ylim=(0, 1), title="Task accuracy per round")
+    ax.grid(alpha=0.3)
+    return _figure_png(fig)
+
+
+def _leakage_section(leakage: dict) -> str:
+    parts = [
+        "<h2>Reconstruction leakage, beside the baseline</h2>",
+        "<p>Lower MSE, higher SSIM and higher re-identification mean more leakage. re-id top-1: share of "
+        "reconstructions whose nearest candidate image is their own [95 % interval]; chance: one in the candidate "
+        "pool. The baseline outputs the mean image (it knows nothing); best is the attack with the most "
+        "re-identification on that set.</p>",
+    ]
+    present = [s for s in SUMMARY_SETS if s in leakage]
+    parts += [f"<p>Best attack on <b>{_esc(s)}</b>: {_esc(_best_line(leakage[s]))}.</p>" for s in present]
+    rows = [row for s in present for row in _leakage_rows(s, leakage[s])]
+    head = ["set", "method", "n", "MSE", "SSIM", "re-id top-1 [95 % interval]", "chance"]
+    return "".join(parts) + _table(head, rows, left=2)
+
+
+def _best_line(by_method: dict) -> str:
+    best = by_method["best"]
+    return f"{best['attack']}, re-id {_interval(best, 'reid_top1')} (chance {best['reid_chance']:.3f})"
+
+
+def _leakage_rows(set_name: str, by_method: dict) -> list[list[str]]:
+    """One row per attack (leakage.json's order), then the best and the baseline."""
+    methods = [m for m in by_method if m not in NOT_ATTACKS] + [m for m in NOT_ATTACKS[::-1] if m in by_method]
+    rows = []
+    for method in methods:
+        m = by_method[method]
+        label = {"best": f"best: {m.get('attack', '?')}", "baseline": "baseline (mean image)"}.get(method, method)
+        cells = [str(m.get("n", "")), f"{m['mse']:.4f}", _interval(m, "ssim"), _interval(m, "reid_top1")]
+        rows.append([set_name, label, *cells, f"{m['reid_chance']:.3f}"])
+    return rows
+
+
+def _small2_grids(run_dir: Path) -> str:
+    grids = [run_dir / name for name in OPEN_GRIDS if (run_dir / name).is_file()]
+    if not grids:
+        return ""
+    note = "<p>Originals above their reconstructions, from the server's own queries of small2 images.</p>"
+    return "<h2>Reconstructions of unseen and seen images</h2>" + note + "".join(_file_img(p) for p in grids)
+
+
+def _clients_section(run_dir: Path, ledger: list[dict], leakage: dict) -> str:
+    grids = client_grids(run_dir)
+    sections = [_client_details(k, leakage, grids.get(k, [])) for k in client_ids(run_dir, ledger, leakage)]
+    note = "<p>Each client's intercepted activations, reconstructed (click a client to open its figures).</p>"
+    return "<h2>Every client's reconstructions</h2>" + note + "".join(sections)
+
+
+def _client_details(k: int, leakage: dict, grids: list[tuple[str, Path]]) -> str:
+    """One client's ``<details>``: its best re-id at inference and training in the summary, its grids inside."""
+    reid = [f"{POINT_NAMES[p]} re-id {_client_reid(leakage.get(f'client_{k}_{p}'))}" for p in POINT_NAMES]
+    inside = "".join(_file_img(path) for _, path in grids) or "<p>The attack drew no figure for this client.</p>"
+    summary = f"<summary>client {k}: {_esc(', '.join(reid))}</summary>"
+    return f"<details class='client' id='client-{k}'>{summary}{inside}</details>"
+
+
+def _client_reid(by_method: dict | None) -> str:
+    if not by_method or "best" not in by_method:
+        return "– (no intercepted activations)"
+    best = by_method["best"]
+    return f"{_interval(best, 'reid_top1')} ({best['attack']}, chance {best['reid_chance']:.3f})"
+
+
+def _run_figures(run_dir: Path, dp: bool) -> str:
+    # Without DP the run's epsilon figure holds only a "no DP" note: the line above says it already.
+    names = [n for n in RUN_FIGURES if (run_dir / n).is_file() and (dp or n != "epsilon_per_round.png")]
+    if not names:
+        return ""
+    return "<h2>Figures written during training</h2>" + "".join(_file_img(run_dir / n) for n in names)
