@@ -59,7 +59,7 @@ class FinishedRun:
 
     config: the run's settings; device / head: the final global device model and the server's head (eval mode);
     cut: the run's cut; intercepted: the arrays of intercepted.npz (see ``attack.sets.client_sets``);
-    client_devices: each client's own device model from its last training round (empty for older runs).
+    client_devices: each client's own device model from its last training round.
     """
 
     config: RunConfig

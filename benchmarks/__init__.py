@@ -1,1 +1,1 @@
-"""Scripts that measure: performance (run.py) and accuracy levers (levers.py). Run them as scripts."""
+"""Scripts that measure performance (run.py), printing times and ratios. Run them as scripts."""

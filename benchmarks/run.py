@@ -41,6 +41,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from flwr.app import ArrayRecord, MetricRecord, RecordDict
+from flwr.serverapp.strategy.strategy_utils import aggregate_arrayrecords
 from opacus.grad_sample import wrap_model
 from opacus.optimizers import DPOptimizer
 from rich.console import Console
@@ -57,6 +59,7 @@ from clients.train import LocalResult, evaluate, split_step, train_local  # noqa
 from core import files  # noqa: E402
 from core.config import RunConfig  # noqa: E402
 from core.errors import UserError  # noqa: E402
+from core.rundir import RunDir  # noqa: E402
 from core.runtime import keep_freed_memory  # noqa: E402
 from data.base import geometry  # noqa: E402
 from data.omniglot import EVALUATION, load_set  # noqa: E402
@@ -322,7 +325,7 @@ def bench_attack(run_dir: Path | None, epochs: int | None) -> dict:
         wall = time.perf_counter() - started
         if done.returncode != 0:
             raise UserError(f"the attack failed: {done.stderr.strip().splitlines()[-1:]}")
-        meta = json.loads((copy / "attack.json").read_text())
+        meta = RunDir(copy).read_json("attack.json")
     peak_gb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 2**20  # kB on Linux
     seconds = meta["seconds"]
     levers = {f"attack_{k}_s": v for k, v in seconds.items()}
@@ -336,11 +339,13 @@ def bench_attack(run_dir: Path | None, epochs: int | None) -> dict:
     }
 
 
-def fedavg(states: list[dict[str, torch.Tensor]], weights: list[int], prefix: str = "") -> dict[str, torch.Tensor]:
-    """FedAvg of ``states`` weighted by ``weights`` (training examples), for the keys starting with ``prefix``."""
-    total = sum(weights)
-    keys = [k for k in states[0] if k.startswith(prefix)]
-    return {k: sum(s[k] * (w / total) for s, w in zip(states, weights, strict=True)) for k in keys}
+def fedavg(states: list[dict[str, torch.Tensor]], weights: list[int]) -> dict[str, torch.Tensor]:
+    """FedAvg of ``states`` weighted by ``weights`` (training examples): Flower's own aggregation, as FedAvg does."""
+    replies = [
+        RecordDict({"arrays": ArrayRecord(state), "metrics": MetricRecord({"num-examples": n})})
+        for state, n in zip(states, weights, strict=True)
+    ]
+    return aggregate_arrayrecords(replies, "num-examples").to_torch_state_dict()
 
 
 def client_round(

@@ -75,7 +75,7 @@ def split_step(
     detached). ``device_opt`` may be an Opacus DPOptimizer, with ``device`` its GradSampleModule or a
     ``PerSampleDevice`` (which takes the cut gradient itself and sets the per-sample gradients). ``cut``: what
     the device does to its activations before sending them (``split.cut``; identity when None). ``head_opt``
-    None: the head stays fixed during the round (``train_local(freeze_head=True)``). ``logit_bias``
+    None: the head stays fixed during the step. ``logit_bias``
     float32 [n_classes] is added to the logits in the loss only (``label_skew_bias``); accuracy uses raw logits.
     """
     cut = cut or Cut()
@@ -110,7 +110,6 @@ def train_local(
     torch_device: torch.device | str = "cpu",
     record_cut: bool = False,
     max_steps: int | None = None,
-    freeze_head: bool = False,
 ) -> LocalResult:
     """Train ``device`` (in place) with DP-SGD and ``head`` (in place) for ``cfg.local_epochs`` epochs.
 
@@ -118,8 +117,9 @@ def train_local(
     history before the round; the result's history includes this round's steps. ``cfg.noise == 0`` trains without
     clipping or noise (shuffled batches) and records the steps with noise 0, i.e. epsilon = inf.
     ``record_cut`` keeps every activation that crossed the cut (what a curious server sees during training).
-    ``max_steps`` stops the round early (``--fail-rate``'s simulated crash); the steps taken are in the history.
-    ``cfg.skew_loss`` offsets the logits in the loss (``label_skew_bias``); with ``cfg.strategy == "fedprox"`` the
+    ``max_steps`` stops the round early (a failure the test seam injects, ``clients/fault_injection.py``); the
+    steps taken are in the history.
+    ``cfg.skew_loss`` offsets the logits in the loss (``label_skew_bias``); with ``cfg.proximal_mu`` > 0 (FedProx) the
     device is pulled towards its starting (global) weights after every step (``_proximal_step``).
     Sets this process's allocator to keep freed memory (``core.runtime``): about 2x faster steps on the CPU.
     """
@@ -133,13 +133,13 @@ def train_local(
         generator=torch.Generator().manual_seed(seed),
     )
     device_opt = make_optimizer(cfg.optimizer, device.parameters(), cfg.lr)
-    # Each client's round trains its own head copy (SplitFed v1, in both head modes); ``freeze_head`` keeps the
-    # server's head fixed instead (measured by benchmarks/levers.py, not offered by sim.py: it learned worse).
-    head_opt = None if freeze_head else make_optimizer(cfg.optimizer, head.parameters(), cfg.lr)
+    # Each client's round trains its own head copy (SplitFed v1, in both head modes).
+    head_opt = make_optimizer(cfg.optimizer, head.parameters(), cfg.lr)
     bias = label_skew_bias(cfg.skew_loss, labels, head[-1].out_features)
     bias = bias.to(torch_device) if bias is not None else None
     sender = build_cut(**cfg.cut_options()).to(torch_device)  # the same cut as the client's queries (split.cut)
-    anchor = [p.detach().clone() for p in device.parameters()] if cfg.strategy == "fedprox" else None
+    # FedProx's train config carries its weight; no other strategy sends one (simulation.registries checks it).
+    anchor = [p.detach().clone() for p in device.parameters()] if cfg.proximal_mu > 0 else None
     engine, wrapped = None, None
     model = device
     if cfg.noise > 0:

@@ -96,7 +96,10 @@ class RunConfig:
     )
     server_momentum: float = setting(0.9, "fedavgm's server momentum", FEDERATION)
     proximal_mu: float = setting(
-        0.01, "fedprox's proximal term weight mu (the client adds mu/2 ||w - w_global||^2)", FEDERATION
+        0.0,
+        "fedprox's proximal term weight mu (the client adds mu/2 ||w - w_global||^2); 0 = FedProx's default 0.01 "
+        "under --strategy fedprox, none otherwise",
+        FEDERATION,
     )
     # --- local DP-SGD training
     noise: float = setting(

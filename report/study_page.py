@@ -94,7 +94,7 @@ def read_point(cell: Cell, cfg: RunConfig, run_dir: Path) -> Point:
         epsilon_max=summary["epsilon_max"],
         val_acc=summary["val_acc"],
         sets=sets,
-        activation_nn_reid=float(attack.get("ceiling_unseen", {}).get("activation_nn_reid_top1", math.nan)),
+        activation_nn_reid=float(attack["ceiling_unseen"]["activation_nn_reid_top1"]),
         epsilon_rounds=ledger_spend(run_dir)[1],
         run_dir=run_dir,
     )

@@ -22,7 +22,7 @@ from core.privacy import EPSILON_COVERS
 from core.rundir import RunDir
 
 SETS = ("unseen", "clients_inference", "clients_train")
-# Read from leakage.json where present (runs attacked before the intervals existed leave them empty: nan).
+# Each set's bootstrap intervals in leakage.json (and the top-5 re-id).
 INTERVALS = ("reid_top5", "mse_lo", "mse_hi", "ssim_lo", "ssim_hi", "reid_top1_lo", "reid_top1_hi")
 COLUMNS = (
     "noise",
@@ -99,7 +99,7 @@ def leakage_rows(run_dirs: list[Path]) -> list[dict]:
                         "attack": attack,
                         "set": set_name,
                         **{k: m[k] for k in ("mse", "psnr", "ssim", "reid_top1", "reid_chance")},
-                        **{k: m.get(k, math.nan) for k in INTERVALS},
+                        **{k: m[k] for k in INTERVALS},
                         "baseline_mse": base["mse"],
                         "baseline_ssim": base["ssim"],
                         "baseline_reid_top1": base["reid_top1"],

@@ -32,4 +32,7 @@ def check_registered(cfg: RunConfig) -> RunConfig:
         if registry and getattr(cfg, f.name) not in choices(registry):
             allowed = ", ".join(choices(registry))
             raise UserError(f"--{flag_name(f.name)} must be one of {allowed}, got {getattr(cfg, f.name)!r}")
+    if cfg.proximal_mu and not STRATEGIES[cfg.strategy].proximal:
+        proximal = ", ".join(name for name, e in STRATEGIES.items() if e.proximal)
+        raise UserError(f"--proximal-mu is the weight of a proximal term only {proximal} sends; not {cfg.strategy}")
     return cfg

@@ -1,4 +1,4 @@
-"""Per-round checkpoints (``checkpoint.pt``) and the ``INCOMPLETE`` marker of a run directory.
+"""Per-round checkpoints (``checkpoint.pt`` of a run directory, ``core.rundir.RunDir``).
 
 A checkpoint is written atomically after every complete round (train + evaluate) and holds everything the next
 round needs: the global weights (device convnet and head), every client's accountant history (the server's copy:
@@ -10,9 +10,8 @@ a round is seeded from (seed, round) on the server and (seed, partition, round) 
 The settings are not copied here: ``config.json`` is their one copy. The checkpoint keeps a digest of each
 setting, so ``Checkpoint.mismatches(settings)`` can name the settings that differ from the ones it was written with.
 
-``INCOMPLETE`` is created with the run directory and removed only when training has finished and ``model.pt``,
-``intercepted.npz`` and the figures are written; while it exists the directory is a run that crashed, was killed
-or is still going, and ``python sim.py --resume RUN_DIR`` continues it from its last checkpoint.
+While the run directory's ``INCOMPLETE`` marker exists (``RunDir.state``), ``python sim.py --resume RUN_DIR``
+continues the run from its last checkpoint.
 """
 
 from __future__ import annotations
@@ -31,9 +30,8 @@ from core import files
 from core.errors import UserError
 from core.privacy import History, history_from_lists, history_to_lists
 from core.protocol import Intercepted
+from core.rundir import RunDir
 
-CHECKPOINT = "checkpoint.pt"
-INCOMPLETE = "INCOMPLETE"
 FORMAT = 2  # 2: settings digests instead of the settings, and the server strategy's state
 
 
@@ -87,14 +85,14 @@ def save_checkpoint(run_dir: Path, ckpt: Checkpoint) -> Path:
         "intercepted_training": [tuple(record) for record in ckpt.intercepted_training],
         "strategy_state": ckpt.strategy_state,
     }
-    return files.write_with(run_dir / CHECKPOINT, lambda fh: torch.save(payload, fh), fsync=True)
+    return files.write_with(RunDir(run_dir).checkpoint, lambda fh: torch.save(payload, fh), fsync=True)
 
 
 def load_checkpoint(run_dir: Path) -> Checkpoint:
     """Read ``checkpoint.pt``; raises UserError (one line) if it is missing or unreadable."""
-    path = run_dir / CHECKPOINT
+    path = RunDir(run_dir).checkpoint
     if not path.is_file():
-        raise UserError(f"--resume {run_dir}: no {CHECKPOINT} there (the run did not finish a round)")
+        raise UserError(f"--resume {run_dir}: no {path.name} there (the run did not finish a round)")
     try:
         payload = torch.load(path, weights_only=False)
         assert payload["format"] == FORMAT
@@ -109,17 +107,4 @@ def load_checkpoint(run_dir: Path) -> Checkpoint:
             strategy_state=dict(payload["strategy_state"]),
         )
     except Exception as exc:  # any damage reads the same to the user: the file cannot be used
-        raise UserError(f"--resume {run_dir}: {CHECKPOINT} is unreadable ({type(exc).__name__})") from None
-
-
-def mark_incomplete(run_dir: Path, note: str) -> None:
-    """Create or replace the ``INCOMPLETE`` marker with ``note`` (what happened, how to resume)."""
-    files.write_text(run_dir / INCOMPLETE, note.rstrip() + "\n")
-
-
-def mark_complete(run_dir: Path) -> None:
-    (run_dir / INCOMPLETE).unlink(missing_ok=True)
-
-
-def is_incomplete(run_dir: Path) -> bool:
-    return (run_dir / INCOMPLETE).exists()
+        raise UserError(f"--resume {run_dir}: {path.name} is unreadable ({type(exc).__name__})") from None

@@ -110,9 +110,12 @@ def _fedyogi(cfg: RunConfig) -> Strategy:
     return FedYogi(**_sampling(cfg), **_server_lr(cfg, "eta"))
 
 
+FEDPROX_MU = 0.01  # --proximal-mu 0 under fedprox
+
+
 def _fedprox(cfg: RunConfig) -> Strategy:
-    # FedProx only puts "proximal-mu" in the train config; the client applies the term (clients/train.py).
-    return FedProx(**_sampling(cfg), proximal_mu=cfg.proximal_mu)
+    # FedProx puts "proximal-mu" in the train config; a client applies the term when it is > 0 (clients/train.py).
+    return FedProx(**_sampling(cfg), proximal_mu=cfg.proximal_mu or FEDPROX_MU)
 
 
 @dataclass(frozen=True)
@@ -121,6 +124,7 @@ class Entry:
 
     build: Callable[[RunConfig], Strategy]
     state: StateAdapter = StateAdapter()
+    proximal: bool = False  # it sends clients a proximal-term weight (``--proximal-mu`` applies to it only)
 
 
 REGISTRY: dict[str, Entry] = {
@@ -128,7 +132,7 @@ REGISTRY: dict[str, Entry] = {
     "fedavgm": Entry(_fedavgm, FedAvgMState()),
     "fedadam": Entry(_fedadam, FedOptState()),
     "fedyogi": Entry(_fedyogi, FedOptState()),
-    "fedprox": Entry(_fedprox),
+    "fedprox": Entry(_fedprox, proximal=True),
 }
 
 
