@@ -20,8 +20,11 @@ import re
 from collections import defaultdict
 from pathlib import Path
 
+import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
+from PIL import Image
 
 from core import files
 from core.config import RunConfig
@@ -32,12 +35,12 @@ from core.rundir import ATTACKED, RunDir
 NO_DP = "This run had no DP (noise multiplier 0): epsilon is infinite, so there is no privacy budget to show."
 SUMMARY_SETS = ("unseen", "seen", "clients_inference", "clients_train")
 NOT_ATTACKS = ("baseline", "best")  # leakage.json's methods that are not attacks
-OPEN_GRIDS = ("reconstructions_unseen.png", "reconstructions_seen.png")  # small2's grids, shown unfolded
+OPEN_SETS = ("unseen", "seen")  # small2's sets: their grids are shown unfolded
 RUN_FIGURES = ("epsilon_per_round.png", "accuracy_per_round.png")  # what report/run_figures.py writes
-# A client's grid: the attack has written ``reconstructions_client_<k>.png`` (inference); a ``_<point>`` suffix is
-# read too, so a grid of the training-time set shows up when the attack draws one.
-CLIENT_GRID = re.compile(r"reconstructions_client_(\d+)(?:_(inference|train))?\.png")
+CLIENT_FILE = re.compile(r"reconstructions_client_(\d+)(?:_(?:inference|train))?\.(?:png|npz)")
 POINT_NAMES = {"inference": "inference", "train": "training"}
+GRID_IMAGES = 10  # columns of a grid drawn here, as in attack.run's figures
+GAP = 3  # grey pixels between the images of a grid drawn here
 MAX_LEGEND = 10  # clients beyond this make the legend hide the lines; the table names them instead
 STYLE = (
     "body{font-family:sans-serif;max-width:1200px;margin:auto;padding:1em}img{max-width:100%}"
@@ -66,7 +69,7 @@ def write_run_page(run_dir: Path) -> Path:
         _privacy_section(ledger, dp),
         _accuracy_section(metrics),
         _leakage_section(leakage),
-        _small2_grids(run.path),
+        _small2_grids(run.path, leakage),
         _clients_section(run.path, ledger, leakage),
         _run_figures(run.path, dp),
     ]
@@ -104,21 +107,21 @@ def epsilon_by_client(ledger: list[dict]) -> dict[int, dict[int, tuple[float, st
 
 
 def client_ids(run_dir: Path, ledger: list[dict], leakage: dict) -> list[int]:
-    """Every client the run knows of (ledger, leakage sets, grids), ascending as numbers (2 before 10)."""
+    """Every client the run knows of (ledger, leakage sets, reconstruction files), ascending as numbers (2 before
+    10)."""
     ids = {int(row["partition_id"]) for row in ledger}
     ids |= {int(m.group(1)) for name in leakage if (m := re.fullmatch(r"client_(\d+)_\w+", name))}
-    ids |= set(client_grids(run_dir))
+    ids |= {int(m.group(1)) for p in run_dir.glob("reconstructions_client_*") if (m := CLIENT_FILE.fullmatch(p.name))}
     return sorted(ids)
 
 
-def client_grids(run_dir: Path) -> dict[int, list[tuple[str, Path]]]:
-    """``{client: [(point, png)]}`` of the reconstruction grids the attack wrote, inference before training."""
-    grids: dict[int, list[tuple[str, Path]]] = defaultdict(list)
-    for path in run_dir.glob("reconstructions_client_*.png"):
-        if m := CLIENT_GRID.fullmatch(path.name):
-            grids[int(m.group(1))].append((m.group(2) or "inference", path))
-    order = list(POINT_NAMES)
-    return {k: sorted(v, key=lambda item: order.index(item[0])) for k, v in grids.items()}
+def grid_pngs(run_dir: Path, set_name: str) -> list[Path]:
+    """The PNG names the attack may have drawn a set's grid under, existing or not: ``reconstructions_<set>.png``;
+    for a client's inference set also ``reconstructions_client_<k>.png`` (what attack.sets names it)."""
+    names = [f"reconstructions_{set_name}.png"]
+    if m := re.fullmatch(r"client_(\d+)_inference", set_name):
+        names.insert(0, f"reconstructions_client_{m.group(1)}.png")
+    return [run_dir / name for name in names]
 
 
 # --- pieces of HTML
@@ -126,6 +129,10 @@ def client_grids(run_dir: Path) -> dict[int, list[tuple[str, Path]]]:
 
 def _esc(value: object) -> str:
     return html.escape(str(value))
+
+
+def _p(text: str, attrs: str = "") -> str:
+    return f"<p{attrs}>{_esc(text)}</p>"
 
 
 def _table(head: list[str], rows: list[list[str]], left: int = 1) -> str:
@@ -143,8 +150,12 @@ def _img(png: bytes, alt: str) -> str:
     return f"<img alt='{_esc(alt)}' src='data:image/png;base64,{base64.b64encode(png).decode('ascii')}'>"
 
 
+def _figure(png: bytes, caption: str) -> str:
+    return f"<figure>{_img(png, caption)}<figcaption>{_esc(caption)}</figcaption></figure>"
+
+
 def _file_img(path: Path) -> str:
-    return f"<figure>{_img(path.read_bytes(), path.name)}<figcaption>{_esc(path.name)}</figcaption></figure>"
+    return _figure(path.read_bytes(), path.name)
 
 
 def _figure_png(fig: Figure) -> bytes:
@@ -186,13 +197,12 @@ def _header(run: RunDir, cfg: RunConfig) -> str:
 def _privacy_section(ledger: list[dict], dp: bool) -> str:
     head = "<h2>Privacy budget per round, per client</h2>"
     if not dp:
-        return f"{head}<p id='no-dp'>{_esc(NO_DP)}</p>"
+        return head + _p(NO_DP, " id='no-dp'")
     spent = epsilon_by_client(ledger)
     delta, accountant = ledger[0]["delta"], ledger[0]["accountant"]
-    note = (
-        f"<p>Epsilon (delta {_esc(delta)}, {_esc(accountant)} accountant) each client has spent after each round, "
-        "3 significant digits; a client that did not train in a round is marked with its status, and a blank "
-        "means it was not asked.</p>"
+    note = _p(
+        f"Epsilon (delta {delta}, {accountant} accountant) each client has spent after each round, 3 significant "
+        "digits; a client that did not train in a round is marked with its status, and a blank means it was not asked."
     )
     fig = _img(_epsilon_png(spent, accountant), "epsilon per round, one line per client")
     return head + note + _epsilon_table(spent) + fig
@@ -222,13 +232,14 @@ def _epsilon_png(spent: dict[int, dict[int, tuple[float, str]]], accountant: str
         ax.legend(fontsize=7)
     ax.set(xlabel="round", ylabel=f"epsilon ({accountant})", title="Privacy spent per client")
     ax.grid(alpha=0.3)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # rounds are whole numbers
     return _figure_png(fig)
 
 
 def _accuracy_section(metrics: list[dict]) -> str:
     shown = [c for c in ("val_acc", "train_acc", "val_loss", "clients_trained") if metrics and c in metrics[0]]
     rows = [[r["round"], *(_number(r[c], c) for c in shown)] for r in metrics]
-    figure = _img(_accuracy_png(metrics), "accuracy per round") if metrics else "<p>No round completed.</p>"
+    figure = _img(_accuracy_png(metrics), "accuracy per round") if metrics else _p("No round completed.")
     return f"<h2>Accuracy per round</h2>{_table(['round', *shown], rows)}{figure}"
 
 
@@ -252,16 +263,19 @@ def _accuracy_png(metrics: list[dict]) -> bytes:
     ax.legend(fontsize=8)
     ax.set(xlabel="round", ylabel="accuracy", ylim=(0, 1), title="Task accuracy per round")
     ax.grid(alpha=0.3)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # rounds are whole numbers
     return _figure_png(fig)
 
 
 def _leakage_section(leakage: dict) -> str:
     parts = [
         "<h2>Reconstruction leakage, beside the baseline</h2>",
-        "<p>Lower MSE, higher SSIM and higher re-identification mean more leakage. re-id top-1: share of "
-        "reconstructions whose nearest candidate image is their own [95 % interval]; chance: one in the candidate "
-        "pool. The baseline outputs the mean image (it knows nothing); best is the attack with the most "
-        "re-identification on that set.</p>",
+        _p(
+            "Lower MSE, higher SSIM and higher re-identification mean more leakage. re-id top-1: share of "
+            "reconstructions whose nearest candidate image is their own [95 % interval]; chance: one in the "
+            "candidate pool. The baseline outputs the mean image (it knows nothing); best is the attack with the "
+            "most re-identification on that set (clients_*: the mean over clients, each weighted equally)."
+        ),
     ]
     present = [s for s in SUMMARY_SETS if s in leakage]
     parts += [f"<p>Best attack on <b>{_esc(s)}</b>: {_esc(_best_line(leakage[s]))}.</p>" for s in present]
@@ -272,7 +286,7 @@ def _leakage_section(leakage: dict) -> str:
 
 def _best_line(by_method: dict) -> str:
     best = by_method["best"]
-    return f"{best['attack']}, re-id {_interval(best, 'reid_top1')} (chance {best['reid_chance']:.3f})"
+    return f"{best['attack']}, re-id {_interval(best, 'reid_top1')} (chance {best['reid_chance']:.3g})"
 
 
 def _leakage_rows(set_name: str, by_method: dict) -> list[list[str]]:
@@ -283,38 +297,78 @@ def _leakage_rows(set_name: str, by_method: dict) -> list[list[str]]:
         m = by_method[method]
         label = {"best": f"best: {m.get('attack', '?')}", "baseline": "baseline (mean image)"}.get(method, method)
         cells = [str(m.get("n", "")), f"{m['mse']:.4f}", _interval(m, "ssim"), _interval(m, "reid_top1")]
-        rows.append([set_name, label, *cells, f"{m['reid_chance']:.3f}"])
+        rows.append([set_name, label, *cells, f"{m['reid_chance']:.3g}"])
     return rows
 
 
-def _small2_grids(run_dir: Path) -> str:
-    grids = [run_dir / name for name in OPEN_GRIDS if (run_dir / name).is_file()]
-    if not grids:
-        return ""
-    note = "<p>Originals above their reconstructions, from the server's own queries of small2 images.</p>"
-    return "<h2>Reconstructions of unseen and seen images</h2>" + note + "".join(_file_img(p) for p in grids)
+def _small2_grids(run_dir: Path, leakage: dict) -> str:
+    grids = "".join(_set_grid(run_dir, s, leakage) for s in OPEN_SETS)
+    note = _p("Originals above their reconstructions, from the server's own queries of small2 images.")
+    return "<h2>Reconstructions of unseen and seen images</h2>" + note + grids if grids else ""
 
 
 def _clients_section(run_dir: Path, ledger: list[dict], leakage: dict) -> str:
-    grids = client_grids(run_dir)
-    sections = [_client_details(k, leakage, grids.get(k, [])) for k in client_ids(run_dir, ledger, leakage)]
-    note = "<p>Each client's intercepted activations, reconstructed (click a client to open its figures).</p>"
+    sections = [_client_details(run_dir, k, leakage) for k in client_ids(run_dir, ledger, leakage)]
+    note = _p("Each client's intercepted activations, reconstructed (click a client to open its figures).")
     return "<h2>Every client's reconstructions</h2>" + note + "".join(sections)
 
 
-def _client_details(k: int, leakage: dict, grids: list[tuple[str, Path]]) -> str:
+def _client_details(run_dir: Path, k: int, leakage: dict) -> str:
     """One client's ``<details>``: its best re-id at inference and training in the summary, its grids inside."""
     reid = [f"{POINT_NAMES[p]} re-id {_client_reid(leakage.get(f'client_{k}_{p}'))}" for p in POINT_NAMES]
-    inside = "".join(_file_img(path) for _, path in grids) or "<p>The attack drew no figure for this client.</p>"
+    inside = "".join(_set_grid(run_dir, f"client_{k}_{p}", leakage) for p in POINT_NAMES)
     summary = f"<summary>client {k}: {_esc(', '.join(reid))}</summary>"
-    return f"<details class='client' id='client-{k}'>{summary}{inside}</details>"
+    body = inside or _p("The attack left no reconstructions of this client.")
+    return f"<details class='client' id='client-{k}'>{summary}{body}</details>"
 
 
 def _client_reid(by_method: dict | None) -> str:
     if not by_method or "best" not in by_method:
         return "– (no intercepted activations)"
     best = by_method["best"]
-    return f"{_interval(best, 'reid_top1')} ({best['attack']}, chance {best['reid_chance']:.3f})"
+    return f"{_interval(best, 'reid_top1')} ({best['attack']}, chance {best['reid_chance']:.3g})"
+
+
+def _set_grid(run_dir: Path, set_name: str, leakage: dict) -> str:
+    """A set's grid as a ``<figure>``: the attack's PNG where it drew one, else drawn here from its
+    ``reconstructions_<set>.npz`` with the set's best attack; "" when there is neither."""
+    for png in grid_pngs(run_dir, set_name):
+        if png.is_file():
+            return _file_img(png)
+    npz = run_dir / f"reconstructions_{set_name}.npz"
+    attack = leakage.get(set_name, {}).get("best", {}).get("attack")
+    drawn = _npz_grid(npz, attack) if attack and npz.is_file() else None
+    if drawn is None:
+        return ""
+    return _figure(drawn, f"{set_name}: originals (top) above {attack}'s reconstructions (best on this set)")
+
+
+def _npz_grid(npz: Path, attack: str) -> bytes | None:
+    """PNG bytes of up to ``GRID_IMAGES`` originals (top row) above ``attack``'s reconstructions of the same rows,
+    from a set's .npz (``rows``, ``originals``, ``rows_<attack>``, ``reconstructions_<attack>``: uint8
+    [k,1,105,105], 255 = white); None when the attack reconstructed none of the kept rows."""
+    with np.load(npz) as saved:
+        if f"rows_{attack}" not in saved or not len(saved[f"rows_{attack}"]):
+            return None
+        position = {int(r): i for i, r in enumerate(saved["rows"])}
+        rows = saved[f"rows_{attack}"][:GRID_IMAGES]
+        originals = saved["originals"][[position[int(r)] for r in rows]]
+        recon = saved[f"reconstructions_{attack}"][:GRID_IMAGES]
+    return _mosaic([originals[:, 0], recon[:, 0]])
+
+
+def _mosaic(rows: list[np.ndarray]) -> bytes:
+    """PNG bytes (8-bit grey) of image rows (each uint8 [k,H,W]) with a grey ``GAP`` between images."""
+    k, height, width = rows[0].shape
+    canvas = np.full((len(rows) * (height + GAP) - GAP, k * (width + GAP) - GAP), 153, dtype=np.uint8)
+    for r, images in enumerate(rows):
+        top = r * (height + GAP)
+        for c, image in enumerate(images):
+            left = c * (width + GAP)
+            canvas[top : top + height, left : left + width] = image
+    buffer = io.BytesIO()
+    Image.fromarray(canvas).save(buffer, format="PNG")  # uint8 [H,W] reads as 8-bit grey
+    return buffer.getvalue()
 
 
 def _run_figures(run_dir: Path, dp: bool) -> str:

@@ -15,11 +15,10 @@ from pathlib import Path
 import pytest
 
 from core.config import RunConfig
+from core.rundir import RunDir
 from data.omniglot import EVALUATION
-from strategy.checkpoint import mark_incomplete
-from strategy.server_app import write_config
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
@@ -50,8 +49,8 @@ def old_run(tmp_path_factory) -> Path:
     """A run directory as an unfinished run leaves it: config.json (3 clients, 4 rounds) and the INCOMPLETE marker."""
     run_dir = tmp_path_factory.mktemp("old") / "run"
     run_dir.mkdir()
-    write_config(run_dir, RunConfig(clients=3, rounds=4, limit_per_client=64, out=str(run_dir)))
-    mark_incomplete(run_dir, "training has not finished")
+    RunDir(run_dir).write_config(RunConfig(clients=3, rounds=4, limit_per_client=64, out=str(run_dir)))
+    RunDir(run_dir).mark_incomplete("training has not finished")
     return run_dir
 
 
@@ -69,7 +68,7 @@ CASES = [
     *[([flag, "0"], flag) for flag in NUMBERS if flag != "--noise"],
     *[([f"{flag}=-1"], flag) for flag in (*NUMBERS, "--seed")],
     # NaN (for the integer flags "nan" is not an integer)
-    *[([flag, "nan"], flag) for flag in ("--noise", "--lr", "--clip", "--delta", "--max-epsilon", "--fail-rate")],
+    *[([flag, "nan"], flag) for flag in ("--noise", "--lr", "--clip", "--delta", "--max-epsilon")],
     (["--clients", "nan"], "argument --clients: invalid int value: 'nan'"),
     (["--rounds", "inf"], "argument --rounds: invalid int value: 'inf'"),
     (["--noise", "inf"], "--noise must be a finite number"),
@@ -78,11 +77,14 @@ CASES = [
     # more clients than there is data for
     (["--clients", "13181"], "--clients 13181 is more than the 13180 images"),
     (["--clients", "7000", "--partition", "iid"], "it needs at least 2 (train + validation)"),
-    (["--clients", "21", "--partition", "alphabet"], "--clients must be <= 20"),
-    # the budget cap and the testing flag
+    (["--clients", "21", "--partition", "alphabet"], "needs --clients <= 20 (the alphabets)"),
+    # the budget cap; the test seam's failure rate is not a flag
     (["--max-epsilon=-1"], "--max-epsilon must be > 0"),
     (["--max-epsilon", "2", "--noise", "0"], "--max-epsilon needs --noise > 0"),
-    (["--fail-rate", "1"], "--fail-rate must be in [0, 1)"),
+    (["--fail-rate", "0.4"], "unrecognized arguments: --fail-rate"),
+    (["--proximal-mu", "0.1"], "--proximal-mu is the weight of a proximal term only fedprox sends; not fedavg"),
+    (["--dataset", "mnist"], "--dataset must be one of omniglot, synthetic"),
+    (["--grad-sampler", "jax"], "--grad-sampler must be one of fused, fast, opacus"),
     # choices of the new levers, checked before anything runs
     (["--attacks", "seed,bogus"], "unknown attack(s) 'bogus'"),
     (["--strategy", "fedsgd"], "--strategy must be one of"),

@@ -11,6 +11,7 @@ import torch
 from opacus import GradSampleModule
 from opacus.grad_sample.conv import compute_conv_grad_sample
 from opacus.optimizers import DPOptimizer
+from runs import OMNIGLOT
 from torch import nn
 
 from clients import grad_samplers
@@ -64,7 +65,7 @@ def test_fast_conv_sampler_equals_opacus(images: torch.Tensor, conv: dict, pool:
 def test_fast_conv_sampler_on_deep_layer(images: torch.Tensor) -> None:
     """The 32-channel 7x7 layer, on the real features the first block produces (float64: exact up to rounding)."""
     torch.manual_seed(0)
-    device, _ = build_split()
+    device, _ = build_split(**OMNIGLOT)
     device = device.double()
     first_block = nn.Sequential(*list(device)[:4])  # conv, ReLU, GroupNorm, max-pool
     features = first_block(images.double()).detach()  # [12,32,33,33]: the second convolution's input
@@ -79,7 +80,7 @@ def _grad_samples(kind: str, images: torch.Tensor, dtype: torch.dtype, **model) 
     """Per-sample gradients of every device parameter for one batch, by Opacus's hooks or the fused backward."""
     labels = torch.arange(len(images)) % 5
     torch.manual_seed(0)
-    device, head = (m.to(dtype) for m in build_split(**model))
+    device, head = (m.to(dtype) for m in build_split(**model, **OMNIGLOT))
     images = images.to(dtype)
     torch.manual_seed(7)  # the same dropout masks whichever way
     if kind == "opacus":
@@ -124,7 +125,7 @@ def test_fused_backward_float32_as_accurate_as_opacus(images: torch.Tensor) -> N
 
 
 def test_fused_backward_empty_batch() -> None:
-    device, _ = build_split()
+    device, _ = build_split(**OMNIGLOT)
     fused = grad_samplers.PerSampleDevice(device)
     activations = fused(torch.zeros(0, 1, 105, 105))
     fused.backward(torch.zeros_like(activations))
@@ -135,7 +136,7 @@ def test_fused_round_frees_the_model(images: torch.Tensor) -> None:
     """After a fused DP round the model can be freed. Per-sample gradients computed with an autograd graph would tie
     each parameter to itself through C++ (a cycle the garbage collector cannot see): 60 MB kept per round."""
     torch.manual_seed(0)
-    device, head = build_split()
+    device, head = build_split(**OMNIGLOT)
     cfg = RunConfig(noise=0.8, clip=0.1, batch_size=4, grad_sampler="fused")
     train_local(device, head, images, torch.arange(len(images)) % 4, cfg, [], seed=3)
     assert all(p.grad_sample is not None and p.grad_sample.grad_fn is None for p in device.parameters())
@@ -148,7 +149,7 @@ def test_fused_round_frees_the_model(images: torch.Tensor) -> None:
 def test_empty_poisson_batch_step() -> None:
     """A DP step on an empty Poisson batch (possible, if rare) adds noise only and leaves no NaN anywhere."""
     torch.manual_seed(0)
-    device, head = build_split()
+    device, head = build_split(**OMNIGLOT)
     before = [p.detach().clone() for p in device.parameters()]
     fused = grad_samplers.install(GradSampleModule(device), "fused")
     device_opt = DPOptimizer(
@@ -172,16 +173,16 @@ def test_fused_refuses_unsupported_layers() -> None:
 
 
 def test_install_is_local_to_one_model() -> None:
-    fast = grad_samplers.install(GradSampleModule(build_split()[0]), "fast")
-    other = GradSampleModule(build_split()[0])
+    fast = grad_samplers.install(GradSampleModule(build_split(**OMNIGLOT)[0]), "fast")
+    other = GradSampleModule(build_split(**OMNIGLOT)[0])
     assert fast.GRAD_SAMPLERS[nn.Conv2d] is grad_samplers.conv2d_per_sample
     assert other.GRAD_SAMPLERS[nn.Conv2d] is compute_conv_grad_sample
     assert grad_samplers.install(other, "opacus").GRAD_SAMPLERS[nn.Conv2d] is compute_conv_grad_sample
     with pytest.raises(ValueError, match="unknown grad sampler"):
         grad_samplers.install(other, "slow")
     with pytest.raises(TypeError):
-        grad_samplers.install(build_split()[0])
-    wrapped = GradSampleModule(build_split()[0])
+        grad_samplers.install(build_split(**OMNIGLOT)[0])
+    wrapped = GradSampleModule(build_split(**OMNIGLOT)[0])
     fused = grad_samplers.install(wrapped, "fused")
     assert isinstance(fused, grad_samplers.PerSampleDevice) and fused.module is wrapped.to_standard_module()
     assert not hasattr(wrapped, "autograd_grad_sample_hooks")  # Opacus's hooks are gone
@@ -191,9 +192,9 @@ def test_training_is_identical_with_either_sampler(images: torch.Tensor) -> None
     """One local DP round (noise and clipping on, same seeds): the same weights and ledger whichever sampler runs."""
     labels = torch.arange(len(images)) % 4
     results = {}
-    for sampler in grad_samplers.GRAD_SAMPLERS:
+    for sampler in grad_samplers.SAMPLERS:
         torch.manual_seed(0)
-        device, head = build_split()
+        device, head = build_split(**OMNIGLOT)
         cfg = RunConfig(noise=0.8, clip=0.1, batch_size=4, grad_sampler=sampler)
         history: History = []
         result = train_local(device, head, images, labels, cfg, history, seed=3)

@@ -1,12 +1,11 @@
 """attack/: the registry, the evaluation sets, the run's settings, and run_attack on a tiny fabricated run.
 
-``make_run`` writes a finished run as training leaves it (config.json, model.pt, intercepted.npz, ledger.csv,
-metrics.csv) from an untrained device model, so these tests need no training; tests/test_report.py uses it too.
+``runs.make_run`` (tests/runs.py) writes a finished run as training leaves it, from an untrained device model, so
+these tests need no training.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import io
 import json
 from pathlib import Path
@@ -15,78 +14,22 @@ import numpy as np
 import pytest
 import torch
 from rich.console import Console
+from runs import CLIENT_ROWS, OMNIGLOT, TRAIN_ROWS, every_20th, make_run, quiet
 from skimage.metrics import structural_similarity
 
-from attack.__main__ import main as attack_main
 from attack.base import Attack, AttackerKnowledge, Intercepted
 from attack.decoder_attack import SeedDecoderAttack
 from attack.metrics import PerImage, mean_image_baseline, summarize
 from attack.registry import ATTACKS, build_attack, parse_attacks, register_attack
 from attack.run import load_run, print_summary, run_attack
 from attack.sets import client_sets, small2_sets
-from core.config import RunConfig, flag_name
 from core.errors import UserError
-from data.omniglot import EVALUATION, SMALL1, SMALL2, ImageSet, load_set
+from data.omniglot import SMALL1, SMALL2, ImageSet
+from sim import main as sim_main
 from split.cut import Cut
 from split.model import build_split, device_activations
 
-# Rows of the evaluation set each partition holds in the fabricated run: 6 images for client 0, 6 for client 1.
-CLIENT_ROWS = {0: np.arange(0, 6), 1: np.arange(700, 706)}
-# Only client 0 trained in the last round (client 1 failed); Poisson batches sent image 2 twice.
-TRAIN_ROWS = {0: np.array([0, 1, 2, 2, 3])}
 CHOICES = "seed, up, cond, rmle, whitebox"
-
-
-def make_run(
-    run_dir: Path,
-    evaluation: ImageSet,
-    *,
-    noise: float = 0.5,
-    epsilons: tuple[float, ...] = (2.0, 3.0),
-    settings_in_json: bool = True,
-    config_in_model: bool = False,
-    **settings,
-) -> Path:
-    """A finished 2-client run in ``run_dir`` without training: returns ``run_dir``.
-
-    config.json holds RunConfig settings (``settings`` override the defaults; ``settings_in_json=False`` leaves them
-    out, as in no run so far); model.pt an untrained device and head (torch seed 0), with the kebab-case ``"config"``
-    of older runs when ``config_in_model``; intercepted.npz the device's activations of ``CLIENT_ROWS`` at inference
-    and ``TRAIN_ROWS`` in training; ledger.csv two rounds in which partition k ends at ``epsilons[k]``; metrics.csv
-    two rounds, the last with val_acc 0.25.
-    """
-    cfg = RunConfig(clients=2, rounds=2, noise=noise, **settings)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    payload = {"settings": cfg.settings_dict()} if settings_in_json else {}
-    (run_dir / "config.json").write_text(json.dumps({**payload, "versions": {}}, indent=2))
-    torch.manual_seed(0)
-    device, head = build_split(**cfg.model_options())
-    saved = {"device": device.state_dict(), "head": head.state_dict()}
-    if config_in_model:
-        saved["config"] = cfg.to_flwr()
-    torch.save(saved, run_dir / "model.pt")
-    arrays = {}
-    for point, rows in (("inference", CLIENT_ROWS), ("train", TRAIN_ROWS)):
-        index = np.concatenate(list(rows.values()))
-        arrays[f"{point}_activations"] = device_activations(device, evaluation.as_float(index)).numpy()
-        arrays[f"{point}_partition"] = np.concatenate([np.full(len(r), pid) for pid, r in rows.items()])
-        arrays[f"{point}_index"] = index
-    # Client 0's own device from its last round: a model other than the global one (torch seed 1).
-    torch.manual_seed(1)
-    own, _ = build_split(**cfg.model_options())
-    arrays |= {f"train_device_0/{k}": v.numpy() for k, v in own.state_dict().items()}
-    np.savez(run_dir / "intercepted.npz", **arrays)
-    ledger = ["round,client,partition_id,n_train,epsilon,delta,accountant,status"]
-    for rnd in (1, 2):
-        for pid, eps in enumerate(epsilons):
-            ledger.append(f"{rnd},{100 + pid},{pid},6,{eps * rnd / 2},{cfg.delta},{cfg.accountant},trained")
-    (run_dir / "ledger.csv").write_text("\n".join(ledger) + "\n")
-    (run_dir / "metrics.csv").write_text("round,val_loss,val_acc\n1,3.0,0.05\n2,2.5,0.25\n")
-    return run_dir
-
-
-def _quiet() -> Console:
-    return Console(file=io.StringIO(), width=120)
 
 
 class MeanImageAttack(Attack):
@@ -135,17 +78,11 @@ def test_registry_names_and_refusals() -> None:
     assert list(ATTACKS) == ["seed", "up", "cond", "rmle", "whitebox"]  # neither refused registration left a trace
 
 
-@pytest.mark.parametrize("flag", ["--attacks", "--decoders"])
-def test_cli_refuses_unknown_attack_in_one_line(tmp_path: Path, capsys, flag: str) -> None:
-    assert attack_main([str(tmp_path / "run"), flag, "seed", "nope"]) == 2
+def test_cli_refuses_unknown_attack_in_one_line(tmp_path: Path, capsys) -> None:
+    assert sim_main(["attack", str(tmp_path / "run"), "--attacks", "seed", "nope"]) == 2
     err = capsys.readouterr().err
     assert err == f"error: unknown attack(s) 'nope'; choose from {CHOICES}\n"
     assert not (tmp_path / "run").exists()
-
-
-def test_run_attack_refuses_conflicting_names(tmp_path: Path) -> None:
-    with pytest.raises(ValueError, match="disagree"):
-        run_attack(tmp_path, attacks="seed", decoders="up")
 
 
 def test_load_run_reads_settings_from_config_json(tmp_path: Path, evaluation: ImageSet) -> None:
@@ -155,7 +92,7 @@ def test_load_run_reads_settings_from_config_json(tmp_path: Path, evaluation: Im
     norms = [m for m in run.device.modules() if isinstance(m, torch.nn.GroupNorm)]
     assert norms and all(m.num_groups == 2 for m in norms) and not run.device.training
     torch.manual_seed(0)
-    expected, _ = build_split(**run.config.model_options())
+    expected, _ = build_split(**run.config.model_options(), **OMNIGLOT)
     for name, tensor in expected.state_dict().items():
         torch.testing.assert_close(run.device.state_dict()[name], tensor, rtol=0, atol=0)
     # The attacker's query goes through the run's cut (identity today): exactly the device's own output.
@@ -168,27 +105,24 @@ def test_load_run_reads_settings_from_config_json(tmp_path: Path, evaluation: Im
     # Client 0's own last-round device model is the server's copy, not the global one.
     assert sorted(run.client_devices) == [0] and not run.client_devices[0].training
     torch.manual_seed(1)
-    own, _ = build_split(**run.config.model_options())
+    own, _ = build_split(**run.config.model_options(), **OMNIGLOT)
     torch.testing.assert_close(run.query(images, run.client_devices[0]), device_activations(own, images))
     # The head the server hosts labels activations.
     assert run.classify(run.query(images)).shape == (3,)
 
 
-def test_load_run_falls_back_to_model_config(tmp_path: Path, evaluation: ImageSet) -> None:
-    run_dir = make_run(tmp_path / "old", evaluation, settings_in_json=False, config_in_model=True, norm_groups=4)
+def test_load_run_refuses_a_run_of_another_version(tmp_path: Path, evaluation: ImageSet) -> None:
+    run_dir = make_run(tmp_path / "old", evaluation, norm_groups=4)
     assert load_run(run_dir).config.norm_groups == 4
-    # A setting older runs did not have takes its default; a kebab-case key this code no longer knows is kept aside.
-    saved = torch.load(run_dir / "model.pt", weights_only=False)
-    del saved["config"][flag_name("attack_epochs")]
-    saved["config"]["retired-flag"] = 1
-    torch.save(saved, run_dir / "model.pt")
-    cfg = load_run(run_dir).config
-    assert cfg.attack_epochs == 100 and cfg.extra == {"retired-flag": 1}
-    del saved["config"]
-    torch.save(saved, run_dir / "model.pt")
-    with pytest.raises(UserError, match="neither config.json nor model.pt holds the run's settings"):
+    payload = json.loads((run_dir / "config.json").read_text())
+    del payload["format"]  # as every run before the run format was named
+    (run_dir / "config.json").write_text(json.dumps(payload))
+    with pytest.raises(UserError, match="written by another version of this tool .run format 1, this one reads 2"):
         load_run(run_dir)
-
+    payload |= {"format": 2, "settings": {**payload["settings"], "retired_flag": 1}}
+    (run_dir / "config.json").write_text(json.dumps(payload))
+    with pytest.raises(UserError, match=r"settings this version does not know \(retired_flag\)"):
+        load_run(run_dir)
 
 def test_client_sets_from_intercepted(tmp_path: Path, evaluation: ImageSet) -> None:
     run = load_run(make_run(tmp_path / "run", evaluation))
@@ -234,28 +168,14 @@ def test_small2_sets_split_by_overlap(small1: ImageSet, small2: ImageSet) -> Non
         assert s.intercepted().partition is None and s.intercepted().labels is None
 
 
-def _every_20th(name: str, data_dir: str | None = None) -> ImageSet:
-    """``load_set`` with small1 and small2 cut to every 20th image (136 and 156 images, 50 of small2's shared with
-    small1's slice), so that a whole attack runs in seconds; the evaluation set stays whole (clients index it)."""
-    full = load_set(name, data_dir)
-    if name == EVALUATION:
-        return full
-    idx = np.arange(0, len(full), 20)
-    per_image = {k: getattr(full, k)[idx] for k in ("images", "alphabet", "character", "drawer")}
-    return dataclasses.replace(
-        full, **per_image, files=tuple(full.files[i] for i in idx), md5=tuple(full.md5[i] for i in idx)
-    )
-
-
 def test_registered_attack_is_scored_like_the_baseline(
     tmp_path: Path, evaluation: ImageSet, mean_attack: list[AttackerKnowledge], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr("attack.run.load_set", _every_20th)
-    monkeypatch.setattr("attack.surrogate.load_set", _every_20th)
+    monkeypatch.setattr("data.omniglot.load_set", every_20th)
     # The run's own settings choose the attack and its epochs: nothing but the registration names "mean".
     run_dir = make_run(tmp_path / "run", evaluation, attacks="mean", attack_epochs=3)
-    results = run_attack(run_dir, console=_quiet())
-    small1, small2 = _every_20th(SMALL1), _every_20th(SMALL2)
+    results = run_attack(run_dir, console=quiet())
+    small1, small2 = every_20th(SMALL1), every_20th(SMALL2)
 
     names = ["unseen", "seen", "client_0_inference", "client_1_inference", "client_0_train"]
     assert list(results) == [*names, "clients_inference", "clients_train"]
@@ -303,7 +223,7 @@ def test_registered_attack_is_scored_like_the_baseline(
     for png in ("reconstructions_unseen.png", "reconstructions_client_0.png", "reconstructions_client_1.png"):
         assert (run_dir / png).read_bytes()[:4] == b"\x89PNG"
     meta = json.loads((run_dir / "attack.json").read_text())
-    assert (meta["attacks"], meta["primary_decoder"], meta["epochs"]) == (["mean"], "mean", 3)
+    assert (meta["attacks"], meta["first_attack"], meta["epochs"]) == (["mean"], "mean", 3)
     assert set(meta["timings"]["mean"]) == {"train_seconds", "reconstruct_seconds"}
     assert meta["surrogate"].startswith("small1: images_background_small1")
 
@@ -329,8 +249,7 @@ def test_summary_table_is_never_cut(terminal: bool) -> None:
 def test_a_refining_attack_starts_from_the_decoder_and_respects_its_caps(
     tmp_path: Path, evaluation: ImageSet, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr("attack.run.load_set", _every_20th)
-    monkeypatch.setattr("attack.surrogate.load_set", _every_20th)
+    monkeypatch.setattr("data.omniglot.load_set", every_20th)
     starts: list[np.ndarray] = []
 
     class Echo(Attack):
@@ -351,7 +270,7 @@ def test_a_refining_attack_starts_from_the_decoder_and_respects_its_caps(
     try:
         # Listed first: it must still run after the attack it starts from.
         run_dir = make_run(tmp_path / "run", evaluation, attacks="echo,mean", attack_epochs=1, whitebox_images=5)
-        results = run_attack(run_dir, console=_quiet())
+        results = run_attack(run_dir, console=quiet())
     finally:
         del ATTACKS["echo"], ATTACKS["mean"]
     assert "echo" not in results["seen"] and results["seen"]["best"]["attack"] == "mean"

@@ -17,7 +17,7 @@ import torch
 from attack.run import CSV_KEYS
 from core.privacy import epsilon
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _rows(path: Path) -> list[dict]:

@@ -13,13 +13,10 @@ from core.config import RunConfig
 from core.errors import UserError
 from core.privacy import epsilon
 from core.protocol import Intercepted
+from core.rundir import RunDir
 from strategy.checkpoint import (
-    CHECKPOINT,
     Checkpoint,
-    is_incomplete,
     load_checkpoint,
-    mark_complete,
-    mark_incomplete,
     save_checkpoint,
     settings_digest,
 )
@@ -66,12 +63,12 @@ def test_checkpoint_round_trip(tmp_path) -> None:
     assert tuple(state["device.conv.weight"].shape) == (4, 1, 3, 3)
     np.testing.assert_array_equal(loaded.strategy_state["m_t"]["head.bias"], np.full(20, 0.5))
     assert loaded.strategy_state["v_t"] is None
-    assert [p.name for p in tmp_path.iterdir()] == [CHECKPOINT]  # no temporary file left behind
+    assert [p.name for p in tmp_path.iterdir()] == ["checkpoint.pt"]  # no temporary file left behind
 
 
 def test_checkpoint_holds_no_settings_only_their_digest(tmp_path) -> None:
     save_checkpoint(tmp_path, _checkpoint())
-    payload = torch.load(tmp_path / CHECKPOINT, weights_only=False)
+    payload = torch.load(tmp_path / "checkpoint.pt", weights_only=False)
     assert "settings" not in payload and set(payload["settings_digest"]) == set(SETTINGS)
     assert "/data" not in repr(payload["settings_digest"])  # config.json is the one copy
     ckpt = load_checkpoint(tmp_path)
@@ -84,8 +81,8 @@ def test_checkpoint_holds_no_settings_only_their_digest(tmp_path) -> None:
 def test_unusable_checkpoint_is_one_line(tmp_path, damage: str) -> None:
     if damage == "truncated":
         save_checkpoint(tmp_path, _checkpoint())
-        payload = (tmp_path / CHECKPOINT).read_bytes()
-        (tmp_path / CHECKPOINT).write_bytes(payload[: len(payload) // 2])
+        payload = (tmp_path / "checkpoint.pt").read_bytes()
+        (tmp_path / "checkpoint.pt").write_bytes(payload[: len(payload) // 2])
     with pytest.raises(UserError) as info:
         load_checkpoint(tmp_path)
     assert "\n" not in str(info.value)
@@ -93,11 +90,12 @@ def test_unusable_checkpoint_is_one_line(tmp_path, damage: str) -> None:
 
 
 def test_incomplete_marker(tmp_path) -> None:
-    assert not is_incomplete(tmp_path)
-    mark_incomplete(tmp_path, "training stopped: boom")
-    assert is_incomplete(tmp_path) and "boom" in (tmp_path / "INCOMPLETE").read_text()
-    mark_complete(tmp_path)
-    assert not is_incomplete(tmp_path)
+    run = RunDir(tmp_path)
+    assert not run.incomplete.exists()
+    run.mark_incomplete("training stopped: boom")
+    assert run.incomplete.exists() and "boom" in (tmp_path / "INCOMPLETE").read_text()
+    run.mark_complete()
+    assert not run.incomplete.exists()
 
 
 def _rows(path) -> list[dict]:

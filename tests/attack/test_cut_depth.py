@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from test_attack_run import _every_20th, _quiet, make_run
+from runs import OMNIGLOT, every_20th, make_run, quiet
 
 from attack.run import run_attack
 from clients.train import train_local
@@ -27,21 +27,20 @@ def test_every_cut_trains_with_dp_sgd_and_is_attacked(
     idx = np.arange(0, 2400, 150)
     images, labels = torch.from_numpy(evaluation.as_float(idx)), torch.from_numpy(evaluation.alphabet[idx])
     torch.manual_seed(0)
-    device, head = build_split(**cfg.model_options())
+    device, head = build_split(**cfg.model_options(), **OMNIGLOT)
     before = [p.detach().clone() for p in device.parameters()]
     result = train_local(device, head, images, labels, cfg, [], seed=0, record_cut=True)
     assert result.steps == 4 and np.isfinite(result.loss)
-    assert result.cut_activations.shape[1:] == cut_shape(cut)
+    assert result.cut_activations.shape[1:] == cut_shape(cut, 105)
     assert all(not torch.equal(a, b) for a, b in zip(before, device.parameters(), strict=True))  # every block moved
     assert result.history[0][0] == 1.0  # DP-SGD's noise multiplier, accounted
 
-    monkeypatch.setattr("attack.run.load_set", _every_20th)
-    monkeypatch.setattr("attack.surrogate.load_set", _every_20th)
+    monkeypatch.setattr("data.omniglot.load_set", every_20th)
     attacks = ("seed", "up", "cond", "rmle", "whitebox")  # every registered attack
     run_dir = make_run(
         tmp_path / "run", evaluation, cut=cut, attack_epochs=1, whitebox_images=3, attacks=",".join(attacks)
     )
-    results = run_attack(run_dir, console=_quiet())
+    results = run_attack(run_dir, console=quiet())
     for name in ("unseen", "client_0_inference", "client_0_train"):
         assert {*attacks, "baseline", "best"} == set(results[name]), name
         for attack in attacks:

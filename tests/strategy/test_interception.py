@@ -8,7 +8,8 @@ from fake_grid import NODES, FakeClients, FakeGrid, initial_arrays, set_task_ide
 from flwr.app import ConfigRecord, Error, Message, RecordDict
 
 from core.protocol import RECORD_ROWS, Intercepted, QueryReply, TrainReply
-from strategy.interception import latest_per_client, query_activations, save_intercepted
+from core.rundir import RunDir
+from strategy.interception import latest_per_client, query_activations
 
 
 @pytest.fixture(autouse=True)
@@ -55,7 +56,7 @@ def test_latest_per_client_keeps_each_clients_last_round() -> None:
 
 
 def test_save_intercepted_stacks_by_partition(tmp_path) -> None:
-    path = save_intercepted(tmp_path, [_record(1, 2, 1.0), _record(0, 3, 0.5)], [], (32, 1, 1))
+    path = RunDir(tmp_path).save_intercepted([_record(1, 2, 1.0), _record(0, 3, 0.5)], [], (32, 1, 1))
     with np.load(path) as z:
         assert z["inference_activations"].shape == (5, 32, 1, 1) and z["inference_activations"].dtype == np.float16
         np.testing.assert_array_equal(z["inference_partition"], [0, 0, 0, 1, 1])

@@ -13,9 +13,10 @@ import torch
 
 from attack.base import AttackerKnowledge, Intercepted
 from attack.decoder_attack import ConditionedDecoderAttack
-from attack.surrogate import BACKGROUND, public_rows, surrogate_images
+from attack.surrogate import surrogate_images
 from attack.whitebox import LatentWhiteBoxAttack, RMLEAttack, activation_distance, total_variation
-from data.omniglot import ImageSet, load_set
+from data.base import get_dataset
+from data.omniglot import BACKGROUND, ImageSet, load_set
 from split.model import DeviceNet, device_activations
 
 
@@ -33,8 +34,9 @@ def _zip_md5s(path: Path) -> set[str]:
 def test_public_surrogate_is_disjoint_from_small2_and_the_clients(
     omniglot_root: Path, background: ImageSet, small2: ImageSet
 ) -> None:
-    rows = public_rows(background, small2)
-    public_md5 = {background.md5[i] for i in rows}
+    public = get_dataset("omniglot", omniglot_root).load("public")
+    rows = np.flatnonzero(np.isin(np.asarray(background.md5), np.asarray(public.md5)))
+    public_md5 = set(public.md5)
     # No file of small2 (the attacker's own test set) and none of images_evaluation (the clients' images), by the
     # bytes of the PNGs in the zips themselves.
     assert not public_md5 & _zip_md5s(omniglot_root / "images_background_small2.zip")
@@ -43,17 +45,18 @@ def test_public_surrogate_is_disjoint_from_small2_and_the_clients(
     names = {background.alphabet_names[background.alphabet[i]] for i in rows}
     assert not names & set(small2.alphabet_names) and len(names) == 25
     assert len(rows) == 16_160
-    images, described = surrogate_images("public", str(omniglot_root))
-    assert images.shape == (16_160, 1, 105, 105) and images.dtype == np.float32 and "25 alphabets" in described
+    images, described = surrogate_images("public", "omniglot", str(omniglot_root))
+    assert images.shape == (16_160, 1, 105, 105) and images.dtype == np.float32
+    assert described == "images_background minus small2's alphabets and files"
     np.testing.assert_array_equal(images[:3], background.as_float(rows[:3]))
     with pytest.raises(ValueError, match="unknown surrogate 'nope'"):
-        surrogate_images("nope", str(omniglot_root))
+        surrogate_images("nope", "omniglot", str(omniglot_root))
 
 
 @pytest.fixture(scope="module")
 def device() -> DeviceNet:
     torch.manual_seed(0)
-    return DeviceNet(invert_input=True).eval()
+    return DeviceNet(105, invert_input=True).eval()
 
 
 @pytest.fixture(scope="module")
@@ -76,7 +79,7 @@ def test_whitebox_searches_through_the_model_that_produced_the_activations(
     device: DeviceNet, images: np.ndarray
 ) -> None:
     torch.manual_seed(1)
-    client = DeviceNet(invert_input=True).eval()  # a client's own last-round model, not the global one
+    client = DeviceNet(105, invert_input=True).eval()  # a client's own last-round model, not the global one
     attack = LatentWhiteBoxAttack()
     attack.fit(_knowledge(device, images))
     acts = device_activations(client, images[:2])

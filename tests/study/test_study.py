@@ -12,18 +12,18 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 import numpy as np
 import pytest
-from test_attack_run import make_run
+from runs import make_run
 
 from core.config import RunConfig
 from core.errors import UserError
+from core.rundir import RunDir
 from data.base import ImageSet
 from report import study_page as study_report
 from report.study_page import central_accuracy, curves, headline, plot_headline, read_point, write_study_report
-from sim import cell_state
-from strategy.server_app import clear_run_dir
 from study.grid import Cell, default_grid, read_grid, shard_of
+from study.runner import cell_state
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 SETS = ("unseen", "seen", "clients_inference", "clients_train")
 
 
@@ -161,7 +161,7 @@ def test_grid_files_and_shards(tmp_path: Path) -> None:
             read_grid(grid)
     cells = default_grid()
     assert len({c.name for c in cells}) == 10 and {c.family for c in cells} == {"dp", "cut-noise", "nopeek"}
-    full_base, full = read_grid(Path(__file__).resolve().parent.parent / "docs" / "study-full.toml")
+    full_base, full = read_grid(Path(__file__).resolve().parents[2] / "docs" / "study-full.toml")
     assert full_base == {} and len(full) == 15 and all(c in full for c in cells)  # a default study's cells are reused
     assert [c.name for c in shard_of(cells, "2/3")] == [c.name for c in cells[1::3]]
     with pytest.raises(UserError, match="--shard must be K/N"):
@@ -178,13 +178,13 @@ def test_a_cell_with_other_settings_is_refused_and_overwrite_only_empties_run_di
         cell_state(configs["plain"], out / "nopeek")
     (out / "plain" / "leakage.json").unlink()
     assert cell_state(configs["plain"], out / "plain") == "trained"
-    clear_run_dir(out / "plain")
+    RunDir(out / "plain").clear()
     assert not any((out / "plain").iterdir())
     other = tmp_path / "photos"
     other.mkdir()
     (other / "cat.jpg").write_bytes(b"x")
     with pytest.raises(UserError, match="not a run directory"):
-        clear_run_dir(other)
+        RunDir(other).clear()
     assert (other / "cat.jpg").exists()
 
 

@@ -18,7 +18,7 @@ from rich.console import Console
 
 from core.config import RunConfig
 from core.protocol import TrainReply
-from strategy.checkpoint import CHECKPOINT, Checkpoint, load_checkpoint
+from strategy.checkpoint import Checkpoint, load_checkpoint
 from strategy.driver import Driver
 from strategy.ledger import ClientFailed, LedgerStrategy
 from strategy.recorder import RunRecorder
@@ -86,7 +86,7 @@ def test_rounds_run_average_in_partition_order_and_checkpoint_each_round(tmp_pat
 
     def clients(msg: Message, pid: int) -> Message:
         if msg.metadata.message_type == MessageType.TRAIN and pid == 0:  # what is on disk when round r starts
-            seen.append(load_checkpoint(run_dir).round if (run_dir / CHECKPOINT).exists() else None)
+            seen.append(load_checkpoint(run_dir).round if (run_dir / "checkpoint.pt").exists() else None)
         return fake(msg, pid)
 
     spy = Spy(min_available_nodes=3)

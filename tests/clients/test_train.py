@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 from opacus import PrivacyEngine
+from runs import OMNIGLOT
 from torch.utils.data import DataLoader, TensorDataset
 
 from clients.train import _proximal_step, label_skew_bias, split_step, train_local
@@ -24,7 +25,7 @@ def batch() -> tuple[torch.Tensor, torch.Tensor]:
 
 def _models(seed: int = 0, dtype: torch.dtype = torch.float32):
     torch.manual_seed(seed)
-    device, head = build_split()
+    device, head = build_split(**OMNIGLOT)
     return device.to(dtype), head.to(dtype)
 
 

@@ -23,7 +23,7 @@ import torch
 from core.config import RunConfig
 from core.privacy import epsilon
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 TINY = ["--limit-per-client", "64", "--skip-attack"]
 # 3 clients, 2 sampled per round (fraction 0.67): with seed 0 rounds 1-4 sample {1,2} {0,1} {1,2} {0,2}, and the
 # --fail-rate draw makes client 1 fail in round 1.

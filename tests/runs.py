@@ -1,0 +1,79 @@
+"""Shared test helpers: a finished run fabricated without training (``make_run``), a quiet console, and small
+slices of the attacker's sets (``every_20th``) so a whole attack runs in seconds."""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+from pathlib import Path
+
+import numpy as np
+import torch
+from rich.console import Console
+
+from core.config import RunConfig
+from core.rundir import RunDir
+from data.base import ImageSet, geometry
+from data.omniglot import EVALUATION, load_set
+from split.model import build_split, device_activations
+
+# Rows of the evaluation set each partition holds in the fabricated run: 6 images for client 0, 6 for client 1.
+CLIENT_ROWS = {0: np.arange(0, 6), 1: np.arange(700, 706)}
+# Only client 0 trained in the last round (client 1 failed); Poisson batches sent image 2 twice.
+TRAIN_ROWS = {0: np.array([0, 1, 2, 2, 3])}
+OMNIGLOT = geometry("omniglot")  # build_split's image side and classes for the Omniglot model
+
+
+def make_run(
+    run_dir: Path, evaluation: ImageSet, *, noise: float = 0.5, epsilons: tuple[float, ...] = (2.0, 3.0), **settings
+) -> Path:
+    """A finished 2-client run in ``run_dir`` without training: returns ``run_dir``.
+
+    config.json (``RunDir.write_config``) holds RunConfig settings (``settings`` override the defaults); model.pt
+    an untrained device and head (torch seed 0); intercepted.npz the device's activations of ``CLIENT_ROWS`` at
+    inference and ``TRAIN_ROWS`` in training; ledger.csv two rounds in which partition k ends at ``epsilons[k]``;
+    metrics.csv two rounds, the last with val_acc 0.25.
+    """
+    cfg = RunConfig(clients=2, rounds=2, noise=noise, **settings)
+    run = RunDir(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    run.write_config(cfg)
+    torch.manual_seed(0)
+    device, head = build_split(**cfg.model_options(), **OMNIGLOT)
+    torch.save({"device": device.state_dict(), "head": head.state_dict()}, run.model)
+    arrays = {}
+    for point, rows in (("inference", CLIENT_ROWS), ("train", TRAIN_ROWS)):
+        index = np.concatenate(list(rows.values()))
+        arrays[f"{point}_activations"] = device_activations(device, evaluation.as_float(index)).numpy()
+        arrays[f"{point}_partition"] = np.concatenate([np.full(len(r), pid) for pid, r in rows.items()])
+        arrays[f"{point}_index"] = index
+    # Client 0's own device from its last round: a model other than the global one (torch seed 1).
+    torch.manual_seed(1)
+    own, _ = build_split(**cfg.model_options(), **OMNIGLOT)
+    arrays |= {f"train_device_0/{k}": v.numpy() for k, v in own.state_dict().items()}
+    np.savez(run.intercepted, **arrays)
+    ledger = ["round,client,partition_id,n_train,epsilon,delta,accountant,status"]
+    for rnd in (1, 2):
+        for pid, eps in enumerate(epsilons):
+            ledger.append(f"{rnd},{100 + pid},{pid},6,{eps * rnd / 2},{cfg.delta},{cfg.accountant},trained")
+    run.ledger.write_text("\n".join(ledger) + "\n")
+    run.metrics.write_text("round,val_loss,val_acc\n1,3.0,0.05\n2,2.5,0.25\n")
+    return run_dir
+
+
+def quiet() -> Console:
+    return Console(file=io.StringIO(), width=120)
+
+
+def every_20th(name: str, data_dir: str | None = None, **_) -> ImageSet:
+    """``load_set`` with small1 and small2 cut to every 20th image (136 and 156 images, 50 of small2's shared with
+    small1's slice), so that a whole attack runs in seconds; the evaluation set stays whole (clients index it).
+    Patch it over ``data.omniglot.load_set``."""
+    full = load_set(name, data_dir)
+    if name == EVALUATION:
+        return full
+    idx = np.arange(0, len(full), 20)
+    per_image = {k: getattr(full, k)[idx] for k in ("images", "alphabet", "character", "drawer")}
+    return dataclasses.replace(
+        full, **per_image, files=tuple(full.files[i] for i in idx), md5=tuple(full.md5[i] for i in idx)
+    )
