@@ -92,11 +92,14 @@ def _as_float(images: np.ndarray) -> np.ndarray:
 def small2_sets(query: Callable[[np.ndarray], torch.Tensor], small1: ImageSet, small2: ImageSet) -> list[EvalSet]:
     """The ``unseen`` and ``seen`` sets: small2 split by whether a file is also in small1, each sent through
     ``query`` (images float32 [N,1,105,105] -> activations [N,C,H,W], the attacker's own queries of the device).
-    Every row is scored; no labels (the attacker's queries get none)."""
+    Every row is scored; no labels (the attacker's queries get none). ``seen`` is left out where no file is shared
+    (a dataset whose attacker sets are disjoint); ``unseen`` is always there."""
     seen_mask = shared_files(small1, small2)
     sets = []
     for kind, mask in (("unseen", ~seen_mask), ("seen", seen_mask)):
         idx = np.flatnonzero(mask)
+        if kind == "seen" and len(idx) == 0:
+            continue
         files = [small2.files[i] for i in idx]
         rows = np.arange(len(idx))
         images = np.asarray(small2.images[idx])

@@ -5,8 +5,16 @@ Nothing is skipped: without the data, every test that needs it fails with one me
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -88,3 +96,66 @@ def chromium() -> str:
     if os.environ.get("CI"):
         pytest.fail("headless Chromium is needed under CI (Debian package chromium; .ci/run installs it)")
     pytest.skip("headless Chromium not installed (apt-get install chromium); the browser check of report.html")
+
+
+@pytest.fixture(scope="session")
+def ray_cluster(tmp_path_factory) -> Iterator[str]:
+    """One local Ray cluster for the whole session (a head node on 127.0.0.1), so that every ``sim.py`` a test
+    starts joins it (``RAY_ADDRESS``) instead of starting and stopping Ray itself: seconds saved per run. Stopped by
+    its own process group at the end; a user's other Ray sessions on the machine are not touched."""
+    port = _free_port()
+    temp = tempfile.mkdtemp(prefix="ray-tests-", dir="/tmp")  # a short path: Ray's socket names have a size limit
+    cmd = [str(Path(sys.executable).parent / "ray"), "start", "--head", "--block", f"--port={port}"]
+    cmd += ["--num-cpus=2", "--include-dashboard=false", "--disable-usage-stats", f"--temp-dir={temp}"]
+    log = (tmp_path_factory.mktemp("ray") / "head.log").open("w")
+    head = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    address = f"127.0.0.1:{port}"
+    try:
+        _wait_until_ready(head, port)
+        os.environ["RAY_ADDRESS"] = address  # inherited by every subprocess from here on
+        yield address
+    finally:
+        os.environ.pop("RAY_ADDRESS", None)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(head.pid, signal.SIGTERM)
+        try:
+            head.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            os.killpg(head.pid, signal.SIGKILL)
+            head.wait(timeout=30)
+        log.close()
+        shutil.rmtree(temp, ignore_errors=True)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _wait_until_ready(head: subprocess.Popen, port: int, timeout: float = 120) -> None:
+    """Until the head's GCS accepts connections and ``ray status`` answers."""
+    deadline = time.monotonic() + timeout
+    status = [str(Path(sys.executable).parent / "ray"), "status", f"--address=127.0.0.1:{port}"]
+    while time.monotonic() < deadline:
+        assert head.poll() is None, "ray start --head exited"
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0 and subprocess.run(status, capture_output=True).returncode == 0:
+                return
+        time.sleep(0.5)
+    raise AssertionError(f"the Ray head on port {port} is not ready after {timeout} s")
+
+
+@pytest.fixture(scope="session")
+def tiny_sweep(ray_cluster: str, tmp_path_factory) -> Path:
+    """One real sweep for every test that only reads a finished run: ``sim.py`` with 3 clients, 2 rounds, 64 images
+    each, ``--noise 0 0.5``, then the default attacks (1 decoder epoch, 8 white-box images). Holds ``s0/`` and
+    ``s0.5/`` (trained and attacked) and the sweep's report. Tests that change a run copy it first."""
+    from runs import sim
+
+    out = tmp_path_factory.mktemp("tiny") / "sweep"
+    args = ["--clients", "3", "--rounds", "2", "--limit-per-client", "64", "--noise", "0", "0.5"]
+    done = sim(*args, "--attack-epochs", "1", "--whitebox-images", "8", "--out", str(out))
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.count("trained: 2 rounds") == 2
+    return out

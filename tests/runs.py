@@ -3,8 +3,12 @@ slices of the attacker's sets (``every_20th``) so a whole attack runs in seconds
 
 from __future__ import annotations
 
+import csv
 import dataclasses
 import io
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -21,7 +25,8 @@ from split.model import build_split, device_activations
 CLIENT_ROWS = {0: np.arange(0, 6), 1: np.arange(700, 706)}
 # Only client 0 trained in the last round (client 1 failed); Poisson batches sent image 2 twice.
 TRAIN_ROWS = {0: np.array([0, 1, 2, 2, 3])}
-OMNIGLOT = geometry("omniglot")  # build_split's image side and classes for the Omniglot model
+OMNIGLOT = geometry("omniglot")
+REPO_ROOT = Path(__file__).resolve().parent.parent  # build_split's image side and classes for the Omniglot model
 
 
 def make_run(
@@ -77,3 +82,27 @@ def every_20th(name: str, data_dir: str | None = None, **_) -> ImageSet:
     return dataclasses.replace(
         full, **per_image, files=tuple(full.files[i] for i in idx), md5=tuple(full.md5[i] for i in idx)
     )
+
+
+def sim(*args: str, env: dict | None = None, timeout: float = 2400) -> subprocess.CompletedProcess[str]:
+    """``python sim.py args`` from the repository root, output captured. Under the session's Ray cluster
+    (``ray_cluster`` in conftest.py sets ``RAY_ADDRESS``) it joins that cluster instead of starting Ray anew."""
+    return subprocess.run(
+        [sys.executable, "sim.py", *args],
+        cwd=REPO_ROOT,
+        env=env or dict(os.environ),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def rows(path: Path) -> list[dict]:
+    """A CSV file's rows as dicts."""
+    with path.open(newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
+def flat(text: str) -> str:
+    """Terminal output with rich's line wrapping undone."""
+    return " ".join(text.split())

@@ -1,14 +1,12 @@
 """Every input a user can get wrong: one `error:` line naming it, a non-zero exit, no traceback, no run directory.
 
-Each case runs `sim.py` for real (no --dry-run), so it would train if the input were accepted; all of them fail
-before anything is written, which is why `--out` must not exist afterwards.
+Each case runs `sim.py`'s main in this process (no --dry-run), so it would train if the input were accepted; all of
+them fail before anything is written, which is why `--out` must not exist afterwards. tests/e2e/test_cli.py checks
+the same policy on a real process (its exit status and stderr).
 """
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 import zipfile
 from pathlib import Path
 
@@ -17,6 +15,7 @@ import pytest
 from core.config import RunConfig
 from core.rundir import RunDir
 from data.omniglot import EVALUATION
+from sim import main
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -109,28 +108,22 @@ def _ids(case) -> str:
 
 
 @pytest.mark.parametrize(("args", "mentions"), CASES, ids=[_ids(a) for a, _ in CASES])
-def test_bad_input_one_line_no_run_dir(args, mentions, broken, old_run, tmp_path: Path) -> None:
+def test_bad_input_one_line_no_run_dir(args, mentions, broken, old_run, tmp_path: Path, monkeypatch, capsys) -> None:
     (tmp_path / "file").write_text("not a directory")
     names = {**{k: str(v) for k, v in broken.items()}, "old_run": str(old_run), "file": str(tmp_path / "file")}
     names["tmp"] = str(tmp_path)
     args = [a.format(**names) for a in args]
     before = sorted(p.name for p in old_run.iterdir())
     out = [] if "--out" in args or "--resume" in args else ["--out", str(tmp_path / "run")]
-    env = dict(os.environ, OMNIGLOT_CACHE=str(tmp_path / "cache"))  # a damaged zip must not touch the real cache
-    if not any(a.startswith("--data-dir") for a in args):
-        env.pop("OMNIGLOT_CACHE")  # the real data decodes once into the default cache
-    done = subprocess.run(
-        [sys.executable, "sim.py", *args, *out, "--skip-attack"],
-        cwd=REPO_ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    lines = [line for line in done.stderr.splitlines() if line.strip()]
-    assert done.returncode == 2, done.stdout[-2000:] + done.stderr[-2000:]
-    assert len(lines) == 1 and lines[0].startswith("error:"), done.stderr
+    if any(a.startswith("--data-dir") for a in args):
+        monkeypatch.setenv("OMNIGLOT_CACHE", str(tmp_path / "cache"))  # a damaged zip must not touch the real cache
+    capsys.readouterr()
+    code = main([*args, *out, "--skip-attack"])  # in this process: the checks run before any training starts
+    stdout, stderr = capsys.readouterr()
+    lines = [line for line in stderr.splitlines() if line.strip()]
+    assert code == 2, stdout[-2000:] + stderr[-2000:]
+    assert len(lines) == 1 and lines[0].startswith("error:"), stderr
     assert mentions in lines[0]
-    assert "Traceback" not in done.stdout + done.stderr
+    assert "Traceback" not in stdout + stderr
     assert not (tmp_path / "run").exists()
     assert sorted(p.name for p in old_run.iterdir()) == before

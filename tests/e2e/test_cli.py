@@ -48,27 +48,34 @@ def run_sim(*args: str) -> subprocess.CompletedProcess[str]:
 @pytest.mark.parametrize(
     ("args", "mentions"),
     [
-        (["--clients", "0"], "--clients"),
-        (["--noise", "-1"], "--noise"),
-        (["--rounds", "0"], "--rounds"),
-        (["--partition", "bogus"], "bogus"),
-        (["--clients", "25", "--partition", "alphabet"], "needs --clients <= 20 (the alphabets)"),
-        (["--data-dir", "/nonexistent", "--dry-run"], "/nonexistent"),
-        (["--clients", "x"], "'x'"),
-        (["--lr", "nan"], "--lr"),
-        (["--delta", "1.5"], "--delta"),
-        (["--batch-size", "-3"], "--batch-size"),
+        (["--clients", "x"], "argument --clients: invalid int value: 'x'"),
+        (["--noise", "-1"], "--noise must be >= 0"),
+        (["study", "--list", "--shard", "3/2"], "--shard must be K/N"),
+        (["epsilon", "--n", "0", "--noise", "1", "--epochs", "1"], "need --n, --batch-size, --epochs >= 1"),
     ],
     ids=lambda v: " ".join(v) if isinstance(v, list) else None,
 )
-def test_bad_value_one_line_error(args: list[str], mentions: str) -> None:
+def test_a_bad_value_is_one_line_and_exit_status_2_in_a_real_process(args: list[str], mentions: str) -> None:
+    """The policy tests/e2e/test_bad_input.py checks in-process for every input, here on the process itself."""
     result = run_sim(*args)
-    assert result.returncode != 0
+    assert result.returncode == 2
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert len(lines) == 1, result.stderr
     assert lines[0].startswith("error:"), result.stderr
     assert mentions in lines[0]
     assert "Traceback" not in result.stderr + result.stdout
+
+
+def test_the_console_script_is_the_same_entry_point() -> None:
+    script = Path(sys.executable).parent / "splitfed"
+    result = subprocess.run(
+        [str(script), "epsilon", "--n", "594", "--noise", "0.5", "--epochs", "10"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "190 steps (10 epochs of 594 examples): epsilon = 28.524 at delta = 1e-05 (rdp accountant)" in result.stdout
 
 
 def test_dry_run_prints_shards(omniglot_root: Path) -> None:

@@ -89,7 +89,7 @@ def _stop(procs: list[subprocess.Popen]) -> set[int]:
 
 
 def _app_copy(target: Path) -> Path:
-    for package in ("clients", "strategy", "split", "attack"):
+    for package in ("core", "data", "split", "clients", "strategy", "simulation", "attack", "report", "study"):
         shutil.copytree(ROOT / package, target / package, ignore=shutil.ignore_patterns("__pycache__"))
     shutil.copy(ROOT / "README.md", target / "README.md")
     pyproject = (ROOT / "pyproject.toml").read_text()

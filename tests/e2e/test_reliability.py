@@ -1,4 +1,6 @@
-"""End to end, tiny runs: determinism, --fail-rate, --max-epsilon, a crashing client, kill -9 and --resume.
+"""End to end, tiny runs on the session's Ray cluster: seeded sampling, clients failing part-way (the test seam's
+``SPLITFED_FAIL_RATE``), --max-epsilon, a crashing client, kill -9 and --resume (which must equal the uninterrupted
+run exactly: the determinism check).
 
 Every run is 2-3 clients with 64 images each (58 train: q = 0.5, 2 DP-SGD steps per round; 40 in the FedAdam
 run), --skip-attack. Two columns can never repeat between runs and are left out of the comparisons: ``client`` (the
@@ -19,6 +21,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from runs import sim
 
 from core.config import RunConfig
 from core.privacy import epsilon
@@ -26,8 +29,9 @@ from core.privacy import epsilon
 ROOT = Path(__file__).resolve().parents[2]
 TINY = ["--limit-per-client", "64", "--skip-attack"]
 # 3 clients, 2 sampled per round (fraction 0.67): with seed 0 rounds 1-4 sample {1,2} {0,1} {1,2} {0,2}, and the
-# --fail-rate draw makes client 1 fail in round 1.
-REFERENCE = ["--clients", "3", "--rounds", "4", "--fraction-train", "0.67", "--fail-rate", "0.4", "--seed", "0", *TINY]
+# seam's failure draw at rate 0.4 makes client 1 fail in round 1.
+REFERENCE = ["--clients", "3", "--rounds", "4", "--fraction-train", "0.67", "--seed", "0", *TINY]
+FAILING = {"SPLITFED_FAIL_RATE": "0.4"}
 NOT_REPRODUCIBLE = {"client", "round_seconds", "elapsed_seconds"}
 
 
@@ -46,20 +50,14 @@ def _comparable(run_dir: Path, name: str) -> list[dict]:
 
 
 def _sim(*args: str, env: dict | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "sim.py", *args],
-        cwd=ROOT,
-        env=env or dict(os.environ),
-        capture_output=True,
-        text=True,
-        timeout=2400,
-    )
+    """sim.py with the environment as it is now (the session's RAY_ADDRESS) plus ``env``."""
+    return sim(*args, env=dict(os.environ, **(env or {})))
 
 
 @pytest.fixture(scope="module")
-def reference(tmp_path_factory) -> tuple[Path, str]:
+def reference(ray_cluster: str, tmp_path_factory) -> tuple[Path, str]:
     out = tmp_path_factory.mktemp("reference") / "run"
-    done = _sim(*REFERENCE, "--out", str(out))
+    done = _sim(*REFERENCE, "--out", str(out), env=FAILING)
     assert done.returncode == 0, done.stderr[-3000:]
     return out, done.stdout
 
@@ -70,11 +68,8 @@ def _assert_same_run(a: Path, b: Path) -> None:
 
 
 @pytest.mark.slow
-def test_same_seed_same_ledger_and_metrics(reference, tmp_path: Path) -> None:
+def test_clients_are_sampled_by_seed_and_round(reference) -> None:
     first, _ = reference
-    done = _sim(*REFERENCE, "--out", str(tmp_path / "again"))
-    assert done.returncode == 0, done.stderr[-3000:]
-    _assert_same_run(first, tmp_path / "again")
     ledger = _rows(first / "ledger.csv")
     sampled = defaultdict(set)
     for row in ledger:
@@ -92,7 +87,7 @@ def test_fail_rate_round_goes_on_and_failed_steps_are_counted(reference) -> None
     assert int(failed[0]["steps_round"]) == 1  # failed part-way: 1 of its 2 steps
     others = [r for r in ledger if r["round"] == "1" and r["status"] == "trained"]
     assert [int(r["partition_id"]) for r in others] == [2]  # the round went on without it
-    assert "client 1 simulated failure (--fail-rate 0.4) after 1 of 2 steps" in _flat(stdout)
+    assert "client 1 simulated failure (test seam) after 1 of 2 steps" in _flat(stdout)
     assert int(_rows(run_dir / "metrics.csv")[0]["clients_trained"]) == 1
     by_client = defaultdict(list)
     for row in ledger:
@@ -106,12 +101,15 @@ def test_fail_rate_round_goes_on_and_failed_steps_are_counted(reference) -> None
     assert int(by_client["1"][-1]["steps_total"]) == 1 + 2 + 2  # round 1 (failed), rounds 2 and 3
 
 
-def _kill_after(args: list[str], out: Path, csv_name: str, server_round: int) -> None:
+def _kill_after(args: list[str], out: Path, csv_name: str, server_round: int, env: dict | None = None) -> None:
     """Start ``sim.py args --out out`` and kill -9 its whole process group once ``csv_name`` has a row of
     ``server_round``; the run directory must then be left unfinished."""
     cmd = [sys.executable, "sim.py", *args, "--out", str(out)]
     # Its own session: the kill reaches the Ray processes it starts too (they share its process group).
-    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    env = dict(os.environ, **(env or {}))
+    proc = subprocess.Popen(
+        cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+    )
     try:
         deadline = time.monotonic() + 2400
         path = out / csv_name
@@ -130,25 +128,20 @@ def _kill_after(args: list[str], out: Path, csv_name: str, server_round: int) ->
 
 @pytest.mark.slow
 def test_kill_9_then_resume_equals_uninterrupted(reference, tmp_path: Path) -> None:
+    """The same seed gives the same run: killed after round 2 and resumed, it equals the uninterrupted reference
+    (ledger, metrics, per-client metrics), failures included."""
     first, _ = reference
     out = tmp_path / "killed"
-    _kill_after(REFERENCE, out, "ledger.csv", 2)
+    _kill_after(REFERENCE, out, "ledger.csv", 2, env=FAILING)
     refused = _sim("--resume", str(out), "--lr", "0.001")
     assert refused.returncode == 2 and f"--lr 0.001 differs from the run's {RunConfig().lr:g}" in refused.stderr
-    done = _sim("--resume", str(out), "--skip-attack")
+    done = _sim("--resume", str(out), "--skip-attack", env=FAILING)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "trained: 4 rounds" in done.stdout
     _assert_same_run(first, out)
     assert not (out / "INCOMPLETE").exists() and (out / "model.pt").exists()
     again = _sim("--resume", str(out))
     assert again.returncode == 2 and "that run has finished" in again.stderr
-
-
-@pytest.mark.slow
-def test_kill_9_then_resume_equals_uninterrupted_with_a_server_optimiser(tmp_path: Path) -> None:
-    """FedAdam keeps moments between rounds: the checkpoint must carry them, or the resumed run steps differently."""
-    args = ["--clients", "3", "--rounds", "3", "--limit-per-client", "40", "--skip-attack", "--strategy", "fedadam"]
-    _resume_equals_whole(args, tmp_path)
 
 
 def _resume_equals_whole(args: list[str], tmp_path: Path) -> tuple[Path, Path]:
@@ -171,11 +164,14 @@ def _resume_equals_whole(args: list[str], tmp_path: Path) -> tuple[Path, Path]:
 
 
 @pytest.mark.slow
-def test_kill_9_then_resume_is_exact_with_both_defenses_at_a_spatial_cut(tmp_path: Path) -> None:
-    """Cut 2 (32x13x13 activations), noise on clipped activations and NoPeek: the resumed run draws the same cut
-    noise and ends with the same weights and the same intercepted activations as the uninterrupted one."""
+def test_kill_9_then_resume_is_exact_with_a_server_optimiser_and_both_defenses_at_a_spatial_cut(
+    ray_cluster: str, tmp_path: Path
+) -> None:
+    """FedAdam keeps moments between rounds, so the checkpoint must carry them; at cut 2 (32x13x13 activations) with
+    noise on clipped activations and NoPeek, the resumed run must draw the same cut noise. It ends with the same
+    weights and the same intercepted activations as the uninterrupted run."""
     args = ["--clients", "3", "--rounds", "3", "--limit-per-client", "40", "--skip-attack", "--noise", "0"]
-    args += ["--cut", "2", "--cut-clip", "6", "--cut-noise", "0.1", "--nopeek", "0.5"]
+    args += ["--strategy", "fedadam", "--cut", "2", "--cut-clip", "6", "--cut-noise", "0.1", "--nopeek", "0.5"]
     whole, out = _resume_equals_whole(args, tmp_path)
     model = torch.load(whole / "model.pt", weights_only=True)
     assert model["device"]["6.weight"].shape == (32, 32, 7, 7) and model["head"]["0.weight"].shape == (32, 32, 5, 5)
@@ -187,7 +183,7 @@ def test_kill_9_then_resume_is_exact_with_both_defenses_at_a_spatial_cut(tmp_pat
 
 
 @pytest.mark.slow
-def test_max_epsilon_caps_every_client_and_stops(tmp_path: Path) -> None:
+def test_max_epsilon_caps_every_client_and_stops(ray_cluster: str, tmp_path: Path) -> None:
     # 2 steps per round: epsilon 14.25 after one round, 20.78 after two, 25.88 after three; so each client trains
     # twice. Seed 0 samples {1,2} {0,1} {1,2} {0,2} {1,2} {0,1}: all three have been refused by round 6.
     cap = 21.0
@@ -220,9 +216,9 @@ def test_max_epsilon_caps_every_client_and_stops(tmp_path: Path) -> None:
     [("raise", "injected crash in client 1, round 2"), ("exit", "worker process has died")],
     ids=["exception", "worker-killed"],
 )
-def test_client_crash_ends_the_run_with_its_message(mode: str, says: str, tmp_path: Path) -> None:
+def test_client_crash_ends_the_run_with_its_message(ray_cluster: str, mode: str, says: str, tmp_path: Path) -> None:
     out = tmp_path / "crashed"
-    env = dict(os.environ, SPLITFED_INJECT_CRASH=f"{mode}:1:2")  # client 1, round 2 (clients/client_app.py)
+    env = {"SPLITFED_INJECT_CRASH": f"{mode}:1:2"}  # client 1, round 2 (clients/fault_injection.py)
     done = _sim("--clients", "2", "--rounds", "3", *TINY, "--out", str(out), env=env)
     assert done.returncode == 1
     last = [line for line in done.stderr.splitlines() if line.strip()][-1]

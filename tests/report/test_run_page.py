@@ -1,5 +1,5 @@
-"""report/run_page.py: the page of one real tiny run (3 clients, 1 round, trained and attacked by ``sim.py``), its
-no-DP variant, and the page as headless Chromium renders it."""
+"""report/run_page.py: the page of the shared sweep's real runs (3 clients, 2 rounds, trained and attacked by
+``sim.py``), with DP and without, and the page as headless Chromium renders it."""
 
 from __future__ import annotations
 
@@ -10,7 +10,6 @@ import math
 import re
 import shutil
 import subprocess
-import sys
 import warnings
 from pathlib import Path
 
@@ -27,14 +26,10 @@ CLIENTS = 3
 
 
 @pytest.fixture(scope="module")
-def run(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A run trained and attacked by the real command line, as small as it goes (about a minute on 2 idle cores): one
-    attack, the fastest (the white-box one alone took minutes)."""
+def run(tiny_sweep: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A copy of the shared sweep's DP run (3 clients, 2 rounds, trained and attacked by the real command line)."""
     out = tmp_path_factory.mktemp("run_page") / "run"
-    flags = ["--clients", str(CLIENTS), "--rounds", "1", "--limit-per-client", "48", "--noise", "0.5"]
-    flags += ["--attack-epochs", "1", "--attacks", "seed", "--out", str(out)]
-    done = subprocess.run([sys.executable, "sim.py", *flags], cwd=ROOT, capture_output=True, text=True, timeout=900)
-    assert done.returncode == 0, done.stderr[-3000:]
+    shutil.copytree(tiny_sweep / "s0.5", out)
     assert RunDir(out).state() == "attacked"
     return out
 
@@ -67,23 +62,24 @@ def client_sections(text: str) -> dict[int, str]:
     return {int(k): inside for k, inside in found}
 
 
-@pytest.mark.slow  # the module's run: about a minute of training and attack
+@pytest.mark.slow  # the shared sweep
 def test_page_shows_settings_budget_accuracy_leakage_and_every_client(run: Path, capsys) -> None:
     text = write_page(run, capsys)
     assert "http://" not in text and "https://" not in text and "<link" not in text and " src='http" not in text
     assert f"<h1>Run {run.name}</h1>" in text and html.escape(EPSILON_COVERS) in text
     assert "<td class=l>clients</td><td class=l>3</td>" in text and "<td class=l>accountant</td><td class=l>rdp" in text
 
-    # the budget table's row of round 1 holds each client's epsilon after that round, 3 significant digits
+    # each round's row of the budget table holds each client's epsilon after that round, 3 significant digits
     ledger = read_csv(run / "ledger.csv")
-    last = {int(r["partition_id"]): float(r["epsilon"]) for r in ledger if r["round"] == "1"}
-    assert sorted(last) == list(range(CLIENTS)) and all(math.isfinite(e) and e > 0 for e in last.values())
-    cells = "".join(f"<td>{last[k]:.3g}</td>" for k in range(CLIENTS))
-    assert f"<tr><td class=l>1</td>{cells}</tr>" in text
+    for rnd in ("1", "2"):
+        after = {int(r["partition_id"]): float(r["epsilon"]) for r in ledger if r["round"] == rnd}
+        assert sorted(after) == list(range(CLIENTS)) and all(math.isfinite(e) and e > 0 for e in after.values())
+        cells = "".join(f"<td>{after[k]:.3g}</td>" for k in range(CLIENTS))
+        assert f"<tr><td class=l>{rnd}</td>{cells}</tr>" in text
     assert NO_DP not in text and "alt='epsilon per round, one line per client'" in text
 
     val_acc = float(read_csv(run / "metrics.csv")[-1]["val_acc"])
-    assert f"<tr><td class=l>1</td><td>{val_acc:.3f}</td>" in text
+    assert f"<tr><td class=l>2</td><td>{val_acc:.3f}</td>" in text
 
     leakage = json.loads((run / "leakage.json").read_text())
     for set_name in SUMMARY_SETS:
@@ -109,18 +105,11 @@ def test_page_shows_settings_budget_accuracy_leakage_and_every_client(run: Path,
     assert "base64,'" not in text  # no image without its bytes
 
 
-@pytest.mark.slow  # the module's run: about a minute of training and attack
-def test_a_run_without_dp_says_so_instead_of_an_epsilon_figure(run: Path, tmp_path: Path, capsys) -> None:
+@pytest.mark.slow  # the shared sweep
+def test_a_run_without_dp_says_so_instead_of_an_epsilon_figure(tiny_sweep: Path, tmp_path: Path, capsys) -> None:
     plain = tmp_path / "plain"
-    shutil.copytree(run, plain)
-    config = json.loads((plain / "config.json").read_text())
-    config["settings"]["noise"] = 0.0
-    (plain / "config.json").write_text(json.dumps(config))
-    rows = read_csv(plain / "ledger.csv")
-    with (plain / "ledger.csv").open("w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows({**r, "epsilon": "inf", "accountant": "none"} for r in rows)
+    shutil.copytree(tiny_sweep / "s0", plain)  # the sweep's sigma-0 run: epsilon inf in its ledger
+    assert {r["epsilon"] for r in read_csv(plain / "ledger.csv")} == {"inf"}
     text = write_page(plain, capsys)
     assert f"<p id='no-dp'>{html.escape(NO_DP)}</p>" in text
     assert "epsilon per round" not in text and "epsilon_per_round.png" not in text
@@ -136,7 +125,7 @@ def test_clients_come_in_numeric_order_with_both_points(tmp_path: Path) -> None:
     assert client_ids(tmp_path, ledger, {"client_7_train": {}, "clients_train": {}}) == [2, 7, 10]
 
 
-@pytest.mark.slow  # the module's run: about a minute of training and attack
+@pytest.mark.slow  # the shared sweep
 def test_a_run_not_yet_attacked_is_refused_in_one_line(run: Path, tmp_path: Path) -> None:
     trained = tmp_path / "trained"
     shutil.copytree(run, trained)
@@ -145,7 +134,7 @@ def test_a_run_not_yet_attacked_is_refused_in_one_line(run: Path, tmp_path: Path
         write_run_page(trained)
 
 
-@pytest.mark.slow  # the module's run: about a minute of training and attack
+@pytest.mark.slow  # the shared sweep
 def test_every_image_decodes_in_chromium(run: Path, chromium: str, tmp_path: Path, capsys) -> None:
     text = write_page(run, capsys)
     n_images = text.count("<img ")

@@ -6,13 +6,12 @@ import json
 import math
 import re
 import subprocess
-import sys
 from pathlib import Path
 
 import matplotlib.pyplot as plt
 import numpy as np
 import pytest
-from runs import make_run
+from runs import make_run, sim
 
 from core.config import RunConfig
 from core.errors import UserError
@@ -189,21 +188,23 @@ def test_a_cell_with_other_settings_is_refused_and_overwrite_only_empties_run_di
 
 
 @pytest.mark.slow
-def test_study_runs_each_cell_once_and_resumes(tmp_path: Path) -> None:
+def test_study_runs_each_cell_once_and_resumes(ray_cluster: str, tmp_path: Path) -> None:
     grid = tmp_path / "grid.toml"
     base = 'clients = 2\nrounds = 1\nlimit-per-client = 16\nattack-epochs = 1\nattacks = "seed"\n'
     cells = '[[cells]]\nname = "plain"\nfamily = "dp"\nnoise = 0.0\n\n[[cells]]\nname = "peek"\nfamily = "nopeek"\n'
     grid.write_text(f"[base]\n{base}\n{cells}noise = 0.0\nnopeek = 0.5\n")
     out = tmp_path / "study"
-    cmd = [sys.executable, "sim.py", "study", "--grid", str(grid), "--out", str(out)]
-    done = subprocess.run([*cmd, "--shard", "2/2"], cwd=ROOT, capture_output=True, text=True, timeout=1800)
+    cmd = ["study", "--grid", str(grid), "--out", str(out)]
+    listed = sim(*cmd, "--list", "--shard", "3/2")  # --shard is checked before anything, --list included
+    assert listed.returncode == 2 and "--shard must be K/N" in listed.stderr
+    done = sim(*cmd, "--shard", "2/2")
     assert done.returncode == 0, done.stderr[-3000:]
     assert "not written yet, 1 cell(s) to finish: plain" in done.stdout
     assert (out / "peek" / "leakage.json").exists() and not (out / "plain").exists()
     first = (out / "peek" / "model.pt").stat().st_mtime_ns
-    done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=1800)
+    done = sim(*cmd)
     assert done.returncode == 0, done.stderr[-3000:]
     assert (out / "peek" / "model.pt").stat().st_mtime_ns == first  # finished: never recomputed
     assert (out / "report.html").exists() and "report: " in done.stdout
-    bad = subprocess.run([*cmd, "--shard", "3/2"], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    bad = sim(*cmd, "--shard", "3/2")
     assert bad.returncode == 2 and bad.stderr.strip() == "error: --shard must be K/N with 1 <= K <= N, got '3/2'"
