@@ -3,7 +3,7 @@
 The curious server is honest but curious: it runs the protocol and keeps everything the protocol hands it.
 ``AttackerKnowledge`` is what it holds before it looks at a client's activations: the final global device model
 (query access through the run's cut), the server head it hosts (so it can label any activation), and public
-images of its own (the surrogate) — never a client's images. ``Intercepted`` is one set of activations it received,
+images of its own (the surrogate) — never a client's images. ``Payload`` is one set of activations it received,
 with what came with them: the sender, the labels training sends beside every activation, and the device model that
 produced them (a client's own updated model, which it sent back at the end of the round).
 
@@ -58,8 +58,9 @@ class AttackerKnowledge:
 
 
 @dataclass(frozen=True)
-class Intercepted:
-    """Activations the server received: float32 [n,C,H,W] as they crossed the cut, and what came with them.
+class Payload:
+    """What an attack inverts (its payload): activations float32 [n,C,H,W] as they crossed the cut, and what came
+    with them. (``core.protocol.Intercepted`` is the wire record a client sends; this is the attack's view of it.)
 
     partition: the client that sent them (None for the attacker's own test queries of small2);
     labels: int64 [n] labels the server saw beside them (training sends them; inference does not), else None;
@@ -75,10 +76,10 @@ class Intercepted:
     def __len__(self) -> int:
         return len(self.activations)
 
-    def rows(self, index: np.ndarray) -> Intercepted:
+    def rows(self, index: np.ndarray) -> Payload:
         """The same set restricted to ``index`` (int array of rows)."""
         labels = None if self.labels is None else self.labels[index]
-        return Intercepted(self.activations[torch.as_tensor(index)], self.partition, labels, self.device)
+        return Payload(self.activations[torch.as_tensor(index)], self.partition, labels, self.device)
 
 
 class Attack(ABC):
@@ -97,7 +98,7 @@ class Attack(ABC):
         """Prepare the attack (e.g. train a decoder on the surrogate set); called once, before ``reconstruct``."""
 
     @abstractmethod
-    def reconstruct(self, intercepted: Intercepted, start: np.ndarray | None = None) -> np.ndarray:
+    def reconstruct(self, intercepted: Payload, start: np.ndarray | None = None) -> np.ndarray:
         """The attacker's guess of the images behind ``intercepted``: float32 [n,1,105,105] in [0,1], row-aligned.
         ``start``: for a refining attack, another attack's guess of the same rows."""
 

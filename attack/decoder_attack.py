@@ -20,7 +20,7 @@ from typing import ClassVar
 import numpy as np
 import torch
 
-from attack.base import Attack, AttackerKnowledge, Intercepted
+from attack.base import Attack, AttackerKnowledge, Payload
 from attack.decoders import TrainLog, build_decoder, reconstruct, train_decoder
 
 HOLDOUT_FRACTION, HOLDOUT_MAX = 0.1, 500  # surrogate rows held out for early stopping
@@ -78,7 +78,7 @@ class DecoderAttack(Attack):
             min_delta=MIN_DELTA,
         )
 
-    def reconstruct(self, intercepted: Intercepted, start: np.ndarray | None = None) -> np.ndarray:
+    def reconstruct(self, intercepted: Payload, start: np.ndarray | None = None) -> np.ndarray:
         assert self.model is not None and self.knowledge is not None, "fit the attack before reconstructing"
         return reconstruct(self.model, self.features(intercepted.activations, intercepted.labels))
 

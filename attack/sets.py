@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from attack.base import Intercepted
+from attack.base import Payload
 from attack.figures import pick
 from data.base import ImageSet, shared_files
 
@@ -60,10 +60,10 @@ class EvalSet:
         """Key in leakage.json: "unseen", "seen" or "client_<k>_<point>"."""
         return self.kind if self.kind != "client" else f"client_{self.partition}_{self.point}"
 
-    def intercepted(self, rows: np.ndarray | None = None) -> Intercepted:
+    def intercepted(self, rows: np.ndarray | None = None) -> Payload:
         """What an attack is given for ``rows`` (default ``scored``): activations, sender, labels, device."""
         rows = self.scored if rows is None else rows
-        whole = Intercepted(self.activations, self.partition, self.labels, self.device)
+        whole = Payload(self.activations, self.partition, self.labels, self.device)
         return whole.rows(rows)
 
     @property

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from attack.base import Attack, AttackerKnowledge, Intercepted
+from attack.base import Attack, AttackerKnowledge, Payload
 
 
 def total_variation(images: torch.Tensor) -> torch.Tensor:
@@ -75,14 +75,14 @@ class RMLEAttack(Attack):
     def fit(self, knowledge: AttackerKnowledge) -> None:
         self.knowledge = knowledge  # nothing to train: the device model is the attack
 
-    def sender(self, intercepted: Intercepted) -> nn.Module:
+    def sender(self, intercepted: Payload) -> nn.Module:
         """The differentiable path image -> activation for this set: its device model, then the run's cut."""
         assert self.knowledge is not None, "fit the attack before reconstructing"
         device = intercepted.device if intercepted.device is not None else self.knowledge.device
         cut = self.knowledge.cut
         return (device if cut is None else nn.Sequential(device, cut)).eval()
 
-    def reconstruct(self, intercepted: Intercepted, start: np.ndarray | None = None) -> np.ndarray:
+    def reconstruct(self, intercepted: Payload, start: np.ndarray | None = None) -> np.ndarray:
         if start is None:
             raise ValueError(f"{type(self).__name__} refines another attack's reconstruction: give start")
         sender = self.sender(intercepted)
@@ -118,7 +118,7 @@ class LatentWhiteBoxAttack(RMLEAttack):
     steps: ClassVar[int] = 30
     lr: ClassVar[float] = 0.05
 
-    def reconstruct(self, intercepted: Intercepted, start: np.ndarray | None = None) -> np.ndarray:
+    def reconstruct(self, intercepted: Payload, start: np.ndarray | None = None) -> np.ndarray:
         decoder = getattr(self.start_attack, "model", None)
         if decoder is None or not hasattr(self.start_attack, "features"):
             return super().reconstruct(intercepted, start)

@@ -32,32 +32,43 @@ def _train_call(msg: Message, context: Context) -> tuple[int, int] | None:
     return int(context.node_config["partition-id"]), int(msg.content[CONFIG_KEY][ROUND_KEY])
 
 
-def crash_mod(msg: Message, context: Context, call_next: ClientAppCallable) -> Message:
-    """Crash the train call named by ``$SPLITFED_INJECT_CRASH`` (read in the worker, at call time); pass the
-    others on unchanged."""
-    spec, call = os.environ.get(INJECT_CRASH_ENV, ""), _train_call(msg, context)
-    if spec and call is not None:
-        mode, target_pid, target_round = spec.split(":")
-        if (int(target_pid), int(target_round)) == call:
+def crash_mod(spec: str) -> Mod:
+    """A mod crashing the train call named by ``spec`` ("<raise|exit>:<partition>:<round>"); the others pass on."""
+    mode, target_pid, target_round = spec.split(":")
+
+    def mod(msg: Message, context: Context, call_next: ClientAppCallable) -> Message:
+        if _train_call(msg, context) == (int(target_pid), int(target_round)):
             if mode == "exit":
                 os._exit(3)
-            raise RuntimeError(f"injected crash in client {call[0]}, round {call[1]}")
-    return call_next(msg, context)
+            raise RuntimeError(f"injected crash in client {target_pid}, round {target_round}")
+        return call_next(msg, context)
+
+    return mod
 
 
-def fail_rate_mod(msg: Message, context: Context, call_next: ClientAppCallable) -> Message:
-    """With probability ``$SPLITFED_FAIL_RATE``, tell this train call to fail part-way through its steps."""
-    rate, call = float(os.environ.get(FAIL_RATE_ENV, "0") or 0), _train_call(msg, context)
-    if rate > 0 and call is not None:
-        seed = int(msg.content[CONFIG_KEY]["seed"])
-        rng = np.random.default_rng([seed, call[0], call[1], 1])
-        if rng.random() < rate:
-            config = dict(msg.content[CONFIG_KEY])
-            msg.content[CONFIG_KEY] = ConfigRecord({**config, FAIL_AT_KEY: float(rng.uniform(1e-6, 1.0))})
-    return call_next(msg, context)
+def fail_rate_mod(rate: float) -> Mod:
+    """A mod telling each train call, with probability ``rate``, to fail part-way through its steps."""
+
+    def mod(msg: Message, context: Context, call_next: ClientAppCallable) -> Message:
+        call = _train_call(msg, context)
+        if call is not None:
+            seed = int(msg.content[CONFIG_KEY]["seed"])
+            rng = np.random.default_rng([seed, call[0], call[1], 1])
+            if rng.random() < rate:
+                config = dict(msg.content[CONFIG_KEY])
+                msg.content[CONFIG_KEY] = ConfigRecord({**config, FAIL_AT_KEY: float(rng.uniform(1e-6, 1.0))})
+        return call_next(msg, context)
+
+    return mod
 
 
 def mods() -> list[Mod]:
-    """The client mods whose environment variable is set; none in a user's run."""
-    chosen = [(INJECT_CRASH_ENV, crash_mod), (FAIL_RATE_ENV, fail_rate_mod)]
-    return [mod for env, mod in chosen if os.environ.get(env)]
+    """The mods whose environment variable is set in this process (the simulation's driver); none in a user's run.
+    Their settings travel inside the ClientApp to wherever its workers run (a Ray cluster's workers do not share the
+    driver's environment)."""
+    chosen = []
+    if os.environ.get(INJECT_CRASH_ENV):
+        chosen.append(crash_mod(os.environ[INJECT_CRASH_ENV]))
+    if float(os.environ.get(FAIL_RATE_ENV, "0") or 0) > 0:
+        chosen.append(fail_rate_mod(float(os.environ[FAIL_RATE_ENV])))
+    return chosen

@@ -190,12 +190,6 @@ class RunDir:
         except TypeError as exc:
             raise UserError(f"{self.config} is unreadable ({exc})") from None
 
-    def chosen(self) -> dict[str, Any]:
-        """What the run resolved beside its settings (``noise_from_target_epsilon``), from config.json."""
-        payload = self.read_json("config.json")
-        skip = {"format", "settings", "versions", "python", "machine"}
-        return {k: v for k, v in payload.items() if k not in skip}
-
     # --- intercepted.npz
     def save_intercepted(self, inference: list[Intercepted], train: list[Intercepted], shape: tuple[int, ...]) -> Path:
         """Write ``intercepted.npz`` atomically: per point (``inference``, ``train``) the float16 activations, the

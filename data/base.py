@@ -104,9 +104,6 @@ def register_dataset(name: str) -> Callable[[type[Dataset]], type[Dataset]]:
 
 def get_dataset(name: str, data_dir: str | os.PathLike | None = None) -> Dataset:
     """The dataset ``name`` reading from ``data_dir``; UserError when it is not registered."""
-    import data.omniglot  # noqa: F401  (registers the built-in datasets)
-    import data.synthetic  # noqa: F401
-
     if name not in DATASETS:
         raise UserError(f"--dataset must be one of {', '.join(DATASETS)}, got {name!r}")
     return DATASETS[name](data_dir)

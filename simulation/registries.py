@@ -8,13 +8,12 @@ from clients.grad_samplers import SAMPLERS
 from core.config import RunConfig, flag_name, settings
 from core.errors import UserError
 from core.privacy import ACCOUNTANTS
-from data.base import DATASETS, get_dataset
+from data.base import DATASETS
 from strategy.registry import REGISTRY as STRATEGIES
 
 
 def choices(registry: str) -> tuple[str, ...]:
     """The names registered under ``registry`` (a ``setting``'s ``registry`` key)."""
-    get_dataset("omniglot")  # imports the built-in datasets, which register themselves
     registries = {
         "strategy": STRATEGIES,
         "accountant": ACCOUNTANTS,

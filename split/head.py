@@ -1,8 +1,9 @@
-"""Training the server's head on the activations and labels it received (``--head-mode server``).
+"""The server's head refit (``--head-mode refit``): training the averaged head on fresh activations of a sample of
+every client's images, with their labels.
 
-Pure torch: the ServerApp calls it at the end of a round with every (activation, label) pair that crossed the
-cut in that round, pooled over clients and shuffled, so the head sees all alphabets at once instead of one
-client's few (what makes averaged per-client head copies poor under label skew).
+Pure torch: the ServerApp (``strategy.head_fit``) calls it at the end of a round with the pooled (activation, label)
+pairs, shuffled, so the head sees all alphabets at once instead of one client's few (what makes averaged
+per-client head copies poor under label skew).
 """
 
 from __future__ import annotations

@@ -48,4 +48,3 @@ def query_activations(
     """Ask every client for its images' activations through the model in ``arrays``; raises if a client failed."""
     content = RecordDict({ARRAYS_KEY: arrays, CONFIG_KEY: config})
     return [QueryReply.from_message(r).intercepted for r in query_every_client(grid, content, "the query", timeout)]
-

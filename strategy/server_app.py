@@ -127,4 +127,3 @@ def build_server_app(
             raise
 
     return server_app
-

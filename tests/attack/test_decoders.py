@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from attack import decoder_attack
-from attack.base import AttackerKnowledge, Intercepted
+from attack.base import AttackerKnowledge, Payload
 from attack.decoder_attack import ConditionedDecoderAttack, SeedDecoderAttack, UpDecoderAttack
 from attack.decoders import (
     DECODERS,
@@ -195,7 +195,7 @@ def test_decoder_attack_is_the_seeded_training_procedure(
     assert attack.log == log and attack.holdout_mse() == log.best_holdout
     assert attack.fit_summary()["holdout_mse"] == log.best_holdout
     assert epochs == [1, 2]
-    rec = attack.reconstruct(Intercepted(train_activations[64:80], partition=0))
+    rec = attack.reconstruct(Payload(train_activations[64:80], partition=0))
     assert rec.shape == (16, 1, 105, 105) and rec.dtype == np.float32
     np.testing.assert_array_equal(rec, reconstruct(decoder, train_activations[64:80]))
 
@@ -210,8 +210,8 @@ def test_conditioned_decoder_uses_the_label(
     acts = train_activations[64:72]
     predicted = knowledge.classify(acts)
     # No label sent: the head's prediction stands in, so giving exactly that label changes nothing ...
-    unlabelled = attack.reconstruct(Intercepted(acts))
-    np.testing.assert_array_equal(unlabelled, attack.reconstruct(Intercepted(acts, labels=predicted)))
+    unlabelled = attack.reconstruct(Payload(acts))
+    np.testing.assert_array_equal(unlabelled, attack.reconstruct(Payload(acts, labels=predicted)))
     # ... and a wrong label changes every reconstruction.
-    wrong = attack.reconstruct(Intercepted(acts, labels=(predicted + 7) % 20))
+    wrong = attack.reconstruct(Payload(acts, labels=(predicted + 7) % 20))
     assert all(np.abs(wrong[i] - unlabelled[i]).max() > 1e-4 for i in range(len(acts)))

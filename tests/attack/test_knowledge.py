@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from attack.base import AttackerKnowledge, Intercepted
+from attack.base import AttackerKnowledge, Payload
 from attack.decoder_attack import ConditionedDecoderAttack
 from attack.surrogate import surrogate_images
 from attack.whitebox import LatentWhiteBoxAttack, RMLEAttack, activation_distance, total_variation
@@ -83,8 +83,8 @@ def test_whitebox_searches_through_the_model_that_produced_the_activations(
     attack = LatentWhiteBoxAttack()
     attack.fit(_knowledge(device, images))
     acts = device_activations(client, images[:2])
-    assert attack.sender(Intercepted(acts, partition=3, device=client)) is client
-    assert attack.sender(Intercepted(acts)) is device  # inference and the attacker's own queries: the global model
+    assert attack.sender(Payload(acts, partition=3, device=client)) is client
+    assert attack.sender(Payload(acts)) is device  # inference and the attacker's own queries: the global model
 
 
 # Distance after / before on this untrained device (on the trained sigma-0 model both fall six-fold or more, README).
@@ -96,7 +96,7 @@ def test_whitebox_lowers_the_activation_distance_it_optimises(
     decoder = ConditionedDecoderAttack()
     decoder.fit(knowledge)
     target = images[256:264]
-    intercepted = Intercepted(device_activations(device, target))
+    intercepted = Payload(device_activations(device, target))
     start = decoder.reconstruct(intercepted)
     attack = attack_class()
     attack.fit(knowledge)

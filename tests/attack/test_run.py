@@ -17,7 +17,7 @@ from rich.console import Console
 from runs import CLIENT_ROWS, OMNIGLOT, TRAIN_ROWS, every_20th, make_run, quiet
 from skimage.metrics import structural_similarity
 
-from attack.base import Attack, AttackerKnowledge, Intercepted
+from attack.base import Attack, AttackerKnowledge, Payload
 from attack.decoder_attack import SeedDecoderAttack
 from attack.metrics import PerImage, mean_image_baseline, summarize
 from attack.registry import ATTACKS, build_attack, parse_attacks, register_attack
@@ -38,7 +38,7 @@ class MeanImageAttack(Attack):
     def fit(self, knowledge: AttackerKnowledge) -> None:
         self.image = mean_image_baseline(knowledge.surrogate, 1)[0]
 
-    def reconstruct(self, intercepted: Intercepted, start: np.ndarray | None = None) -> np.ndarray:
+    def reconstruct(self, intercepted: Payload, start: np.ndarray | None = None) -> np.ndarray:
         return np.broadcast_to(self.image, (len(intercepted.activations), *self.image.shape))
 
 
@@ -123,6 +123,7 @@ def test_load_run_refuses_a_run_of_another_version(tmp_path: Path, evaluation: I
     (run_dir / "config.json").write_text(json.dumps(payload))
     with pytest.raises(UserError, match=r"settings this version does not know \(retired_flag\)"):
         load_run(run_dir)
+
 
 def test_client_sets_from_intercepted(tmp_path: Path, evaluation: ImageSet) -> None:
     run = load_run(make_run(tmp_path / "run", evaluation))
@@ -261,7 +262,7 @@ def test_a_refining_attack_starts_from_the_decoder_and_respects_its_caps(
         def fit(self, knowledge: AttackerKnowledge) -> None:
             pass
 
-        def reconstruct(self, intercepted: Intercepted, start: np.ndarray | None = None) -> np.ndarray:
+        def reconstruct(self, intercepted: Payload, start: np.ndarray | None = None) -> np.ndarray:
             starts.append(start)
             return start
 
