@@ -237,13 +237,16 @@ def plot_epsilon(points: Sequence[Point], path: Path) -> None:
 def plot_rounds(points: Sequence[Point], path: Path) -> None:
     """The median client's epsilon after each round, one line per DP cell with noise."""
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    for p in points:
-        if p.cell.family == "dp" and p.noise > 0:
-            rounds = range(1, len(p.epsilon_rounds) + 1)
-            ax.plot(rounds, p.epsilon_rounds, marker="o", label=f"{p.title} (sigma {p.noise:.3g})")
+    dp = [p for p in points if p.cell.family == "dp" and p.noise > 0]
+    for p in dp:
+        rounds = range(1, len(p.epsilon_rounds) + 1)
+        ax.plot(rounds, p.epsilon_rounds, marker="o", label=f"{p.title} (sigma {p.noise:.3g})")
     ax.set(xlabel="round", ylabel="median client epsilon", title="Privacy budget spent per round")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    if dp:
+        ax.legend(fontsize=8)
+    else:  # no cell with DP-SGD noise: epsilon is infinite everywhere, and the figure says so instead of a legend
+        ax.text(0.5, 0.5, "no cell ran DP-SGD with noise: epsilon is infinite", ha="center", transform=ax.transAxes)
     fig.tight_layout()
     _save(fig, path)
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 import numpy as np
 import pytest
-from runs import make_run, sim
+from runs import every_20th, flat, make_run
 
 from core.config import RunConfig
 from core.errors import UserError
@@ -19,6 +19,7 @@ from core.rundir import RunDir
 from data.base import ImageSet
 from report import study_page as study_report
 from report.study_page import central_accuracy, curves, headline, plot_headline, read_point, write_study_report
+from sim import main as sim_main
 from study.grid import Cell, default_grid, read_grid, shard_of
 from study.runner import cell_state
 
@@ -188,23 +189,22 @@ def test_a_cell_with_other_settings_is_refused_and_overwrite_only_empties_run_di
 
 
 @pytest.mark.slow
-def test_study_runs_each_cell_once_and_resumes(ray_cluster: str, tmp_path: Path) -> None:
+def test_study_runs_each_cell_once_and_resumes(ray_cluster: str, tmp_path: Path, monkeypatch, capsys) -> None:
+    """``sim.py study`` in this process (its trainings join the session's Ray cluster; the attacks read small1 and
+    small2 cut to every 20th image): a shard runs only its cell, a second call only the rest, then the report.
+    A bad --shard on a real process: tests/e2e/test_cli.py."""
+    monkeypatch.setattr("data.omniglot.load_set", every_20th)
     grid = tmp_path / "grid.toml"
     base = 'clients = 2\nrounds = 1\nlimit-per-client = 16\nattack-epochs = 1\nattacks = "seed"\n'
     cells = '[[cells]]\nname = "plain"\nfamily = "dp"\nnoise = 0.0\n\n[[cells]]\nname = "peek"\nfamily = "nopeek"\n'
     grid.write_text(f"[base]\n{base}\n{cells}noise = 0.0\nnopeek = 0.5\n")
     out = tmp_path / "study"
     cmd = ["study", "--grid", str(grid), "--out", str(out)]
-    listed = sim(*cmd, "--list", "--shard", "3/2")  # --shard is checked before anything, --list included
-    assert listed.returncode == 2 and "--shard must be K/N" in listed.stderr
-    done = sim(*cmd, "--shard", "2/2")
-    assert done.returncode == 0, done.stderr[-3000:]
-    assert "not written yet, 1 cell(s) to finish: plain" in done.stdout
+    assert sim_main([*cmd, "--shard", "2/2"]) == 0
+    assert "not written yet, 1 cell(s) to finish: plain" in flat(capsys.readouterr().out)
     assert (out / "peek" / "leakage.json").exists() and not (out / "plain").exists()
     first = (out / "peek" / "model.pt").stat().st_mtime_ns
-    done = sim(*cmd)
-    assert done.returncode == 0, done.stderr[-3000:]
+    assert sim_main(cmd) == 0
     assert (out / "peek" / "model.pt").stat().st_mtime_ns == first  # finished: never recomputed
-    assert (out / "report.html").exists() and "report: " in done.stdout
-    bad = sim(*cmd, "--shard", "3/2")
-    assert bad.returncode == 2 and bad.stderr.strip() == "error: --shard must be K/N with 1 <= K <= N, got '3/2'"
+    assert (out / "report.html").exists() and "report: " in capsys.readouterr().out
+    assert RunDir(out / "plain").state() == "attacked"
