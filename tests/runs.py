@@ -106,3 +106,28 @@ def rows(path: Path) -> list[dict]:
 def flat(text: str) -> str:
     """Terminal output with rich's line wrapping undone."""
     return " ".join(text.split())
+
+
+def rendered_dom(chromium: str, page: str, tmp_path: Path, probe_js: str) -> str:
+    """The DOM headless Chromium renders from the HTML ``page``, with ``probe_js`` (a script body run on load, which
+    records what it checks as attributes) inserted before ``</body>``. Offline flags: nothing is fetched."""
+    probe = tmp_path / "probe.html"
+    script = f"<script>window.addEventListener('load',()=>{{{probe_js}}});</script></body>"
+    probe.write_text(page.replace("</body>", script), encoding="utf-8")
+    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--no-first-run"]
+    flags += ["--disable-component-update", "--disable-sync", f"--user-data-dir={tmp_path / 'profile'}"]
+    done = subprocess.run(
+        [chromium, *flags, "--virtual-time-budget=10000", "--dump-dom", probe.as_uri()],
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    return done.stdout
+
+
+# The probe of every page test: how many images decoded, of how many.
+IMAGES_DECODED = (
+    "const imgs=[...document.images];const ok=imgs.filter(i=>i.complete&&i.naturalWidth>0).length;"
+    "document.body.setAttribute('data-probe',ok+'/'+imgs.length"
+)

@@ -9,12 +9,12 @@ import json
 import math
 import re
 import shutil
-import subprocess
 import warnings
 from pathlib import Path
 
 import pytest
 from PIL import Image
+from runs import IMAGES_DECODED, rendered_dom
 
 from core.errors import UserError
 from core.privacy import EPSILON_COVERS
@@ -138,21 +138,6 @@ def test_a_run_not_yet_attacked_is_refused_in_one_line(run: Path, tmp_path: Path
 def test_every_image_decodes_in_chromium(run: Path, chromium: str, tmp_path: Path, capsys) -> None:
     text = write_page(run, capsys)
     n_images = text.count("<img ")
-    probe = tmp_path / "probe.html"
-    check = (
-        "<script>window.addEventListener('load',()=>{const imgs=[...document.images];"
-        "const ok=imgs.filter(i=>i.complete&&i.naturalWidth>0).length;"
-        "document.body.setAttribute('data-probe',ok+'/'+imgs.length);});</script></body>"
-    )
-    probe.write_text(text.replace("</body>", check), encoding="utf-8")
-    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--no-first-run"]
-    flags += ["--disable-component-update", "--disable-sync", f"--user-data-dir={tmp_path / 'profile'}"]
-    done = subprocess.run(
-        [chromium, *flags, "--virtual-time-budget=10000", "--dump-dom", probe.as_uri()],
-        capture_output=True,
-        text=True,
-        timeout=180,
-    )
-    assert done.returncode == 0, done.stderr[-2000:]
-    assert f'data-probe="{n_images}/{n_images}"' in done.stdout, done.stdout[-500:]
-    assert len(re.findall(r'<details class="client" id="client-\d+">', done.stdout)) == CLIENTS
+    dom = rendered_dom(chromium, text, tmp_path, IMAGES_DECODED + ");")
+    assert f'data-probe="{n_images}/{n_images}"' in dom, dom[-500:]
+    assert len(re.findall(r'<details class="client" id="client-\d+">', dom)) == CLIENTS
