@@ -91,7 +91,7 @@ class PerSampleDevice:
     takes dLoss/dActivations (what came back across the cut, for a loss averaged over the batch) and sets
     ``p.grad_sample`` [B, *p.shape] on every parameter, as Opacus's ``GradSampleModule`` would, for its
     ``DPOptimizer``. ``p.grad`` is left untouched. Supports an ``nn.Sequential`` of Conv2d, affine GroupNorm and
-    parameter-free layers (the ``DeviceNet``).
+    parameter-free layers (the ``DeviceNet``); frozen layers (no parameter requires grad) get no per-sample gradients.
     """
 
     def __init__(self, module: nn.Sequential) -> None:
@@ -114,6 +114,9 @@ class PerSampleDevice:
             return self._activations
         x = images
         for layer in self.module:
+            if not any(p.requires_grad for p in layer.parameters()):  # parameter-free or frozen (--freeze-blocks)
+                x = layer(x)
+                continue
             if isinstance(layer, nn.GroupNorm):
                 y, per_sample = _group_norm_per_sample_affine(layer, x)
                 self._tape.append((layer, per_sample, None))
@@ -131,7 +134,7 @@ class PerSampleDevice:
         self._tape, self._activations = [], None  # hold no graph between steps
         batch = len(grad)
         if batch == 0:  # an empty Poisson batch: DP-SGD still takes a (noise-only) step
-            for param in self.module.parameters():
+            for param in (p for p in self.module.parameters() if p.requires_grad):
                 param.grad_sample = torch.zeros(0, *param.shape, dtype=param.dtype, device=param.device)
             return
         # Opacus's convention: grad_sample[i] is the gradient of sample i's loss, i.e. batch x the mean-loss one.

@@ -8,12 +8,15 @@ halves run in the client's worker: the tensors that cross the cut are exactly th
 
 from __future__ import annotations
 
+import contextlib
 import math
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from opacus import PrivacyEngine
+from opacus.optimizers import DPOptimizer
+from opacus.utils.batch_memory_manager import BatchMemoryManager
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
@@ -92,7 +95,7 @@ def split_step(
     grad = cut.device_gradient(images, activations, sent, received.grad)  # device side: what came back down the cut
     if isinstance(device, PerSampleDevice):
         device.backward(grad)
-    else:
+    elif activations.requires_grad:  # False for a wholly frozen device (--freeze-blocks = --cut)
         activations.backward(grad)
     device_opt.step()
     summed = float(loss.detach()) * len(labels) if len(labels) else 0.0  # an empty Poisson batch's mean is NaN
@@ -116,6 +119,9 @@ def train_local(
     images: float32 [N,1,105,105] in [0,1]; labels: int64 [N] alphabet ids. ``history`` is this client's accountant
     history before the round; the result's history includes this round's steps. ``cfg.noise == 0`` trains without
     clipping or noise (shuffled batches) and records the steps with noise 0, i.e. epsilon = inf.
+    ``cfg.freeze_blocks`` leaves the device's first blocks untrained (``DeviceNet.freeze``); with every block frozen
+    nothing is clipped or noised, and the ledger records the planned steps at ``cfg.noise`` (a conservative bound
+    for a device that releases nothing new).
     ``record_cut`` keeps every activation that crossed the cut (what a curious server sees during training).
     ``max_steps`` stops the round early (a failure the test seam injects, ``clients/fault_injection.py``); the
     steps taken are in the history.
@@ -132,7 +138,10 @@ def train_local(
         shuffle=True,
         generator=torch.Generator().manual_seed(seed),
     )
-    device_opt = make_optimizer(cfg.optimizer, device.parameters(), cfg.lr)
+    device.freeze(cfg.freeze_blocks)
+    trainable = [p for p in device.parameters() if p.requires_grad]
+    # A wholly frozen device (the control) still runs its steps, with an optimizer over one empty tensor.
+    device_opt = make_optimizer(cfg.optimizer, trainable or [torch.zeros(0, requires_grad=True)], cfg.lr)
     # Each client's round trains its own head copy (SplitFed v1, in both head modes).
     head_opt = make_optimizer(cfg.optimizer, head.parameters(), cfg.lr)
     bias = label_skew_bias(cfg.skew_loss, labels, head[-1].out_features)
@@ -142,7 +151,7 @@ def train_local(
     anchor = [p.detach().clone() for p in device.parameters()] if cfg.proximal_mu > 0 else None
     engine, wrapped = None, None
     model = device
-    if cfg.noise > 0:
+    if cfg.noise > 0 and trainable:
         engine = PrivacyEngine()
         engine.accountant = make_accountant(cfg.accountant, history)  # composed with every earlier round
         wrapped, device_opt, loader = engine.make_private(
@@ -158,30 +167,43 @@ def train_local(
     loss_sum, correct, seen, steps = 0.0, 0, 0, 0
     sent, positions = [], []
     for _ in range(cfg.local_epochs):
-        for x, y, pos in loader:
-            if steps == max_steps:
-                break
-            x, y = x.to(torch_device), y.to(torch_device)
-            batch_loss, batch_correct, cut = split_step(
-                model, head, device_opt, head_opt, x, y, cut=sender, logit_bias=bias
-            )
-            if anchor is not None:
-                _proximal_step(device, anchor, cfg.lr * cfg.proximal_mu)
-            loss_sum, correct, seen, steps = loss_sum + batch_loss, correct + batch_correct, seen + len(y), steps + 1
-            if record_cut:
-                sent.append(cut.cpu())
-                positions.append(pos)
+        with _physical_batches(loader, device_opt, cfg.physical_batch) as batches:
+            for x, y, pos in batches:
+                if steps == max_steps:
+                    break
+                x, y = x.to(torch_device), y.to(torch_device)
+                batch_loss, batch_correct, cut = split_step(
+                    model, head, device_opt, head_opt, x, y, cut=sender, logit_bias=bias
+                )
+                stepped = not getattr(device_opt, "_is_last_step_skipped", False)  # False inside a logical batch
+                if anchor is not None and stepped:
+                    _proximal_step(device, anchor, cfg.lr * cfg.proximal_mu)
+                loss_sum, correct, seen = loss_sum + batch_loss, correct + batch_correct, seen + len(y)
+                steps += stepped
+                if record_cut:
+                    sent.append(cut.cpu())
+                    positions.append(pos)
     if engine is not None:
         new_history = list(engine.accountant.history)
         wrapped.remove_hooks()  # ``device`` itself holds the trained weights, now free of Opacus hooks
-    else:
-        new_history = list(history) + [(0.0, sample_rate(len(labels), cfg.batch_size), steps)]
+    else:  # no DP; or a wholly frozen device, whose steps the ledger still counts at the run's sigma
+        new_history = list(history) + [(cfg.noise, sample_rate(len(labels), cfg.batch_size), steps)]
     assert total_steps(new_history) == total_steps(history) + steps
     result = LocalResult(new_history, steps, loss_sum / max(seen, 1), correct / max(seen, 1), len(labels))
     if record_cut:
         result.cut_activations = torch.cat(sent) if sent else torch.empty(0, *activation_shape(device))
         result.cut_positions = torch.cat(positions) if positions else torch.empty(0, dtype=torch.int64)
     return result
+
+
+def _physical_batches(loader: DataLoader, optimizer: torch.optim.Optimizer, physical: int):
+    """A context yielding ``loader``'s batches, each logical (Poisson) batch split into physical ones of at most
+    ``physical`` images by Opacus's BatchMemoryManager when ``physical`` > 0 and the optimizer is a DP one: the
+    DPOptimizer then sums the chunks' clipped per-sample gradients and noises once per logical batch, so the
+    accountant's steps are unchanged. Otherwise the loader itself."""
+    if physical and isinstance(optimizer, DPOptimizer):
+        return BatchMemoryManager(data_loader=loader, max_physical_batch_size=physical, optimizer=optimizer)
+    return contextlib.nullcontext(loader)
 
 
 @torch.no_grad()

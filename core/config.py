@@ -20,6 +20,7 @@ DEVICES = ("auto", "cpu", "cuda")
 HEAD_MODES = ("copies", "refit")
 INPUT_NORMS = ("none", "invert")
 SKEW_LOSSES = ("none", "restricted", "logit-adjust")
+PRETRAINING = ("none", "public")
 CUT_DEPTHS = (1, 2, 3, 4)  # the device is the first N conv blocks of split.model's four
 
 # Flag groups of ``sim.py --help``, in this order.
@@ -120,7 +121,14 @@ class RunConfig:
     delta: float = setting(1e-5, "delta of the (epsilon, delta) guarantee", DP_TRAINING)
     accountant: str = setting("rdp", "privacy accountant", DP_TRAINING, registry="accountant")
     local_epochs: int = setting(1, "local epochs per round", DP_TRAINING)
-    batch_size: int = setting(32, "expected (Poisson) batch size", DP_TRAINING)
+    batch_size: int = setting(32, "expected (Poisson) batch size: the logical batch of one DP-SGD step", DP_TRAINING)
+    physical_batch: int = setting(
+        0,
+        "largest batch computed at once (Opacus's BatchMemoryManager): a logical batch above it is split, its clipped "
+        "per-sample gradients summed, then one noisy step; the server's head copy steps per physical batch; 0 = "
+        "no split",
+        DP_TRAINING,
+    )
     lr: float = setting(0.002, "learning rate (0.005 in the 2020 DP runs; see README, Levers)", DP_TRAINING)
     optimizer: str = setting("adam", "optimizer", DP_TRAINING, OPTIMIZERS)
     dropout: float = setting(0.0, "dropout in device and head (0 as in the DP runs)", DP_TRAINING)
@@ -131,6 +139,20 @@ class RunConfig:
         "plateau of the first epochs)",
         DP_TRAINING,
         INPUT_NORMS,
+    )
+    pretrain: str = setting(
+        "none",
+        "the device's starting weights: none (random) or public (trained centrally, without DP, on the dataset's "
+        "public images first; cached; the server, and so the attacker, knows them)",
+        DP_TRAINING,
+        PRETRAINING,
+    )
+    pretrain_epochs: int = setting(3, "--pretrain public: epochs over the public images", DP_TRAINING)
+    freeze_blocks: int = setting(
+        0,
+        "the first N device blocks keep their starting weights (not trained, no per-sample gradients); N = --cut "
+        "freezes the whole device (a control)",
+        DP_TRAINING,
     )
     grad_sampler: str = setting(
         "fused",
@@ -200,7 +222,7 @@ class RunConfig:
         """Raise UserError with one line for the first invalid setting; return self."""
         _positive_int(self, "clients", "rounds", "local_epochs", "batch_size", "alphabets_per_client", "attack_epochs")
         _positive_int(self, "whitebox_images")
-        _positive_int(self, "head_epochs")
+        _positive_int(self, "head_epochs", "pretrain_epochs")
         _finite(self, "head_lr", "head_fit_fraction")
         if not 0 < self.head_fit_fraction <= 1:
             raise UserError(f"--head-fit-fraction must be in (0, 1], got {self.head_fit_fraction}")
@@ -234,6 +256,8 @@ class RunConfig:
             raise UserError(f"--val-fraction must be in (0, 1), got {self.val_fraction}")
         if not 0 <= self.dropout < 1:
             raise UserError(f"--dropout must be in [0, 1), got {self.dropout}")
+        if isinstance(self.physical_batch, bool) or not isinstance(self.physical_batch, int) or self.physical_batch < 0:
+            raise UserError(f"--physical-batch must be an integer >= 0 (0 = no split), got {self.physical_batch}")
         if self.limit_per_client < 0 or self.limit_per_client == 1:
             raise UserError(f"--limit-per-client must be 0 (no cap) or >= 2, got {self.limit_per_client}")
         if self.gpus_per_client < 0:
@@ -242,6 +266,10 @@ class RunConfig:
             raise UserError(f"--cut-clip and --cut-noise must be >= 0, got {self.cut_clip} and {self.cut_noise}")
         if self.cut not in CUT_DEPTHS:
             raise UserError(f"--cut must be one of {', '.join(map(str, CUT_DEPTHS))}, got {self.cut}")
+        if isinstance(self.freeze_blocks, bool) or not isinstance(self.freeze_blocks, int):
+            raise UserError(f"--freeze-blocks must be an integer, got {self.freeze_blocks}")
+        if not 0 <= self.freeze_blocks <= self.cut:
+            raise UserError(f"--freeze-blocks must be in 0..--cut ({self.cut}), got {self.freeze_blocks}")
         _finite(self, "cut_clip", "cut_noise", "nopeek")
         if self.nopeek < 0:
             raise UserError(f"--nopeek must be >= 0 (0 = off), got {self.nopeek}")

@@ -76,6 +76,15 @@ class DeviceNet(nn.Sequential):
         self.image_side, self.out_shape = image_side, cut_shape(cut, image_side)
         super().__init__(*([Invert()] if invert_input else []), *_conv_blocks(1, cut, dropout, norm_groups))
 
+    def freeze(self, blocks: int) -> DeviceNet:
+        """Stop training the first ``blocks`` blocks (their conv and GroupNorm parameters); returns self."""
+        block = 0
+        for layer in self:
+            block += isinstance(layer, nn.Conv2d)
+            if block <= blocks:
+                layer.requires_grad_(False)
+        return self
+
 
 class ServerHead(nn.Sequential):
     """Server-side part: blocks ``cut+1``..4 (none at the default cut 4), then the dense head.

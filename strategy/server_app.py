@@ -23,6 +23,7 @@ from core.errors import UserError
 from core.rundir import RunDir
 from data.base import geometry
 from split.model import build_split, joined_state, load_joined
+from split.pretrain import pretrain_device
 from strategy.checkpoint import Checkpoint
 from strategy.driver import Driver
 from strategy.head_fit import HeadFitter
@@ -51,6 +52,8 @@ def run_server(
     console = console or Console()
     torch.manual_seed(cfg.seed)
     device, head = build_split(**cfg.model_options(), **geometry(cfg.dataset))
+    if cfg.pretrain == "public" and resume is None:  # the clients start from the public-data device (split.pretrain)
+        device.load_state_dict(pretrain_device(cfg, console))
     arrays, first_round = ArrayRecord(joined_state(device, head)), 1
     config = ConfigRecord(cfg.to_flwr())
     chosen = entry(cfg.strategy)

@@ -127,3 +127,47 @@ def test_proximal_step_pulls_towards_the_global_weights() -> None:
     _proximal_step(device, anchor, 0.25)
     for p, a in zip(device.parameters(), anchor, strict=True):
         torch.testing.assert_close(p.detach(), a + 0.75)
+
+
+def test_physical_batches_take_the_same_dp_steps_as_the_logical_batch(batch, monkeypatch):
+    """--physical-batch splits each Poisson batch (Opacus's BatchMemoryManager): same steps, same ledger, and with
+    the head held fixed the same device weights (float64: only the summation order of the clipped gradients
+    differs), for the fused sampler and Opacus's own."""
+    images, labels = batch[0].double().repeat(8, 1, 1, 1), batch[1].repeat(8)  # 64 images
+    sizes = []
+
+    def recording_step(*args, **kwargs):
+        sizes.append(len(args[5]))  # the labels of the batch computed at once
+        return split_step(*args, **kwargs)
+
+    monkeypatch.setattr("clients.train.split_step", recording_step)
+    for sampler in ("fused", "opacus"):
+        results = []
+        for physical in (0, 5):
+            sizes.clear()
+            device, head = _models(dtype=torch.float64)
+            head.requires_grad_(False)  # its optimizer then has nothing to step: only the device trains
+            cfg = RunConfig(noise=0.8, batch_size=32, physical_batch=physical, grad_sampler=sampler, lr=0.01)
+            result = train_local(device, head, images, labels, cfg, [], seed=4, record_cut=True)
+            results.append((result, [p.detach().clone() for p in device.parameters()]))
+            assert max(sizes) <= (physical or 64) and len(sizes) > (2 if physical else 1)
+        (whole, whole_w), (split, split_w) = results
+        assert split.steps == whole.steps == 2 and split.history == whole.history == [(0.8, 0.5, 2)]
+        assert len(split.cut_activations) == len(whole.cut_activations)  # every image sent once either way
+        for p, q in zip(whole_w, split_w, strict=True):
+            torch.testing.assert_close(p, q, atol=1e-10, rtol=1e-8)
+
+
+@pytest.mark.parametrize("sampler", ["fused", "opacus"])
+def test_frozen_blocks_keep_their_weights_and_the_rest_train(batch, sampler):
+    images, labels = batch[0].repeat(4, 1, 1, 1), batch[1].repeat(4)  # 32 images
+    for frozen in (2, 4):
+        device, head = _models()
+        before = [p.detach().clone() for p in device.parameters()]
+        cfg = RunConfig(noise=0.8, batch_size=16, freeze_blocks=frozen, grad_sampler=sampler, lr=0.01)
+        result = train_local(device, head, images, labels, cfg, [], seed=5)
+        assert result.history == [(0.8, 0.5, 2)]  # a wholly frozen device: the planned steps at the run's sigma
+        convs = [m for m in device if isinstance(m, torch.nn.Conv2d)]
+        moved = [not torch.equal(c.weight, b) for c, b in zip(convs, before[::4], strict=True)]  # conv w, b, GN w, b
+        assert moved == [block > frozen for block in (1, 2, 3, 4)]
+        assert all(p.requires_grad is False for c in convs[:frozen] for p in c.parameters())

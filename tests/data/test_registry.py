@@ -4,6 +4,7 @@ round, attack, report) with its own geometry (4 classes), by name alone."""
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -34,10 +35,15 @@ def test_the_registry_names_each_dataset_and_its_geometry() -> None:
 
 @pytest.mark.slow
 def test_a_registered_dataset_trains_and_is_attacked_for_one_round(ray_cluster: str, tmp_path: Path) -> None:
+    """With --pretrain public: the server pretrains the device on the dataset's public role (cached) first."""
     out = tmp_path / "run"
     args = ["--dataset", "synthetic", "--clients", "2", "--rounds", "1", "--noise", "0.5"]
-    done = sim(*args, "--attacks", "seed", "--attack-epochs", "1", "--out", str(out))
+    args += ["--pretrain", "public", "--pretrain-epochs", "1"]
+    env = {**os.environ, "OMNIGLOT_CACHE": str(tmp_path / "cache")}  # the pretraining cache sits beside the data's
+    done = sim(*args, "--attacks", "seed", "--attack-epochs", "1", "--out", str(out), env=env)
     assert done.returncode == 0, done.stderr[-3000:]
+    assert "pretraining on synthetic-public: epoch 1/1" in done.stdout
+    assert len(list((tmp_path / "cache" / "pretrain").glob("device-*.pt"))) == 1
     run = RunDir(out)
     assert run.state() == "attacked" and run.read_config().dataset == "synthetic"
     model = torch.load(run.model, weights_only=True)

@@ -85,6 +85,11 @@ CASES = [
     (["--dataset", "mnist"], "--dataset must be one of omniglot, synthetic"),
     (["--grad-sampler", "jax"], "--grad-sampler must be one of fused, fast, opacus"),
     # choices of the new levers, checked before anything runs
+    (["--physical-batch=-1"], "--physical-batch must be an integer >= 0"),
+    (["--freeze-blocks", "5"], "--freeze-blocks must be in 0..--cut (4), got 5"),
+    (["--freeze-blocks", "3", "--cut", "2"], "--freeze-blocks must be in 0..--cut (2), got 3"),
+    (["--pretrain", "imagenet"], "--pretrain must be one of none, public"),
+    (["--pretrain-epochs", "0"], "--pretrain-epochs must be a positive integer"),
     (["--attacks", "seed,bogus"], "unknown attack(s) 'bogus'"),
     (["--strategy", "fedsgd"], "--strategy must be one of"),
     (["--head-mode", "both"], "--head-mode must be one of"),
