@@ -154,6 +154,12 @@ class RunConfig:
         "freezes the whole device (a control)",
         DP_TRAINING,
     )
+    ema: float = setting(
+        0.0,
+        "decay of the server's moving average of the global device over rounds (0 = off): the average is what is "
+        "evaluated, attacked and saved; post-processing, so epsilon is unchanged",
+        DP_TRAINING,
+    )
     grad_sampler: str = setting(
         "fused",
         "per-sample gradients: fused (own backward, no Opacus hooks), fast (Opacus hooks, own conv) or opacus",
@@ -230,7 +236,9 @@ class RunConfig:
             raise UserError(f"--head-lr must be > 0, got {self.head_lr}")
         _finite(self, "noise", "lr", "clip", "delta", "alpha", "target_epsilon", "fraction_train", "val_fraction")
         _finite(self, "dropout", "cpus_per_client", "gpus_per_client", "max_epsilon")
-        _finite(self, "server_lr", "server_momentum", "proximal_mu")
+        _finite(self, "server_lr", "server_momentum", "proximal_mu", "ema")
+        if not 0 <= self.ema < 1:
+            raise UserError(f"--ema must be in [0, 1) (0 = off), got {self.ema}")
         if self.server_lr < 0 or self.proximal_mu < 0 or not 0 <= self.server_momentum < 1:
             raise UserError("--server-lr and --proximal-mu must be >= 0 and --server-momentum in [0, 1)")
         if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:

@@ -4,7 +4,8 @@ A checkpoint is written atomically after every complete round (train + evaluate)
 round needs: the global weights (device convnet and head), every client's accountant history (the server's copy:
 a restarted federation's nodes have lost their ``context.state``), the clients already over ``--max-epsilon``, the
 last round's intercepted training activations, the server strategy's own state (FedAvgM's momentum, FedAdam's
-moments; ``strategy/registry.py``) and the wall time so far. There is no RNG stream to save: every random draw of
+moments; ``strategy/registry.py``), the ``--ema`` average of the device (``strategy/averaging.py``) and the wall time
+so far. There is no RNG stream to save: every random draw of
 a round is seeded from (seed, round) on the server and (seed, partition, round) on a client.
 
 The settings are not copied here: ``config.json`` is their one copy. The checkpoint keeps a digest of each
@@ -32,7 +33,7 @@ from core.privacy import History, history_from_lists, history_to_lists
 from core.protocol import Intercepted
 from core.rundir import RunDir
 
-FORMAT = 2  # 2: settings digests instead of the settings, and the server strategy's state
+FORMAT = 3  # 2: settings digests instead of the settings, and the server strategy's state; 3: the --ema average
 
 
 def settings_digest(settings: dict[str, Any]) -> dict[str, str]:
@@ -60,6 +61,7 @@ class Checkpoint:
     elapsed_seconds: float = 0.0
     intercepted_training: list[Intercepted] = field(default_factory=list)
     strategy_state: dict[str, Any] = field(default_factory=dict)
+    ema_state: dict[str, np.ndarray] = field(default_factory=dict)  # --ema: strategy.averaging.DeviceEMA's state
 
     def array_record(self) -> ArrayRecord:
         return ArrayRecord({key: Array(value) for key, value in self.arrays.items()})
@@ -84,6 +86,7 @@ def save_checkpoint(run_dir: Path, ckpt: Checkpoint) -> Path:
         # plain tuples: the file must not depend on where a class lives
         "intercepted_training": [tuple(record) for record in ckpt.intercepted_training],
         "strategy_state": ckpt.strategy_state,
+        "ema_state": ckpt.ema_state,
     }
     return files.write_with(RunDir(run_dir).checkpoint, lambda fh: torch.save(payload, fh), fsync=True)
 
@@ -105,6 +108,7 @@ def load_checkpoint(run_dir: Path) -> Checkpoint:
             elapsed_seconds=float(payload["elapsed_seconds"]),
             intercepted_training=[Intercepted(*record) for record in payload["intercepted_training"]],
             strategy_state=dict(payload["strategy_state"]),
+            ema_state=dict(payload["ema_state"]),
         )
     except Exception as exc:  # any damage reads the same to the user: the file cannot be used
         raise UserError(f"--resume {run_dir}: {path.name} is unreadable ({type(exc).__name__})") from None

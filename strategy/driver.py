@@ -14,6 +14,7 @@ from typing import Any
 from flwr.app import ArrayRecord, ConfigRecord
 from flwr.serverapp import Grid
 
+from strategy.averaging import DeviceEMA
 from strategy.checkpoint import Checkpoint, save_checkpoint, settings_digest
 from strategy.ledger import LedgerStrategy
 from strategy.registry import StateAdapter
@@ -36,6 +37,7 @@ class Driver:
         elapsed: Callable[[], float] = lambda: 0.0,
         timeout: float = 3600,
         head_fitter: Callable[[Grid, ArrayRecord, ConfigRecord, int], ArrayRecord] | None = None,
+        ema: DeviceEMA | None = None,
     ) -> None:
         self.ledger = ledger
         self.state = state
@@ -44,6 +46,11 @@ class Driver:
         self.elapsed = elapsed
         self.timeout = timeout
         self.head_fitter = head_fitter  # --head-mode refit: strategy.head_fit.HeadFitter
+        self.ema = ema  # --ema: strategy.averaging.DeviceEMA
+
+    def deployed(self, arrays: ArrayRecord) -> ArrayRecord:
+        """The model the server evaluates, queries and saves: ``arrays`` with the averaged device under --ema."""
+        return self.ema.deployed(arrays) if self.ema is not None else arrays
 
     def checkpoint(self, server_round: int, arrays: ArrayRecord) -> Checkpoint:
         """Write the state after ``server_round`` (global ``arrays``) to ``checkpoint.pt``; returns it."""
@@ -57,6 +64,7 @@ class Driver:
             elapsed_seconds=self.elapsed(),
             intercepted_training=ledger["intercepted_training"],
             strategy_state=self.state.state_dict(self.ledger.strategy),
+            ema_state=self.ema.state_dict() if self.ema is not None else {},
         )
         save_checkpoint(self.run_dir, ckpt)
         return ckpt
@@ -71,29 +79,38 @@ class Driver:
             }
         )
         self.state.load_state_dict(self.ledger.strategy, ckpt.strategy_state)
+        if self.ema is not None:
+            self.ema.load_state_dict(ckpt.ema_state)
         return ckpt.array_record(), ckpt.round + 1
 
     def run(
         self, grid: Grid, arrays: ArrayRecord, first_round: int, num_rounds: int, config: ConfigRecord
     ) -> tuple[ArrayRecord, int]:
-        """Rounds ``first_round..num_rounds`` (train the sampled clients, refit the head when there is a head
-        fitter, then evaluate every client, then checkpoint); returns (the global arrays, the last round run).
+        """Rounds ``first_round..num_rounds`` (train the sampled clients, fold the result into the average under
+        --ema, refit the head on the deployed model when there is a head fitter, then evaluate the deployed model on
+        every client, then checkpoint); returns (the deployed arrays, the last round run).
 
         Stops early, before ``num_rounds``, once every client has answered ``over-budget``: none of them can train.
         """
         ledger = self.ledger
         for server_round in range(first_round, num_rounds + 1):
             if ledger.all_over_budget():  # a resumed run that had already stopped
-                return arrays, server_round - 1
+                return self.deployed(arrays), server_round - 1
             sent = ledger.configure_train(server_round, arrays, config, grid)
             replies = grid.send_and_receive(sent, timeout=self.timeout)
             new_arrays, _ = ledger.aggregate_train(server_round, replies)
-            if new_arrays is not None and self.head_fitter is not None:  # before evaluation: it uses the new head
-                new_arrays = self.head_fitter(grid, new_arrays, config, server_round)
-            arrays = new_arrays if new_arrays is not None else arrays
-            sent = ledger.configure_evaluate(server_round, arrays, config, grid)
+            if new_arrays is not None:
+                if self.ema is not None:
+                    self.ema.update(new_arrays)
+                if self.head_fitter is not None:  # before evaluation: it uses the new head
+                    fitted = self.head_fitter(grid, self.deployed(new_arrays), config, server_round)
+                    new_arrays = ArrayRecord(
+                        {k: fitted[k] if k.startswith("head.") else v for k, v in new_arrays.items()}
+                    )
+                arrays = new_arrays
+            sent = ledger.configure_evaluate(server_round, self.deployed(arrays), config, grid)
             ledger.aggregate_evaluate(server_round, grid.send_and_receive(sent, timeout=self.timeout))
             self.checkpoint(server_round, arrays)
             if ledger.all_over_budget():
-                return arrays, server_round
-        return arrays, num_rounds
+                return self.deployed(arrays), server_round
+        return self.deployed(arrays), num_rounds

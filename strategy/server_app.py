@@ -8,6 +8,7 @@ pyproject.toml, or ``--run-config``).
 
 from __future__ import annotations
 
+import copy
 import logging
 from collections.abc import Callable
 from pathlib import Path
@@ -24,6 +25,7 @@ from core.rundir import RunDir
 from data.base import geometry
 from split.model import build_split, joined_state, load_joined
 from split.pretrain import pretrain_device
+from strategy.averaging import DeviceEMA
 from strategy.checkpoint import Checkpoint
 from strategy.driver import Driver
 from strategy.head_fit import HeadFitter
@@ -71,7 +73,10 @@ def run_server(
             )
             ledger = LedgerStrategy(chosen.build(cfg), recorder, cfg.seed, cfg.clients, cfg.fraction_train)
             fitter = HeadFitter(cfg) if cfg.head_mode == "refit" else None
-            driver = Driver(ledger, chosen.state, run_dir, cfg.settings_dict(), recorder.elapsed, head_fitter=fitter)
+            ema = DeviceEMA(cfg.ema, copy.deepcopy(device)) if cfg.ema else None
+            driver = Driver(
+                ledger, chosen.state, run_dir, cfg.settings_dict(), recorder.elapsed, head_fitter=fitter, ema=ema
+            )
             if resume:
                 arrays, first_round = driver.restore(resume)
             try:

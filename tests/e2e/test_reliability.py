@@ -168,10 +168,24 @@ def test_kill_9_then_resume_is_exact_with_a_server_optimiser_and_both_defenses_a
     ray_cluster: str, tmp_path: Path
 ) -> None:
     """FedAdam keeps moments between rounds, so the checkpoint must carry them; at cut 2 (32x13x13 activations) with
-    noise on clipped activations and NoPeek, the resumed run must draw the same cut noise. It ends with the same
-    weights and the same intercepted activations as the uninterrupted run."""
+    noise on clipped activations and NoPeek, the resumed run must draw the same cut noise; with --ema the server's
+    moving average of the device must survive the restart too. It ends with the same weights (the averaged device)
+    and the same intercepted activations as the uninterrupted run."""
     args = ["--clients", "3", "--rounds", "3", "--limit-per-client", "40", "--skip-attack", "--noise", "0"]
-    args += ["--strategy", "fedadam", "--cut", "2", "--cut-clip", "6", "--cut-noise", "0.1", "--nopeek", "0.5"]
+    args += [
+        "--ema",
+        "0.5",
+        "--strategy",
+        "fedadam",
+        "--cut",
+        "2",
+        "--cut-clip",
+        "6",
+        "--cut-noise",
+        "0.1",
+        "--nopeek",
+        "0.5",
+    ]
     whole, out = _resume_equals_whole(args, tmp_path)
     model = torch.load(whole / "model.pt", weights_only=True)
     assert model["device"]["6.weight"].shape == (32, 32, 7, 7) and model["head"]["0.weight"].shape == (32, 32, 5, 5)

@@ -37,6 +37,7 @@ def _checkpoint() -> Checkpoint:
         elapsed_seconds=12.5,
         intercepted_training=[Intercepted(0, activations, np.array([5, 9, 5]), {"1.weight": np.full((2, 2), 0.25)})],
         strategy_state={"m_t": {"head.bias": np.full(20, 0.5)}, "v_t": None},
+        ema_state={"n_averaged": np.array(3), "module.1.weight": np.full((2, 2), 0.5, np.float32)},
     )
 
 
@@ -63,6 +64,8 @@ def test_checkpoint_round_trip(tmp_path) -> None:
     assert tuple(state["device.conv.weight"].shape) == (4, 1, 3, 3)
     np.testing.assert_array_equal(loaded.strategy_state["m_t"]["head.bias"], np.full(20, 0.5))
     assert loaded.strategy_state["v_t"] is None
+    assert int(loaded.ema_state["n_averaged"]) == 3
+    np.testing.assert_array_equal(loaded.ema_state["module.1.weight"], np.full((2, 2), 0.5))
     assert [p.name for p in tmp_path.iterdir()] == ["checkpoint.pt"]  # no temporary file left behind
 
 
