@@ -90,6 +90,7 @@ CASES = [
     (["--freeze-blocks", "3", "--cut", "2"], "--freeze-blocks must be in 0..--cut (2), got 3"),
     (["--pretrain", "imagenet"], "--pretrain must be one of none, public"),
     (["--pretrain-epochs", "0"], "--pretrain-epochs must be a positive integer"),
+    (["--ema", "1"], "--ema must be in [0, 1) (0 = off), got 1.0"),
     (["--attacks", "seed,bogus"], "unknown attack(s) 'bogus'"),
     (["--strategy", "fedsgd"], "--strategy must be one of"),
     (["--head-mode", "both"], "--head-mode must be one of"),
