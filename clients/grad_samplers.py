@@ -128,11 +128,17 @@ class PerSampleDevice:
         self._activations = x
         return x
 
-    def backward(self, grad: torch.Tensor) -> None:
-        """Set ``p.grad_sample`` from dLoss/dActivations ``grad`` (same shape as the activations, mean-reduced loss)."""
+    def backward(self, grad: torch.Tensor, views: int = 1) -> None:
+        """Set ``p.grad_sample`` from dLoss/dActivations ``grad`` (same shape as the activations, mean-reduced loss).
+
+        ``views`` > 1: the batch holds ``views`` consecutive augmented views of each image (augmentation
+        multiplicity, De et al. 2022), and each image's gradient is the mean of its views' gradients, taken before
+        Opacus clips it: ``grad_sample`` then has one row per image, [B / views, *p.shape]."""
         tape, activations = self._tape, self._activations
         self._tape, self._activations = [], None  # hold no graph between steps
         batch = len(grad)
+        if batch % views:
+            raise ValueError(f"a batch of {batch} views is not {views} views of each image")
         if batch == 0:  # an empty Poisson batch: DP-SGD still takes a (noise-only) step
             for param in (p for p in self.module.parameters() if p.requires_grad):
                 param.grad_sample = torch.zeros(0, *param.shape, dtype=param.dtype, device=param.device)
@@ -149,7 +155,7 @@ class PerSampleDevice:
                 else:  # the gradients of the per-sample copies of weight and bias
                     per_sample = {p: next(grads).view(batch, -1) for p in (layer.weight, layer.bias)}
                 for param, value in per_sample.items():
-                    param.grad_sample = value
+                    param.grad_sample = value if views == 1 else value.view(-1, views, *value.shape[1:]).mean(1)
 
 
 def _group_norm_per_sample_affine(layer: nn.GroupNorm, x: torch.Tensor) -> tuple[torch.Tensor, tuple]:

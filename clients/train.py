@@ -71,6 +71,7 @@ def split_step(
     labels: torch.Tensor,
     cut: Cut | None = None,
     logit_bias: torch.Tensor | None = None,
+    views: int = 1,
 ) -> tuple[float, int, torch.Tensor]:
     """One split-learning step. images float32 [B,1,105,105], labels int64 [B].
 
@@ -80,6 +81,8 @@ def split_step(
     the device does to its activations before sending them (``split.cut``; identity when None). ``head_opt``
     None: the head stays fixed during the step. ``logit_bias``
     float32 [n_classes] is added to the logits in the loss only (``label_skew_bias``); accuracy uses raw logits.
+    ``views`` > 1: the batch is ``views`` consecutive augmented views of each image (``augmented_views``); the
+    fused sampler averages each image's view gradients before clipping.
     """
     cut = cut or Cut()
     activations = device(images)
@@ -94,7 +97,7 @@ def split_step(
         head_opt.step()
     grad = cut.device_gradient(images, activations, sent, received.grad)  # device side: what came back down the cut
     if isinstance(device, PerSampleDevice):
-        device.backward(grad)
+        device.backward(grad, views=views)
     elif activations.requires_grad:  # False for a wholly frozen device (--freeze-blocks = --cut)
         activations.backward(grad)
     device_opt.step()
@@ -166,14 +169,18 @@ def train_local(
         model = grad_samplers.install(wrapped, cfg.grad_sampler)
     loss_sum, correct, seen, steps = 0.0, 0, 0, 0
     sent, positions = [], []
+    views_rng = torch.Generator().manual_seed(seed + 2)  # the augmentations' draws (noise uses seed + 1)
     for _ in range(cfg.local_epochs):
         with _physical_batches(loader, device_opt, cfg.physical_batch) as batches:
             for x, y, pos in batches:
                 if steps == max_steps:
                     break
                 x, y = x.to(torch_device), y.to(torch_device)
+                if cfg.aug_mult > 1:  # K views of each image, consecutive; labels and positions follow them
+                    x = augmented_views(x, cfg.aug_mult, views_rng)
+                    y, pos = y.repeat_interleave(cfg.aug_mult), pos.repeat_interleave(cfg.aug_mult)
                 batch_loss, batch_correct, cut = split_step(
-                    model, head, device_opt, head_opt, x, y, cut=sender, logit_bias=bias
+                    model, head, device_opt, head_opt, x, y, cut=sender, logit_bias=bias, views=max(cfg.aug_mult, 1)
                 )
                 stepped = not getattr(device_opt, "_is_last_step_skipped", False)  # False inside a logical batch
                 if anchor is not None and stepped:
@@ -194,6 +201,23 @@ def train_local(
         result.cut_activations = torch.cat(sent) if sent else torch.empty(0, *activation_shape(device))
         result.cut_positions = torch.cat(positions) if positions else torch.empty(0, dtype=torch.int64)
     return result
+
+
+def augmented_views(images: torch.Tensor, views: int, generator: torch.Generator) -> torch.Tensor:
+    """``views`` random small affine transforms of each image, consecutive: float32 [B,1,S,S] -> [B*views,1,S,S].
+
+    Rotation within +-10 degrees, scale 0.9-1.1, shift within +-5 % of the side, no flips (a flipped character is
+    another character); the border's (background) value fills what moves in.
+    """
+    n = len(images) * views
+    angle = (torch.rand(n, generator=generator) * 2 - 1) * math.radians(10)
+    scale = 0.9 + 0.2 * torch.rand(n, generator=generator)
+    shift = (torch.rand(n, 2, generator=generator) * 2 - 1) * 0.1  # affine_grid's units: the side is 2
+    cos, sin = torch.cos(angle) / scale, torch.sin(angle) / scale
+    theta = torch.stack([torch.stack([cos, -sin, shift[:, 0]], 1), torch.stack([sin, cos, shift[:, 1]], 1)], 1)
+    source = images.repeat_interleave(views, dim=0)
+    grid = F.affine_grid(theta.to(source), list(source.shape), align_corners=False)
+    return F.grid_sample(source, grid, padding_mode="border", align_corners=False).clamp_(0.0, 1.0)
 
 
 def _physical_batches(loader: DataLoader, optimizer: torch.optim.Optimizer, physical: int):

@@ -154,6 +154,12 @@ class RunConfig:
         "freezes the whole device (a control)",
         DP_TRAINING,
     )
+    aug_mult: int = setting(
+        0,
+        "augmentation multiplicity K: each image of a step is seen as K random small affine views (no flips) whose "
+        "gradients are averaged before clipping (fused sampler under DP); K x the compute per step; 0 = off",
+        DP_TRAINING,
+    )
     ema: float = setting(
         0.0,
         "decay of the server's moving average of the global device over rounds (0 = off): the average is what is "
@@ -237,6 +243,12 @@ class RunConfig:
         _finite(self, "noise", "lr", "clip", "delta", "alpha", "target_epsilon", "fraction_train", "val_fraction")
         _finite(self, "dropout", "cpus_per_client", "gpus_per_client", "max_epsilon")
         _finite(self, "server_lr", "server_momentum", "proximal_mu", "ema")
+        if isinstance(self.aug_mult, bool) or not isinstance(self.aug_mult, int) or self.aug_mult < 0:
+            raise UserError(f"--aug-mult must be an integer >= 0 (0 = off), got {self.aug_mult}")
+        if self.aug_mult > 1 and self.noise > 0 and self.grad_sampler != "fused":
+            raise UserError(
+                "--aug-mult needs --grad-sampler fused under DP (it averages the views' per-sample gradients)"
+            )
         if not 0 <= self.ema < 1:
             raise UserError(f"--ema must be in [0, 1) (0 = off), got {self.ema}")
         if self.server_lr < 0 or self.proximal_mu < 0 or not 0 <= self.server_momentum < 1:

@@ -15,7 +15,7 @@ from runs import OMNIGLOT
 from torch import nn
 
 from clients import grad_samplers
-from clients.train import split_step, train_local
+from clients.train import augmented_views, split_step, train_local
 from core.config import RunConfig
 from core.privacy import History
 from data.omniglot import EVALUATION, load_set
@@ -205,3 +205,36 @@ def test_training_is_identical_with_either_sampler(images: torch.Tensor) -> None
         assert ours.history == slow.history and ours.loss == pytest.approx(slow.loss, rel=1e-5)
         for p, q in zip(ours_weights, slow_weights, strict=True):
             torch.testing.assert_close(p, q, atol=1e-5, rtol=1e-4)
+
+
+def test_fused_backward_averages_each_images_views_before_clipping(images: torch.Tensor) -> None:
+    """--aug-mult K: a batch of K consecutive views per image gives one per-sample gradient per image, the mean of
+    its views' gradients (each view's gradient of its own loss, as Opacus's hooks compute it)."""
+    views = augmented_views(images[:4].double(), 3, torch.Generator().manual_seed(1))
+    per_view = _grad_samples("opacus", views, torch.float64)
+    torch.manual_seed(0)
+    device, head = (m.double() for m in build_split(**OMNIGLOT))
+    fused = grad_samplers.PerSampleDevice(device)
+    activations = fused(views)
+    cut = activations.detach().requires_grad_(True)
+    nn.functional.cross_entropy(head(cut), torch.arange(len(views)) % 5).backward()
+    fused.backward(cut.grad, views=3)
+    for name, p in device.named_parameters():
+        expected = per_view[name].view(4, 3, *p.shape).mean(1)
+        assert p.grad_sample.shape == (4, *p.shape)
+        torch.testing.assert_close(p.grad_sample.double(), expected, atol=1e-10, rtol=1e-8, msg=name)
+    with pytest.raises(ValueError, match="not 2 views of each image"):
+        fused(views[:5])
+        fused.backward(torch.zeros(5, 32, 1, 1, dtype=torch.float64), views=2)
+
+
+def test_augmented_views_are_small_seeded_changes_of_each_image(images: torch.Tensor) -> None:
+    batch = images[:4]
+    views = augmented_views(batch, 3, torch.Generator().manual_seed(2))
+    assert views.shape == (12, 1, 105, 105) and float(views.min()) >= 0 and float(views.max()) <= 1
+    torch.testing.assert_close(views, augmented_views(batch, 3, torch.Generator().manual_seed(2)))
+    originals = batch.repeat_interleave(3, dim=0)
+    changed = (views - originals).abs().flatten(1).mean(1)
+    assert (changed > 0.005).all() and (changed < 0.2).all()  # every view moved, none beyond recognition
+    ink = (1 - views).flatten(1).sum(1) / (1 - originals).flatten(1).sum(1)
+    assert ((ink > 0.7) & (ink < 1.4)).all()  # the strokes stay (scale 0.9-1.1: ink within about 0.8-1.2)

@@ -171,3 +171,15 @@ def test_frozen_blocks_keep_their_weights_and_the_rest_train(batch, sampler):
         moved = [not torch.equal(c.weight, b) for c, b in zip(convs, before[::4], strict=True)]  # conv w, b, GN w, b
         assert moved == [block > frozen for block in (1, 2, 3, 4)]
         assert all(p.requires_grad is False for c in convs[:frozen] for p in c.parameters())
+
+
+def test_augmentation_multiplicity_keeps_the_steps_and_sends_every_view(batch):
+    images, labels = batch[0].repeat(4, 1, 1, 1), batch[1].repeat(4)  # 32 images
+    device, head = _models()
+    cfg = RunConfig(noise=0.8, batch_size=16, aug_mult=3)
+    result = train_local(device, head, images, labels, cfg, [], seed=6, record_cut=True)
+    plain = train_local(*_models(), images, labels, RunConfig(noise=0.8, batch_size=16), [], seed=6, record_cut=True)
+    assert result.history == plain.history == [(0.8, 0.5, 2)]  # K views are one record: the same DP steps
+    assert len(result.cut_activations) == 3 * len(plain.cut_activations)  # the server receives every view
+    positions = result.cut_positions.view(-1, 3)
+    assert (positions == positions[:, :1]).all()  # each image's K views are consecutive

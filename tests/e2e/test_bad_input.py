@@ -91,6 +91,8 @@ CASES = [
     (["--pretrain", "imagenet"], "--pretrain must be one of none, public"),
     (["--pretrain-epochs", "0"], "--pretrain-epochs must be a positive integer"),
     (["--ema", "1"], "--ema must be in [0, 1) (0 = off), got 1.0"),
+    (["--aug-mult=-1"], "--aug-mult must be an integer >= 0"),
+    (["--aug-mult", "2", "--grad-sampler", "opacus"], "--aug-mult needs --grad-sampler fused under DP"),
     (["--attacks", "seed,bogus"], "unknown attack(s) 'bogus'"),
     (["--strategy", "fedsgd"], "--strategy must be one of"),
     (["--head-mode", "both"], "--head-mode must be one of"),
