@@ -16,13 +16,15 @@ from typing import Any
 class Family:
     """``label``: its name in the legend; ``colour``: a matplotlib colour (controls: black stars); ``strength``: the
     setting (field name) whose value orders its points, "" for none; ``point``: the prefix of a point's label before
-    its strength ("" for a control: the cell's name); ``guarantee``: what it promises, in words."""
+    its strength ("" for a control: the cell's name); ``guarantee``: what it promises, in words; ``sweeps_epsilon``:
+    its curve is DP-SGD's, ordered by the ledger's epsilon (from inf down) and drawn against epsilon."""
 
     label: str
     colour: str
     strength: str
     point: str
     guarantee: str
+    sweeps_epsilon: bool = False
 
     def point_label(self, name: str, settings: dict[str, Any]) -> str:
         """How a cell of this family is labelled in the report: "eps 8", "noise 0.1", "NoPeek 3", a control's name."""
@@ -44,6 +46,16 @@ FAMILIES: dict[str, Family] = {
         "eps",
         "(epsilon, delta)-DP per client and record for the device weights it trains (the ledger's accountant); "
         "nothing for the activations and labels that cross the cut",
+        sweeps_epsilon=True,
+    ),
+    "dp-public": Family(
+        "DP-SGD from public pretraining",
+        "tab:purple",
+        "target_epsilon",
+        "eps",
+        "the same (epsilon, delta) per client and record as DP-SGD: the device starts from weights trained on public "
+        "images only (--pretrain public), which the server knows, so they cost no privacy",
+        sweeps_epsilon=True,
     ),
     "cut-noise": Family(
         "noise on clipped activations",

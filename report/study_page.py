@@ -109,13 +109,18 @@ def curves(points: Sequence[Point]) -> dict[tuple[str, int], list[Point]]:
         if p.cell.family != "control":
             out.setdefault((p.cell.family, p.cut), []).append(p)
     for (family, cut), series in out.items():
-        if family == "dp":
-            series.sort(key=lambda p: -p.epsilon_median if math.isfinite(p.epsilon_median) else -math.inf)
+        if FAMILIES[family].sweeps_epsilon:
+            series.sort(key=_by_epsilon)
         else:
             series.sort(key=lambda p: _strength(p.cell))
             if cut in plain:
                 series.insert(0, plain[cut])
     return out
+
+
+def _by_epsilon(p: Point) -> float:
+    """Sort key of a DP curve: epsilon inf first, then down."""
+    return -p.epsilon_median if math.isfinite(p.epsilon_median) else -math.inf
 
 
 def _strength(cell: Cell) -> float:
@@ -147,7 +152,7 @@ def plot_headline(points: Sequence[Point], path: Path, central: float | None = N
             ys = [r[key] for r in rows]
             err = list(zip(*(_interval(r, key) for r in rows), strict=True))
             ax.errorbar(xs, ys, yerr=err, label=label, **style)
-        if family == "dp":
+        if FAMILIES[family].sweeps_epsilon:
             for ax, ys in (
                 (axes[0], [p.reid()["reid_top1"] for p in series]),
                 (axes[1], [p.ssim()["ssim"] for p in series]),
@@ -200,8 +205,10 @@ def _eps_label(p: Point) -> str:
 
 
 def plot_epsilon(points: Sequence[Point], path: Path) -> None:
-    """DP cells only: re-id, highest SSIM and val acc against the median client epsilon, one line per cut."""
-    dp = [p for p in points if p.cell.family == "dp"]
+    """DP cells only: re-id, highest SSIM and val acc against the median client epsilon, one line per DP family and
+    cut."""
+    dp = [p for p in points if FAMILIES[p.cell.family].sweeps_epsilon]
+    several = len({p.cell.family for p in dp}) > 1
     finite = [p.epsilon_median for p in dp if math.isfinite(p.epsilon_median)] or [1.0]
     right = max(finite) * 10  # where epsilon inf is drawn
 
@@ -209,9 +216,10 @@ def plot_epsilon(points: Sequence[Point], path: Path) -> None:
         return p.epsilon_median if math.isfinite(p.epsilon_median) else right
 
     fig, axes = plt.subplots(1, 3, figsize=(15, 4.5))
-    for (_, cut), series in sorted(curves(dp).items(), key=lambda kv: kv[0][1]):
+    for (family, cut), series in sorted(curves(dp).items(), key=lambda kv: (kv[0][1], kv[0][0])):
         xs = [x(p) for p in series]
-        style = {"marker": CUT_MARKERS.get(cut, "o"), "capsize": 3, "label": f"cut {cut}"}
+        name = f"{FAMILIES[family].label}, cut {cut}" if several else f"cut {cut}"
+        style = {"marker": CUT_MARKERS.get(cut, "o"), "capsize": 3, "label": name}
         for ax, rows, key in (
             (axes[0], [p.reid() for p in series], "reid_top1"),
             (axes[1], [p.ssim() for p in series], "ssim"),
@@ -219,7 +227,7 @@ def plot_epsilon(points: Sequence[Point], path: Path) -> None:
             ax.errorbar(
                 xs, [r[key] for r in rows], yerr=list(zip(*(_interval(r, key) for r in rows), strict=True)), **style
             )
-        axes[2].plot(xs, [p.val_acc for p in series], marker=style["marker"], label=f"cut {cut}")
+        axes[2].plot(xs, [p.val_acc for p in series], marker=style["marker"], label=name)
     ticks = sorted({x(p) for p in dp})
     for ax, label in zip(axes, ("re-id top-1 (best attack, unseen)", "SSIM (highest, unseen)", "val acc"), strict=True):
         ax.set_xscale("log")
@@ -237,7 +245,7 @@ def plot_epsilon(points: Sequence[Point], path: Path) -> None:
 def plot_rounds(points: Sequence[Point], path: Path) -> None:
     """The median client's epsilon after each round, one line per DP cell with noise."""
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    dp = [p for p in points if p.cell.family == "dp" and p.noise > 0]
+    dp = [p for p in points if FAMILIES[p.cell.family].sweeps_epsilon and p.noise > 0]
     for p in dp:
         rounds = range(1, len(p.epsilon_rounds) + 1)
         ax.plot(rounds, p.epsilon_rounds, marker="o", label=f"{p.title} (sigma {p.noise:.3g})")
@@ -298,6 +306,16 @@ def headline(points: Sequence[Point]) -> str:
                 f"At cut {cut} without DP the best attack re-identifies {_ci(plain.reid(), 'reid_top1')} of unseen "
                 f"images at val acc {plain.val_acc:.3f}."
             )
+        public = [p for p in at_cut if p.cell.family == "dp-public"]
+        if public:
+            public.sort(key=_by_epsilon)
+            sentences.append(
+                f"From the publicly pretrained device (cut {cut}): "
+                + "; ".join(
+                    f"{_eps_label(p)}: val acc {p.val_acc:.3f}, re-id {_ci(p.reid(), 'reid_top1')}" for p in public
+                )
+                + "."
+            )
     plains = {p.cut: p for p in points if p.cell.family == "dp" and p.noise == 0}
     if 4 in plains and 2 in plains:
         a, b = plains[4], plains[2]
@@ -340,15 +358,25 @@ def write_csv(points: Sequence[Point], path: Path) -> None:
                 best, (ssim_attack, top), base = (p.sets[set_name][k] for k in ("best", "ssim", "baseline"))
                 writer.writerow(
                     {
-                        "cell": p.title, "family": p.cell.family, "point": p.cell.label, "cut": p.cut,
-                        "noise": p.noise, "epsilon_median": p.epsilon_median, "epsilon_max": p.epsilon_max,
-                        "val_acc": p.val_acc, "set": set_name, "best_attack": best["attack"],
+                        "cell": p.title,
+                        "family": p.cell.family,
+                        "point": p.cell.label,
+                        "cut": p.cut,
+                        "noise": p.noise,
+                        "epsilon_median": p.epsilon_median,
+                        "epsilon_max": p.epsilon_max,
+                        "val_acc": p.val_acc,
+                        "set": set_name,
+                        "best_attack": best["attack"],
                         **{k: best[k] for k in ("reid_top1", "reid_top1_lo", "reid_top1_hi", "reid_chance", "mse")},
-                        "ssim_attack": ssim_attack, **{k: top[k] for k in ("ssim", "ssim_lo", "ssim_hi")},
-                        "baseline_ssim": base["ssim"], "baseline_mse": base["mse"],
-                        "activation_nn_reid": p.activation_nn_reid, "run_dir": str(p.run_dir),
+                        "ssim_attack": ssim_attack,
+                        **{k: top[k] for k in ("ssim", "ssim_lo", "ssim_hi")},
+                        "baseline_ssim": base["ssim"],
+                        "baseline_mse": base["mse"],
+                        "activation_nn_reid": p.activation_nn_reid,
+                        "run_dir": str(p.run_dir),
                     }
-                )  # fmt: skip
+                )
 
 
 def _table(points: Sequence[Point]) -> tuple[list[str], list[list[str]]]:

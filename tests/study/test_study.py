@@ -17,7 +17,16 @@ from core.errors import UserError
 from core.rundir import RunDir
 from data.base import ImageSet
 from report import study_page as study_report
-from report.study_page import central_accuracy, curves, headline, plot_headline, read_point, write_study_report
+from report.study_page import (
+    central_accuracy,
+    covers,
+    curves,
+    headline,
+    plot_epsilon,
+    plot_headline,
+    read_point,
+    write_study_report,
+)
 from sim import main as sim_main
 from study.grid import Cell, default_grid, read_grid, shard_of
 from study.runner import cell_state
@@ -109,6 +118,36 @@ def test_a_control_is_a_point_of_its_own_and_the_strongest_epsilon_joins_the_hea
     assert "control: frozen, cut 4" in legend and "DP-SGD (epsilon sweep), cut 4" in legend
 
 
+def test_the_pretrained_arm_is_a_dp_curve_of_its_own(
+    study, evaluation: ImageSet, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """dp-public cells form their own curve, ordered by epsilon from inf down, drawn against epsilon beside DP-SGD from
+    scratch, with a sentence of their own in the headline; the no-defense cell stays the scratch one."""
+    out, cells, configs = study
+    extra = [
+        Cell("pre-eps8", "dp-public", {"target_epsilon": 8.0, "pretrain": "public"}),
+        Cell("pre-plain", "dp-public", {"noise": 0.0, "pretrain": "public"}),
+    ]
+    _fake_cell(out / "pre-eps8", evaluation, 0.58, 0.06, noise=0.8, epsilons=(7.5, 8.0))
+    _fake_cell(out / "pre-plain", evaluation, 0.66, 0.20, noise=0.0, epsilons=(math.inf,) * 2)
+    configs |= {c.name: c.config(RunConfig(clients=2, rounds=2), out) for c in extra}
+    points = [read_point(c, configs[c.name], out / c.name) for c in cells + extra]
+    assert [p.cell.name for p in curves(points)[("dp-public", 4)]] == ["pre-plain", "pre-eps8"]
+    assert curves(points)[("cut-noise", 4)][0].cell.name == "plain"  # a defense's curve starts from scratch's plain
+    sentence = headline(points)
+    assert sentence.startswith("At cut 4, going from epsilon inf to epsilon 8 moves the best attack's re-id on unseen")
+    assert (
+        "From the publicly pretrained device (cut 4): eps inf: val acc 0.660, re-id 0.200 [0.180, 0.220]; "
+        "eps 7.75: val acc 0.580, re-id 0.060 [0.040, 0.080]." in sentence
+    )
+    saved = []
+    monkeypatch.setattr(study_report, "_save", lambda fig, path: saved.append(fig))
+    plot_epsilon(points, tmp_path / "epsilon.png")
+    labels = saved[0].axes[2].get_legend_handles_labels()[1]
+    assert labels == ["DP-SGD (epsilon sweep), cut 4", "DP-SGD from public pretraining, cut 4"]
+    assert "DP-SGD from public pretraining: the same (epsilon, delta)" in covers(["dp", "dp-public"])
+
+
 def test_report_html_renders_every_image_and_the_headline_in_chromium(study, chromium: str, tmp_path: Path) -> None:
     out, cells, configs = study
     report = write_study_report(out, cells, configs, central=out / "plain")  # any run stands in for a central one
@@ -133,7 +172,7 @@ def test_grid_files_and_shards(tmp_path: Path) -> None:
     assert base == {"clients": 4} and cells == [Cell("a", "dp", {"target_epsilon": 8.0})]
     for text, says in (
         ('[[cells]]\nname = "a"\nfamily = "dp"\nlr = "fast"\n', "lr must be a float"),
-        ('[[cells]]\nname = "a"\nfamily = "other"\n', "family must be one of dp, cut-noise, nopeek"),
+        ('[[cells]]\nname = "a"\nfamily = "other"\n', "family must be one of dp, dp-public, cut-noise, nopeek"),
         ('[[cells]]\nname = "../a"\nfamily = "dp"\n', "needs a name"),
         ('[[cells]]\nname = "a"\nfamily = "dp"\nbogus = 1\n', "unknown setting 'bogus'"),
         ('[[cells]]\nname = "a"\nfamily = "dp"\n[[cells]]\nname = "a"\nfamily = "dp"\n', "more than once"),
@@ -146,6 +185,13 @@ def test_grid_files_and_shards(tmp_path: Path) -> None:
     assert len({c.name for c in cells}) == 10 and {c.family for c in cells} == {"dp", "cut-noise", "nopeek"}
     full_base, full = read_grid(Path(__file__).resolve().parents[2] / "docs" / "study-full.toml")
     assert full_base == {} and len(full) == 15 and all(c in full for c in cells)  # a default study's cells are reused
+    _, recipe = read_grid(Path(__file__).resolve().parents[2] / "docs" / "study-recipe.toml")
+    assert len(recipe) == 16 and all(c in recipe for c in cells if c.family == "dp")  # the DP cells are reused
+    assert sum(c.family == "dp-public" and c.settings["pretrain"] == "public" for c in recipe) == 6
+    controls = [c.settings for c in recipe if c.family == "control"]
+    assert sorted((s["cut"], s["freeze_blocks"], s.get("pretrain", "none")) for s in controls) == [
+        (2, 2, "none"), (2, 2, "public"), (4, 4, "none"), (4, 4, "public")
+    ]  # fmt: skip
     assert [c.name for c in shard_of(cells, "2/3")] == [c.name for c in cells[1::3]]
     with pytest.raises(UserError, match="--shard must be K/N"):
         shard_of(cells, "4/3")
