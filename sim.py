@@ -109,8 +109,13 @@ def study_command(argv: Sequence[str]) -> None:
     p.add_argument("--grid", type=Path, help="TOML grid file ([base] settings, [[cells]]); default: the built-in grid")
     p.add_argument("--out", type=Path, default=Path("runs/study"), help="study directory: one run directory per cell")
     p.add_argument("--data-dir", default="", help="Omniglot zips/folders; else $OMNIGLOT_ROOT, ./data/omniglot")
-    p.add_argument("--shard", help="K/N: run every N-th cell from the K-th (N machines sharing --out)")
-    p.add_argument("--list", action="store_true", help="print the cells and their state; run nothing")
+    p.add_argument("--shard", help="K/N: every N-th run from the K-th (N processes or machines sharing --out)")
+    p.add_argument(
+        "--seeds",
+        type=int,
+        help="training runs per cell (other --train-seed, same shards): default 3 for the built-in grid, 1 with --grid",
+    )
+    p.add_argument("--list", action="store_true", help="print the runs and their state; run nothing")
     p.add_argument("--report-only", action="store_true", help="write the report from the finished cells; run nothing")
     p.add_argument(
         "--central",
@@ -119,7 +124,7 @@ def study_command(argv: Sequence[str]) -> None:
         "accuracy ceiling",
     )
     a = p.parse_args(argv)
-    run_study(a.out, a.grid, a.data_dir, a.shard, list_only=a.list, report_only=a.report_only, central=a.central)
+    run_study(a.out, a.grid, a.data_dir, a.shard, a.list, report_only=a.report_only, central=a.central, seeds=a.seeds)
 
 
 def attack_command(argv: Sequence[str]) -> None:

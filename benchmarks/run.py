@@ -356,7 +356,7 @@ def client_round(
     device, head = build_split(**cfg.model_options(), **geometry(cfg.dataset))
     load_joined(device, head, state)
     images, labels, _ = client_split(cfg, pid, "train")
-    seed = local_round_seed(cfg.seed, pid, server_round)
+    seed = local_round_seed(cfg.training_seed, pid, server_round)
     torch.manual_seed(seed)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -370,10 +370,10 @@ def refit_head(cfg: RunConfig, device: nn.Module, head: nn.Module, server_round:
     xs, ys = [], []
     for pid in range(cfg.clients):
         images, labels, _ = client_split(cfg, pid, "train")
-        keep = head_fit_sample(cfg.seed, pid, server_round, len(labels), fraction)
+        keep = head_fit_sample(cfg.training_seed, pid, server_round, len(labels), fraction)
         xs.append(device_activations(device, images[keep]))
         ys.append(labels[keep])
-    seed = head_fit_seed(cfg.seed, server_round)
+    seed = head_fit_seed(cfg.training_seed, server_round)
     fit_head(head, torch.cat(xs), torch.cat(ys), cfg.head_epochs, cfg.head_lr, seed)
 
 
@@ -383,7 +383,7 @@ def plain_loop(cfg: RunConfig) -> float:
     one process."""
     torch.set_num_threads(os.cpu_count() or 1)
     started = time.perf_counter()
-    torch.manual_seed(cfg.seed)
+    torch.manual_seed(cfg.training_seed)
     state = joined_state(*build_split(**cfg.model_options(), **geometry(cfg.dataset)))
     for server_round in range(1, cfg.rounds + 1):
         states, weights = [], []

@@ -78,9 +78,10 @@ def local_round_seed(seed: int, partition_id: int, server_round: int) -> int:
 
 def query_cut(cfg: RunConfig, partition_id: int, server_round: int) -> Cut:
     """The run's cut for one of this client's queries. A noisy cut draws from torch's generator, seeded here by
-    (seed, client, round, 2) (training uses (seed, client, round), failures ``[..., 1]``), so a query and its rerun
-    after a resume send the same activations."""
-    torch.manual_seed(int(np.random.SeedSequence([cfg.seed, partition_id, server_round, 2]).generate_state(1)[0]))
+    (training seed, client, round, 2) (training uses (training seed, client, round), failures ``[..., 1]``), so a
+    query and its rerun after a resume send the same activations."""
+    seed = np.random.SeedSequence([cfg.training_seed, partition_id, server_round, 2]).generate_state(1)[0]
+    torch.manual_seed(int(seed))
     return build_cut(**cfg.cut_options())
 
 
@@ -131,7 +132,7 @@ def train(msg: Message, context: Context) -> Message:
     fail_at = float(msg.content[CONFIG_KEY].get(FAIL_AT_KEY, 0.0))  # the test seam's injected failure
     fails = fail_at > 0
     max_steps = 1 + int(fail_at * (max(2, planned) - 1)) if fails else None  # part-way through the round
-    seed = local_round_seed(cfg.seed, pid, server_round)
+    seed = local_round_seed(cfg.training_seed, pid, server_round)
     torch.manual_seed(seed)
     # This client's last training round: the final round, or the last one its --max-epsilon budget allows.
     two_more = history + [(cfg.noise, q, 2 * planned)]
@@ -153,7 +154,7 @@ def train(msg: Message, context: Context) -> Message:
     if last_round:  # the activations this client sent across the cut in its last round, with their image ids
         positions = result.cut_positions.numpy()
         sent = Intercepted(pid, result.cut_activations.numpy(), indices[positions].astype(np.int64))
-        reply.intercepted = sent.compact(cfg.seed)
+        reply.intercepted = sent.compact(cfg.training_seed)
     return reply.to_message(msg)
 
 
@@ -221,7 +222,7 @@ def query(msg: Message, context: Context) -> Message:
     images = torch.cat([shard_images, val_images])
     activations = device_activations(device.to(torch_device), images, cut=query_cut(cfg, pid, cfg.rounds + 1))
     index = np.concatenate([train_idx, val_idx]).astype(np.int64)
-    return QueryReply(Intercepted(pid, activations.numpy(), index).compact(cfg.seed)).to_message(msg)
+    return QueryReply(Intercepted(pid, activations.numpy(), index).compact(cfg.training_seed)).to_message(msg)
 
 
 def _head_fit(msg: Message, context: Context) -> Message:
@@ -230,7 +231,7 @@ def _head_fit(msg: Message, context: Context) -> Message:
     cfg, pid, device, _, torch_device = _setup(msg, context)
     images, labels, _ = client_split(cfg, pid, "train")
     server_round = int(msg.content[CONFIG_KEY][ROUND_KEY])
-    keep = head_fit_sample(cfg.seed, pid, server_round, len(labels), cfg.head_fit_fraction)
+    keep = head_fit_sample(cfg.training_seed, pid, server_round, len(labels), cfg.head_fit_fraction)
     activations = device_activations(device.to(torch_device), images[keep], cut=query_cut(cfg, pid, server_round))
     return HeadFitReply(pid, activations.numpy(), labels[keep].numpy()).to_message(msg)
 

@@ -201,7 +201,13 @@ class RunConfig:
     dataset: str = setting(
         "omniglot", "the images (data/ registry): clients' private set, attacker's sets", RUN, registry="dataset"
     )
-    seed: int = setting(0, "seed for shards, weights, sampling and noise", RUN)
+    seed: int = setting(0, "seed for the shards and splits, and for training unless --train-seed is given", RUN)
+    train_seed: int = setting(
+        -1,
+        "seed for training alone: weights, sampling, noise, head fits, interception and attack (-1 = --seed); the "
+        "study's --seeds runs each cell again with other training seeds on the same shards",
+        RUN,
+    )
     data_dir: str = setting("", "Omniglot zips/folders; else $OMNIGLOT_ROOT, ./data/omniglot", RUN)
     out: str = setting("", "run directory; default runs/<timestamp>-c<clients>-s<noise>", RUN)
     device: str = setting("cpu", "torch device", RUN, DEVICES)
@@ -255,6 +261,8 @@ class RunConfig:
             raise UserError("--server-lr and --proximal-mu must be >= 0 and --server-momentum in [0, 1)")
         if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
             raise UserError(f"--seed must be an integer >= 0, got {self.seed}")
+        if isinstance(self.train_seed, bool) or not isinstance(self.train_seed, int) or self.train_seed < -1:
+            raise UserError(f"--train-seed must be an integer >= 0, or -1 for --seed, got {self.train_seed}")
         if self.noise < 0:
             raise UserError(f"--noise must be >= 0 (0 = no DP), got {self.noise}")
         for name in ("lr", "clip", "alpha", "cpus_per_client"):
@@ -319,6 +327,11 @@ class RunConfig:
         """Keywords of ``split.model.build_split`` for this run's model."""
         invert = self.input_norm == "invert"
         return {"dropout": self.dropout, "norm_groups": self.norm_groups, "invert_input": invert, "cut": self.cut}
+
+    @property
+    def training_seed(self) -> int:
+        """The seed of everything training draws (``--train-seed``, else ``--seed``); the shards use ``seed``."""
+        return self.seed if self.train_seed < 0 else self.train_seed
 
     def settings_dict(self) -> dict:
         """Every setting by field name: what ``config.json`` stores."""

@@ -7,13 +7,20 @@ the clients' own images; two worst cases for the client are plotted:
 - re-identification top-1 of the set's ``best`` attack (the highest lower end of the re-id interval);
 - SSIM of the attack with the highest SSIM (a decoder drawing a clean background can out-score, on SSIM, an attack
   that re-identifies more: measured at cut 2, README).
-Each with its bootstrap 95 % interval.
+Each with its bootstrap 95 % interval over images for one training run.
+
+A cell trained N > 1 times (the study's ``--seeds``) is summarised across its runs: the mean of the per-run values
+of val acc, best-attack re-id and highest SSIM, with a 95 % t-interval on those N values (Student's t, N - 1
+degrees of freedom). The headline's comparisons of two cells are paired by training seed: the interval is on the
+per-seed differences, and "not distinguishable" is written where it contains 0.
 """
 
 from __future__ import annotations
 
 import base64
+import collections
 import csv
+import dataclasses
 import html
 import math
 import statistics
@@ -32,13 +39,14 @@ from core.defenses import FAMILIES  # noqa: E402
 from core.privacy import EPSILON_COVERS  # noqa: E402
 from core.rundir import RunDir  # noqa: E402
 from report.sweep import final_val_acc, ledger_spend, run_summary  # noqa: E402
-from study.grid import Cell  # noqa: E402
+from study.grid import Cell, SeedRun  # noqa: E402
 
 SETS = ("unseen", "clients_inference", "clients_train")
 CUT_MARKERS = {1: "^", 2: "s", 3: "D", 4: "o"}
 FIGURES = ("leakage_vs_accuracy.png", "leakage_vs_epsilon_study.png", "epsilon_per_round_study.png")
 CSV_COLUMNS = (
-    "cell", "family", "point", "cut", "noise", "epsilon_median", "epsilon_max", "val_acc", "set", "best_attack",
+    "cell", "seed", "runs", "family", "point", "cut", "noise", "epsilon_median", "epsilon_max", "val_acc",
+    "val_acc_lo", "val_acc_hi", "set", "best_attack",
     "reid_top1", "reid_top1_lo", "reid_top1_hi", "reid_chance", "ssim_attack", "ssim", "ssim_lo", "ssim_hi",
     "mse", "baseline_ssim", "baseline_mse", "activation_nn_reid", "run_dir",
 )  # fmt: skip
@@ -58,6 +66,14 @@ class Point:
     activation_nn_reid: float
     epsilon_rounds: list[float]  # median client epsilon after each round
     run_dir: Path
+    train_seed: int = 0
+    runs: tuple[Point, ...] = ()  # a cell's summary: its per-seed points (one run: itself)
+    val_acc_lo: float | None = None  # across runs (None for one run: no interval over one value)
+    val_acc_hi: float | None = None
+
+    @property
+    def n_runs(self) -> int:
+        return max(1, len(self.runs))
 
     @property
     def title(self) -> str:
@@ -97,7 +113,105 @@ def read_point(cell: Cell, cfg: RunConfig, run_dir: Path) -> Point:
         activation_nn_reid=float(attack["ceiling_unseen"]["activation_nn_reid_top1"]),
         epsilon_rounds=ledger_spend(run_dir)[1],
         run_dir=run_dir,
+        train_seed=saved.training_seed,
     )
+
+
+def across_runs(values: Sequence[float]) -> tuple[float, float, float]:
+    """(mean, lo, hi): the 95 % t-interval on ``values``, one per training run (lo = hi = mean for one value)."""
+    from scipy import stats
+
+    mean = statistics.fmean(values)
+    if len(values) < 2:
+        return mean, mean, mean
+    half = stats.t.ppf(0.975, len(values) - 1) * statistics.stdev(values) / math.sqrt(len(values))
+    return mean, mean - half, mean + half
+
+
+def _mean_row(rows: Sequence[dict], key: str) -> dict:
+    """A leakage row for ``key`` across runs: the mean and its t-interval, the other numbers averaged."""
+    mean, lo, hi = across_runs([r[key] for r in rows])
+    numeric = {k: statistics.fmean(r[k] for r in rows) for k in rows[0] if isinstance(rows[0][k], int | float)}
+    return {**numeric, key: mean, f"{key}_lo": lo, f"{key}_hi": hi}
+
+
+def summarise(points: Sequence[Point]) -> Point:
+    """One cell's runs (same cell, other training seeds) as one point: one run is itself; several give their means
+    with t-intervals across runs (``across_runs``), the attack named that won most often."""
+    first = points[0]
+    if len(points) == 1:
+        return dataclasses.replace(first, runs=(first,))
+    sets = {}
+    for set_name in SETS:
+        best = [p.sets[set_name]["best"] for p in points]
+        tops = [p.sets[set_name]["ssim"] for p in points]
+        sets[set_name] = {
+            "best": {**_mean_row(best, "reid_top1"), "attack": _most_common(r["attack"] for r in best)},
+            "ssim": (_most_common(a for a, _ in tops), _mean_row([r for _, r in tops], "ssim")),
+            "baseline": _mean_row([p.sets[set_name]["baseline"] for p in points], "ssim"),
+        }
+    acc, acc_lo, acc_hi = across_runs([p.val_acc for p in points])
+    return dataclasses.replace(
+        first,
+        epsilon_median=statistics.median(p.epsilon_median for p in points),
+        epsilon_max=max(p.epsilon_max for p in points),
+        val_acc=acc,
+        sets=sets,
+        activation_nn_reid=statistics.fmean(p.activation_nn_reid for p in points),
+        runs=tuple(points),
+        val_acc_lo=acc_lo,
+        val_acc_hi=acc_hi,
+    )
+
+
+def _most_common(names) -> str:
+    return collections.Counter(names).most_common(1)[0][0]
+
+
+@dataclass(frozen=True)
+class Paired:
+    """The per-seed differences a - b of one number between two cells' runs (same training seeds): mean, 95 %
+    t-interval, number of pairs."""
+
+    mean: float
+    lo: float
+    hi: float
+    n: int
+
+    @property
+    def distinguishable(self) -> bool:
+        return self.n >= 2 and not self.lo <= 0 <= self.hi
+
+    def text(self, what: str, digits: int = 3) -> str:
+        """ "re-id +0.012 [0.004, 0.020]" or "re-id not distinguishable (-0.001 [-0.004, 0.002])"."""
+        span = f"{self.mean:+.{digits}f} [{self.lo:+.{digits}f}, {self.hi:+.{digits}f}]"
+        return f"{what} {span}" if self.distinguishable else f"{what} not distinguishable ({span})"
+
+
+def paired(a: Point, b: Point, value) -> Paired | None:
+    """``value(run)`` of ``a``'s runs minus ``b``'s, paired by training seed; None unless both cells have the same
+    seeds, at least two."""
+    by_seed = {p.train_seed: p for p in b.runs}
+    if len(a.runs) < 2 or sorted(p.train_seed for p in a.runs) != sorted(by_seed):
+        return None
+    mean, lo, hi = across_runs([value(p) - value(by_seed[p.train_seed]) for p in a.runs])
+    return Paired(mean, lo, hi, len(a.runs))
+
+
+def _reid(p: Point) -> float:
+    return p.reid()["reid_top1"]
+
+
+def _acc(p: Point) -> float:
+    return p.val_acc
+
+
+def versus(a: Point, b: Point, name: str) -> str:
+    """ " (against <name>, paired over N seeds: re-id d [lo, hi], val acc d [lo, hi])", "" for one run."""
+    reid, acc = paired(a, b, _reid), paired(a, b, _acc)
+    if reid is None or acc is None:
+        return ""
+    return f" (against {name}, paired over {reid.n} seeds: {reid.text('re-id')}, {acc.text('val acc')})"
 
 
 def curves(points: Sequence[Point]) -> dict[tuple[str, int], list[Point]]:
@@ -145,13 +259,15 @@ def plot_headline(points: Sequence[Point], path: Path, central: float | None = N
         style = {"color": FAMILIES[family].colour, "marker": CUT_MARKERS.get(cut, "o"), "capsize": 3}
         style["linestyle"] = "-" if cut == 4 else "--"
         label = f"{FAMILIES[family].label}, cut {cut}"
-        for ax, rows, key in (
-            (axes[0], [p.reid() for p in series], "reid_top1"),
-            (axes[1], [p.ssim() for p in series], "ssim"),
+        xerr = _acc_interval(series)
+        for ax, rows, key, per_run in (
+            (axes[0], [p.reid() for p in series], "reid_top1", _reid),
+            (axes[1], [p.ssim() for p in series], "ssim", lambda run: run.ssim()["ssim"]),
         ):
             ys = [r[key] for r in rows]
             err = list(zip(*(_interval(r, key) for r in rows), strict=True))
-            ax.errorbar(xs, ys, yerr=err, label=label, **style)
+            ax.errorbar(xs, ys, xerr=xerr, yerr=err, label=label, **style)
+            _faint_runs(ax, series, per_run, style["color"], style["marker"])
         if FAMILIES[family].sweeps_epsilon:
             for ax, ys in (
                 (axes[0], [p.reid()["reid_top1"] for p in series]),
@@ -159,10 +275,15 @@ def plot_headline(points: Sequence[Point], path: Path, central: float | None = N
             ):
                 labels.append((ax, xs, ys, [_eps_label(p) for p in series]))
     for p in (p for p in points if p.cell.family == "control"):
-        for ax, row, key in ((axes[0], p.reid(), "reid_top1"), (axes[1], p.ssim(), "ssim")):
+        star = {"color": "black", "marker": "*", "markersize": 11, "capsize": 3, "linestyle": "none"}
+        for ax, row, key, per_run in (
+            (axes[0], p.reid(), "reid_top1", _reid),
+            (axes[1], p.ssim(), "ssim", lambda run: run.ssim()["ssim"]),
+        ):
             err = [[v] for v in _interval(row, key)]
-            ax.errorbar([p.val_acc], [row[key]], yerr=err, color="black", marker="*", markersize=11, capsize=3,
-                        linestyle="none", label=f"control: {p.cell.name}, cut {p.cut}")  # fmt: skip
+            label = f"control: {p.cell.name}, cut {p.cut}"
+            ax.errorbar([p.val_acc], [row[key]], xerr=_acc_interval([p]), yerr=err, label=label, **star)
+            _faint_runs(ax, [p], per_run, "black", "*")
     chance = statistics.mean(p.reid()["reid_chance"] for p in points)
     axes[0].axhline(chance, color="grey", linestyle=":", linewidth=1, label="chance")
     # Log scale from half the chance level: re-id spans 1e-3 (a defense at chance) to 1 (cut 2).
@@ -177,9 +298,26 @@ def plot_headline(points: Sequence[Point], path: Path, central: float | None = N
     axes[1].legend(fontsize=7)
     for ax, xs, ys, texts in labels:
         _annotate_merged(ax, xs, ys, texts)
-    fig.suptitle("Leakage on unseen images against task accuracy (bars: bootstrap 95 % intervals)")
+    runs = max(p.n_runs for p in points)
+    bars = f"95 % t-intervals across {runs} training runs" if runs > 1 else "bootstrap 95 % intervals over images"
+    fig.suptitle(f"Leakage on unseen images against task accuracy (bars: {bars})")
     fig.tight_layout()
     _save(fig, path)
+
+
+def _acc_interval(series: Sequence[Point]) -> list[list[float]] | None:
+    """x error bars: each point's val acc interval across runs; None when the points are single runs."""
+    if any(p.val_acc_lo is None for p in series):
+        return None
+    return [[p.val_acc - p.val_acc_lo for p in series], [p.val_acc_hi - p.val_acc for p in series]]
+
+
+def _faint_runs(ax, series: Sequence[Point], value, colour, marker: str) -> None:
+    """Each training run of a summarised point, faintly behind it (nothing for single runs)."""
+    runs = [run for p in series if p.n_runs > 1 for run in p.runs]
+    if runs:
+        ax.scatter([r.val_acc for r in runs], [value(r) for r in runs], color=colour, marker=marker, s=14,
+                   alpha=0.25, linewidths=0, zorder=1)  # fmt: skip
 
 
 def _annotate_merged(ax, xs: Sequence[float], ys: Sequence[float], texts: Sequence[str], near_px: float = 14) -> None:
@@ -290,16 +428,24 @@ def headline(points: Sequence[Point]) -> str:
                 f"At cut {cut}, going from epsilon inf to epsilon {target.epsilon_median:.3g} moves the best "
                 f"attack's re-id on unseen images from {_ci(plain.reid(), 'reid_top1')} to "
                 f"{_ci(target.reid(), 'reid_top1')} at an accuracy cost of {plain.val_acc - target.val_acc:+.3f} "
-                f"(val acc {plain.val_acc:.3f} to {target.val_acc:.3f})"
+                f"(val acc {plain.val_acc:.3f} to {target.val_acc:.3f}){versus(target, plain, 'eps inf')}"
             )
+            reached = {}
             for family in ("cut-noise", "nopeek"):
-                s += _compare(plain, target, [p for p in at_cut if p.cell.family == family], family)
+                text, reached[family] = _compare(plain, target, [p for p in at_cut if p.cell.family == family], family)
+                s += text
             sentences.append(s + ".")
+            if reached["cut-noise"] and reached["nopeek"]:
+                a, b = reached["nopeek"], reached["cut-noise"]
+                compared = versus(a, b, f"{FAMILIES['cut-noise'].label} {b.cell.label}")
+                if compared:
+                    sentences.append(f"{FAMILIES['nopeek'].label} {a.cell.label} at cut {cut}{compared}.")
             strongest = min(dp, key=lambda p: p.epsilon_median)
             if strongest is not target:
                 sentences.append(
                     f"At epsilon {strongest.epsilon_median:.3g} (cut {cut}) re-id is "
-                    f"{_ci(strongest.reid(), 'reid_top1')} at val acc {strongest.val_acc:.3f}."
+                    f"{_ci(strongest.reid(), 'reid_top1')} at val acc {strongest.val_acc:.3f}"
+                    f"{versus(strongest, target, _eps_label(target))}."
                 )
         else:
             sentences.append(
@@ -309,10 +455,13 @@ def headline(points: Sequence[Point]) -> str:
         public = [p for p in at_cut if p.cell.family == "dp-public"]
         if public:
             public.sort(key=_by_epsilon)
+            frozen = next((p for p in at_cut if p.cell.family == "control" and _pretrained(p)), None)
             sentences.append(
                 f"From the publicly pretrained device (cut {cut}): "
                 + "; ".join(
-                    f"{_eps_label(p)}: val acc {p.val_acc:.3f}, re-id {_ci(p.reid(), 'reid_top1')}" for p in public
+                    f"{_eps_label(p)}: val acc {p.val_acc:.3f}, re-id {_ci(p.reid(), 'reid_top1')}"
+                    + (versus(p, frozen, frozen.cell.name) if frozen and p.noise > 0 else "")
+                    for p in public
                 )
                 + "."
             )
@@ -323,42 +472,69 @@ def headline(points: Sequence[Point]) -> str:
             f"Moving the cut from block 4 to block 2 (no defense) moves re-id from {_ci(a.reid(), 'reid_top1')} to "
             f"{_ci(b.reid(), 'reid_top1')}, with val acc {a.val_acc:.3f} and {b.val_acc:.3f}."
         )
-    sentences += [
-        f"Control {p.cell.name} (cut {p.cut}): re-id {_ci(p.reid(), 'reid_top1')} at val acc {p.val_acc:.3f}."
-        for p in points
-        if p.cell.family == "control"
-    ]
+    for p in (p for p in points if p.cell.family == "control"):
+        dp = _target(p.cut, points, "dp-public" if _pretrained(p) else "dp")
+        compared = versus(dp, p, p.cell.name) if dp is not None else ""
+        sentences.append(
+            f"Control {p.cell.name} (cut {p.cut}): re-id {_ci(p.reid(), 'reid_top1')} at val acc {p.val_acc:.3f}"
+            + (f"; {_eps_label(dp)} from the same start{compared}" if compared else "")
+            + "."
+        )
+    runs = max((p.n_runs for p in points), default=1)
+    if sentences and runs > 1:
+        sentences.insert(
+            0,
+            f"Over {runs} training runs per cell (means with 95 % t-intervals across runs; comparisons paired by "
+            "training seed, 'not distinguishable' where the paired interval contains 0):",
+        )
     return " ".join(sentences) or "No cell is finished yet."
 
 
-def _compare(plain: Point, target: Point, family: list[Point], name: str) -> str:
-    """ "; <family> reaches the same re-id at an accuracy cost of d": the weakest strength whose re-id is at or
-    below the DP point's upper bound, or says that none does."""
+def _pretrained(p: Point) -> bool:
+    return p.cell.settings.get("pretrain", "none") != "none"
+
+
+def _target(cut: int, points: Sequence[Point], family: str) -> Point | None:
+    """The DP point of ``family`` at ``cut`` nearest epsilon 8 (the headline's reference), if any."""
+    dp = [p for p in points if p.cut == cut and p.cell.family == family and p.noise > 0]
+    return min(dp, key=lambda p: abs(p.epsilon_median - 8), default=None)
+
+
+def _compare(plain: Point, target: Point, family: list[Point], name: str) -> tuple[str, Point | None]:
+    """("; <family> reaches the same re-id at an accuracy cost of d", that point): the weakest strength whose re-id
+    is at or below the DP point's upper bound, or says that none does (and None)."""
     reached = sorted(
         (p for p in family if p.reid()["reid_top1"] <= target.reid()["reid_top1_hi"]), key=lambda p: _strength(p.cell)
     )
     what = FAMILIES[name].label
     if not family:
-        return ""
+        return "", None
     if not reached:
-        return f"; no {what} strength tried reaches that re-id"
+        return f"; no {what} strength tried reaches that re-id", None
     p = reached[0]
-    return (
+    text = (
         f"; {what} ({p.cell.label}) reaches {_ci(p.reid(), 'reid_top1')} at an accuracy cost of "
-        f"{plain.val_acc - p.val_acc:+.3f}"
+        f"{plain.val_acc - p.val_acc:+.3f}{versus(p, plain, 'no defense')}"
     )
+    return text, p
 
 
 def write_csv(points: Sequence[Point], path: Path) -> None:
+    """Every training run's rows (``seed`` = its training seed, ``runs`` 1), then each cell's summary across its
+    runs (``seed`` "all", ``runs`` N, intervals across runs when N > 1); one row per leakage set."""
     with files.atomic_open(path, "w", newline="") as fh:
         writer = csv.DictWriter(fh, fieldnames=CSV_COLUMNS)
         writer.writeheader()
-        for p in points:
+        rows = [(run, str(run.train_seed), 1) for p in points for run in p.runs]
+        rows += [(p, "all", p.n_runs) for p in points]
+        for p, seed, n in rows:
             for set_name in SETS:
                 best, (ssim_attack, top), base = (p.sets[set_name][k] for k in ("best", "ssim", "baseline"))
                 writer.writerow(
                     {
                         "cell": p.title,
+                        "seed": seed,
+                        "runs": n,
                         "family": p.cell.family,
                         "point": p.cell.label,
                         "cut": p.cut,
@@ -366,6 +542,8 @@ def write_csv(points: Sequence[Point], path: Path) -> None:
                         "epsilon_median": p.epsilon_median,
                         "epsilon_max": p.epsilon_max,
                         "val_acc": p.val_acc,
+                        "val_acc_lo": "" if p.val_acc_lo is None else p.val_acc_lo,
+                        "val_acc_hi": "" if p.val_acc_hi is None else p.val_acc_hi,
                         "set": set_name,
                         "best_attack": best["attack"],
                         **{k: best[k] for k in ("reid_top1", "reid_top1_lo", "reid_top1_hi", "reid_chance", "mse")},
@@ -380,8 +558,8 @@ def write_csv(points: Sequence[Point], path: Path) -> None:
 
 
 def _table(points: Sequence[Point]) -> tuple[list[str], list[list[str]]]:
-    head = ["cell", "family", "cut", "sigma", "epsilon (median)", "val acc", "best attack", "re-id top-1 (unseen)",
-            "highest SSIM (unseen)", "re-id clients, inference", "re-id clients, training",
+    head = ["cell", "runs", "family", "cut", "sigma", "epsilon (median)", "val acc", "best attack",
+            "re-id top-1 (unseen)", "highest SSIM (unseen)", "re-id clients, inference", "re-id clients, training",
             "activation-NN re-id"]  # fmt: skip
     rows = []
     for p in points:
@@ -389,11 +567,14 @@ def _table(points: Sequence[Point]) -> tuple[list[str], list[list[str]]]:
         rows.append(
             [
                 p.cell.name,
+                str(p.n_runs),
                 p.cell.family,
                 str(p.cut),
                 f"{p.noise:.3g}",
                 eps,
-                f"{p.val_acc:.3f}",
+                f"{p.val_acc:.3f}"
+                if p.val_acc_lo is None
+                else f"{p.val_acc:.3f} [{p.val_acc_lo:.3f}, {p.val_acc_hi:.3f}]",
                 p.reid()["attack"],
                 _ci(p.reid(), "reid_top1"),
                 f"{_ci(p.ssim(), 'ssim')} ({p.sets['unseen']['ssim'][0]})",
@@ -425,15 +606,21 @@ def central_accuracy(run_dir: Path | None) -> float | None:
 
 def write_study_report(
     out_dir: Path,
-    cells: Sequence[Cell],
+    runs: Sequence[Cell | SeedRun],
     configs: Mapping[str, RunConfig],
     markdown: bool = True,
     central: Path | None = None,
 ) -> Path:
     """study.csv, the figures, report.md (unless ``markdown`` is False: a sweep of ``sim.py --noise`` writes its
-    own) and a self-contained report.html (every figure inline) in ``out_dir``; returns report.html's path. A cell's
-    run directory is ``out_dir / cell.name``. ``central``: a centralised run, drawn as the accuracy ceiling."""
-    points = [read_point(c, configs[c.name], out_dir / c.name) for c in cells]
+    own) and a self-contained report.html (every figure inline) in ``out_dir``; returns report.html's path.
+    ``runs``: the study's training runs (a Cell stands for its one run); a run's directory is ``out_dir / name``,
+    and a cell's runs are summarised across seeds (``summarise``). ``central``: a centralised run, drawn as the
+    accuracy ceiling."""
+    by_cell: dict[str, list[Point]] = {}
+    for run in (r if isinstance(r, SeedRun) else SeedRun(r, 0) for r in runs):
+        point = read_point(run.cell, configs[run.name], out_dir / run.name)
+        by_cell.setdefault(run.cell.name, []).append(point)
+    points = [summarise(series) for series in by_cell.values()]
     write_csv(points, out_dir / "study.csv")
     plot_headline(points, out_dir / FIGURES[0], central_accuracy(central))
     plot_epsilon(points, out_dir / FIGURES[1])

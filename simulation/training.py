@@ -200,7 +200,7 @@ def run(
         if not skip_attack:
             from attack.run import run_attack
 
-            run_attack(run_dir, run_cfg.data_dir or None, epochs=run_cfg.attack_epochs, seed=run_cfg.seed)
+            run_attack(run_dir, run_cfg.data_dir or None, epochs=run_cfg.attack_epochs, seed=run_cfg.training_seed)
     if not skip_attack:
         write_reports(report_dir, run_dirs, configs)
     return report_dir

@@ -41,7 +41,7 @@ class HeadFitter:
         labels = torch.from_numpy(np.concatenate([r.labels for r in replies]))
         device, head = build_split(**self.cfg.model_options(), **geometry(self.cfg.dataset))
         load_joined(device, head, arrays.to_torch_state_dict())
-        seed = head_fit_seed(self.cfg.seed, server_round)
+        seed = head_fit_seed(self.cfg.training_seed, server_round)
         self.last_loss = fit_head(head, activations, labels, self.cfg.head_epochs, self.cfg.head_lr, seed)
         fitted = {f"head.{k}": v.detach().numpy() for k, v in head.state_dict().items()}
         return ArrayRecord({k: Array(fitted[k]) if k in fitted else v for k, v in arrays.items()})

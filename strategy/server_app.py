@@ -52,7 +52,7 @@ def run_server(
     run = RunDir(run_dir)
     logging.getLogger("flwr").setLevel(logging.WARNING)  # our table reports each round; Flower's INFO would drown it
     console = console or Console()
-    torch.manual_seed(cfg.seed)
+    torch.manual_seed(cfg.training_seed)
     device, head = build_split(**cfg.model_options(), **geometry(cfg.dataset))
     if cfg.pretrain == "public" and resume is None:  # the clients start from the public-data device (split.pretrain)
         device.load_state_dict(pretrain_device(cfg, console))
@@ -71,7 +71,7 @@ def run_server(
                 resume_after=resume.round if resume else None,
                 elapsed_before=resume.elapsed_seconds if resume else 0.0,
             )
-            ledger = LedgerStrategy(chosen.build(cfg), recorder, cfg.seed, cfg.clients, cfg.fraction_train)
+            ledger = LedgerStrategy(chosen.build(cfg), recorder, cfg.training_seed, cfg.clients, cfg.fraction_train)
             fitter = HeadFitter(cfg) if cfg.head_mode == "refit" else None
             ema = DeviceEMA(cfg.ema, copy.deepcopy(device)) if cfg.ema else None
             driver = Driver(

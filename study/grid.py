@@ -39,6 +39,7 @@ from core.defenses import FAMILIES
 from core.errors import UserError
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")  # a cell's name is its directory's name
+_SEED_SUFFIX = re.compile(r"\.seed\d+$")  # <cell>.seed<k>: the directory of the cell's k-th training run
 
 
 @dataclass(frozen=True)
@@ -76,6 +77,36 @@ DEFAULT_EPSILONS = {4: (0.0, 8.0, 1.0), 2: (0.0, 8.0, 1.0)}
 DEFAULT_CUT_NOISE = (0.03, 0.1)  # x the clip below: per-value std 0.18 and 0.6, against a spread of about 0.7
 DEFAULT_CUT_CLIP = 6.0  # about the activations' L2 norm at cut 4 (median 6.1 on the sigma-0 model)
 DEFAULT_NOPEEK = (0.3, 3.0)
+
+
+@dataclass(frozen=True)
+class SeedRun:
+    """Training run ``k`` of a cell: the cell's settings with training seed (base's) + k, same shards (``--seed``).
+    Its directory: the cell's name for k = 0, ``<name>.seed<k>`` for the others."""
+
+    cell: Cell
+    k: int
+
+    @property
+    def name(self) -> str:
+        return self.cell.name if self.k == 0 else f"{self.cell.name}.seed{self.k}"
+
+    def config(self, base: RunConfig, out: Path) -> RunConfig:
+        cfg = self.cell.config(base, out)
+        if self.k == 0:
+            return cfg
+        return dataclasses.replace(cfg, train_seed=cfg.training_seed + self.k, out=str(out / self.name)).validate()
+
+
+DEFAULT_SEEDS = 3  # training runs per cell of the default grid; a --grid file's study runs 1 unless --seeds says
+
+
+def seed_runs(cells: list[Cell], seeds: int) -> list[SeedRun]:
+    """Every cell's ``seeds`` training runs, seed by seed (all cells' first run, then all second runs, ...), so a
+    study stopped part-way has whole seeds done first; UserError unless 1 <= seeds."""
+    if isinstance(seeds, bool) or not isinstance(seeds, int) or seeds < 1:
+        raise UserError(f"--seeds must be an integer >= 1, got {seeds!r}")
+    return [SeedRun(cell, k) for k in range(seeds) for cell in cells]
 
 
 def default_grid() -> list[Cell]:
@@ -129,6 +160,9 @@ def check_cells(cells: list[Cell]) -> None:
     twice = sorted({n for n in names if names.count(n) > 1})
     if twice:
         raise UserError(f"the study grid names cell(s) {', '.join(twice)} more than once")
+    seedlike = sorted(n for n in names if _SEED_SUFFIX.search(n))
+    if seedlike:
+        raise UserError(f"study cell name(s) {', '.join(seedlike)} end in .seed<k>, the name of a cell's k-th run")
 
 
 def _settings(table: dict[str, Any], where: str) -> dict[str, Any]:
@@ -147,11 +181,16 @@ def _settings(table: dict[str, Any], where: str) -> dict[str, Any]:
     return out
 
 
-def shard_of(cells: list[Cell], shard: str) -> list[Cell]:
-    """The cells of ``shard`` "K/N" (1 <= K <= N): every N-th cell from the K-th, so N machines sharing the study
-    directory can each run ``--shard K/N``; UserError when the form is wrong."""
+def parse_shard(shard: str) -> tuple[int, int]:
+    """(K, N) of ``--shard K/N`` with 1 <= K <= N; UserError when the form is wrong."""
     match = re.fullmatch(r"(\d+)/(\d+)", shard)
     if not match or not 1 <= int(match[1]) <= int(match[2]):
         raise UserError(f"--shard must be K/N with 1 <= K <= N, got {shard!r}")
-    k, n = int(match[1]), int(match[2])
-    return cells[k - 1 :: n]
+    return int(match[1]), int(match[2])
+
+
+def shard_of(runs: list, shard: str) -> list:
+    """The runs (or cells) of ``shard`` "K/N": every N-th from the K-th, so N machines sharing the study directory
+    can each run ``--shard K/N``; UserError when the form is wrong."""
+    k, n = parse_shard(shard)
+    return runs[k - 1 :: n]

@@ -1,5 +1,10 @@
-"""``python sim.py study``: every cell of a grid trained and attacked once, resumed where it stopped, never
-recomputed; the report once every cell is done. ``--shard K/N`` spreads the cells over machines sharing ``--out``."""
+"""``python sim.py study``: every cell of a grid trained and attacked once per training seed, each run resumed where
+it stopped, never recomputed; the report once every run is done. ``--shard K/N`` spreads the runs over processes or
+machines sharing ``--out``; a lock per run (study/locks.py) keeps two of them from ever running the same one.
+
+Seeds: run k of a cell trains with ``--train-seed`` = the base's training seed + k on the same shards (``--seed``
+stays), in ``<out>/<cell>`` for k = 0 (so a one-seed study is the first seed of a three-seed one) and
+``<out>/<cell>.seed<k>`` for the others. Runs are ordered seed by seed: the first seed of every cell comes first."""
 
 from __future__ import annotations
 
@@ -12,7 +17,8 @@ from core.config import RunConfig
 from core.errors import UserError
 from core.rundir import ATTACKED, EMPTY, INCOMPLETE, TRAINED, RunDir
 from simulation.training import RESUME_MAY_CHANGE
-from study.grid import Cell, default_grid, read_grid, shard_of
+from study.grid import DEFAULT_SEEDS, Cell, SeedRun, default_grid, parse_shard, read_grid, seed_runs, shard_of
+from study.locks import held, holder_of
 
 # A cell's state, as the study's table shows it: the run directory's, with "todo" for nothing worth keeping.
 TODO, DONE = "todo", "done"
@@ -47,7 +53,7 @@ def run_cell(cell: Cell, cfg: RunConfig, run_dir: Path, state: str) -> None:
         if resume is None and run_dir.exists():
             RunDir(run_dir).clear()
         train(cfg, run_dir, chosen, resume)
-    run_attack(run_dir, cfg.data_dir or None, epochs=cfg.attack_epochs, seed=cfg.seed)
+    run_attack(run_dir, cfg.data_dir or None, epochs=cfg.attack_epochs, seed=cfg.training_seed)
 
 
 def run_study(
@@ -58,50 +64,87 @@ def run_study(
     list_only: bool = False,
     report_only: bool = False,
     central: Path | None = None,
+    seeds: int | None = None,
 ) -> None:
-    """Print the cells and their state, then run this shard's unfinished cells, then (once the whole grid is done)
-    write the study's report into ``out``."""
+    """Print the runs and their state, then run this shard's unfinished runs (each under its lock, skipping one
+    that another live shard holds), then (once every run is done) write the study's report into ``out``, once.
+    ``seeds``: training runs per cell (default: ``DEFAULT_SEEDS`` for the built-in grid, 1 for a --grid file)."""
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
     from rich.table import Table
 
     from data.omniglot import resolve_root
 
+    if shard is not None:
+        parse_shard(shard)  # before anything else, --list included
+    if seeds is None:
+        seeds = 1 if grid else DEFAULT_SEEDS
+    seed_runs([], seeds)  # checks --seeds
     if central is not None and not RunDir(central).metrics.is_file():
         raise UserError(f"--central {central}: not a finished run (no metrics.csv)")
     base_settings, cells = read_grid(grid) if grid else ({}, default_grid())  # read_grid checks its cells
-    mine = shard_of(cells, shard) if shard else cells  # --shard is checked before anything, --list included
+    runs = seed_runs(cells, seeds)
+    mine = shard_of(runs, shard) if shard else runs
     mine = [] if report_only else mine
     base = RunConfig(**{**base_settings, "data_dir": str(resolve_root(data_dir or None).resolve())})
-    configs = {cell.name: cell.config(base, out) for cell in cells}
-    states = {cell.name: cell_state(configs[cell.name], out / cell.name) for cell in cells}
+    configs = {run.name: run.config(base, out) for run in runs}
+    states = {run.name: cell_state(configs[run.name], out / run.name) for run in runs}
     console = Console()
-    table = Table(title=f"study {out}: {len(cells)} cells")
-    for column in ("cell", "family", "point", "cut", "state"):
+    table = Table(title=f"study {out}: {len(cells)} cells x {seeds} training seed(s)")
+    for column in ("run", "family", "point", "cut", "train seed", "state"):
         table.add_column(column)
-    for cell in cells:
-        table.add_row(cell.name, cell.family, cell.label, str(configs[cell.name].cut), states[cell.name])
+    for run in runs:
+        cfg = configs[run.name]
+        table.add_row(run.name, run.cell.family, run.cell.label, str(cfg.cut), str(cfg.training_seed), states[run.name])
     console.print(table)
     if list_only:
         return
-    todo = [cell for cell in mine if states[cell.name] != DONE]
+    todo = [run for run in mine if states[run.name] != DONE]
     if todo:
         out.mkdir(parents=True, exist_ok=True)
-        described = {"base": base_settings, "cells": [dataclasses.asdict(c) for c in cells]}
+        described = {"base": base_settings, "seeds": seeds, "cells": [dataclasses.asdict(c) for c in cells]}
         files.write_text(out / "study.json", json.dumps(described, indent=2) + "\n")
-    columns = (TextColumn("[bold]study"), BarColumn(), MofNCompleteColumn(), TextColumn("cells"), TimeElapsedColumn())
+    columns = (TextColumn("[bold]study"), BarColumn(), MofNCompleteColumn(), TextColumn("runs"), TimeElapsedColumn())
+    elsewhere = []
     with Progress(*columns, console=console, transient=False) as progress:
-        task = progress.add_task("cells", total=len(mine), completed=len(mine) - len(todo))
-        for cell in todo:
-            cfg = configs[cell.name]
-            progress.console.rule(f"cell {cell.name} ({cell.family}, {cell.label}, cut {cfg.cut}): {states[cell.name]}")
-            run_cell(cell, cfg, out / cell.name, states[cell.name])
-            states[cell.name] = DONE
+        task = progress.add_task("runs", total=len(mine), completed=len(mine) - len(todo))
+        for run in todo:
+            cfg, run_dir = configs[run.name], out / run.name
+            lock = out / f"{run.name}.lock"
+            with held(lock) as mine_now:
+                if not mine_now:
+                    progress.console.print(f"run {run.name}: held by {holder_of(lock)}, left to it")
+                    elsewhere.append(run.name)
+                    continue
+                state = cell_state(cfg, run_dir)  # again, under the lock: another shard may have finished it
+                if state == DONE:
+                    progress.console.print(f"run {run.name}: finished by another shard")
+                else:
+                    what = f"{run.cell.family}, {run.cell.label}, cut {cfg.cut}, train seed {cfg.training_seed}"
+                    progress.console.rule(f"run {run.name} ({what}): {state}")
+                    run_cell(run.cell, cfg, run_dir, state)
+            states[run.name] = DONE
             progress.advance(task)
-    missing = [cell.name for cell in cells if states[cell.name] != DONE]
+    states |= {run.name: cell_state(configs[run.name], out / run.name) for run in runs if states[run.name] != DONE}
+    missing = [run.name for run in runs if states[run.name] != DONE]
     if missing:
-        console.print(f"report: not written yet, {len(missing)} cell(s) to finish: {', '.join(missing)}")
+        console.print(f"report: not written yet, {len(missing)} run(s) to finish: {', '.join(missing)}")
         return
+    write_report_once(out, runs, configs, central, console)
+
+
+def write_report_once(out: Path, runs: list[SeedRun], configs: dict[str, RunConfig], central, console) -> None:
+    """The study's report, written by one process: under ``report.lock``, and only when report.html is older than
+    some run's leakage.json (so two shards finishing together, or a rerun of a finished study, write it once)."""
     from report.study_page import write_study_report
 
-    print(f"report: {write_study_report(out, cells, configs, central=central)}")
+    report = out / "report.html"
+    with held(out / "report.lock") as mine:
+        if not mine:
+            console.print(f"report: being written by {holder_of(out / 'report.lock')}")
+            return
+        newest = max((out / run.name / "leakage.json").stat().st_mtime_ns for run in runs)
+        if report.exists() and report.stat().st_mtime_ns > newest and central is None:
+            console.print(f"report: {report} (up to date)")
+            return
+        print(f"report: {write_study_report(out, runs, configs, central=central)}")

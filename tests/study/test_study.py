@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import math
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import matplotlib.pyplot as plt
 import numpy as np
 import pytest
+import torch
 from runs import IMAGES_DECODED, every_20th, flat, make_run, rendered_dom
 
 from core.config import RunConfig
@@ -22,13 +26,16 @@ from report.study_page import (
     covers,
     curves,
     headline,
+    paired,
     plot_epsilon,
     plot_headline,
     read_point,
+    summarise,
+    write_csv,
     write_study_report,
 )
 from sim import main as sim_main
-from study.grid import Cell, default_grid, read_grid, shard_of
+from study.grid import Cell, default_grid, read_grid, seed_runs, shard_of
 from study.runner import cell_state
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -148,6 +155,86 @@ def test_the_pretrained_arm_is_a_dp_curve_of_its_own(
     assert "DP-SGD from public pretraining: the same (epsilon, delta)" in covers(["dp", "dp-public"])
 
 
+T_975_2 = 4.302652729911275  # Student's t, 97.5 % quantile, 2 degrees of freedom (3 runs)
+
+
+def test_seeds_are_summarised_across_runs_and_compared_paired_by_seed(
+    evaluation: ImageSet, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Three training runs a cell: means with t-intervals across runs, per-seed and summary rows in study.csv, the
+    headline's comparisons paired by seed: separated -> a signed difference, overlapping -> "not distinguishable";
+    the figure draws both axes' intervals and every run faintly."""
+    cells = [
+        Cell("plain", "dp", {"noise": 0.0}),
+        Cell("eps8", "dp", {"target_epsilon": 8.0}),
+        Cell("noisy", "cut-noise", {"noise": 0.0, "cut_clip": 6.0, "cut_noise": 0.1}),
+        Cell("frozen", "control", {"noise": 0.0, "lr": 1e-12}),
+    ]
+    # (val acc, re-id) per seed: eps8 loses re-id against plain at every seed (separated); noisy's accuracy cost
+    # changes sign from seed to seed (overlapping), as does eps8's re-id against the frozen control.
+    numbers = {
+        "plain": [(0.45, 0.30), (0.47, 0.32), (0.46, 0.31)],
+        "eps8": [(0.30, 0.05), (0.33, 0.06), (0.31, 0.04)],
+        "noisy": [(0.44, 0.04), (0.48, 0.04), (0.45, 0.04)],
+        "frozen": [(0.25, 0.05), (0.26, 0.04), (0.24, 0.06)],
+    }
+    out = tmp_path / "study"
+    runs = seed_runs(cells, 3)
+    assert [r.name for r in runs[:5]] == ["plain", "eps8", "noisy", "frozen", "plain.seed1"]
+    base = RunConfig(clients=2, rounds=2)
+    configs = {}
+    for run in runs:
+        val_acc, reid = numbers[run.cell.name][run.k]
+        noise = 0.5 if run.cell.name == "eps8" else 0.0
+        extra = {k: v for k, v in run.cell.settings.items() if k in ("cut_clip", "cut_noise", "lr")}
+        eps = (7.0, 9.0) if noise else (math.inf,) * 2
+        seed = {"train_seed": run.k} if run.k else {}
+        _fake_cell(out / run.name, evaluation, val_acc, reid, noise=noise, epsilons=eps, **extra, **seed)
+        configs[run.name] = run.config(base, out)
+        assert configs[run.name].training_seed == run.k and configs[run.name].seed == 0  # same shards
+    points = {}
+    for cell in cells:
+        series = [read_point(cell, configs[r.name], out / r.name) for r in runs if r.cell is cell]
+        points[cell.name] = summarise(series)
+    plain = points["plain"]
+    half = T_975_2 * 0.01 / math.sqrt(3)  # plain's val accs 0.45, 0.47, 0.46: sd 0.01
+    assert plain.n_runs == 3 and plain.val_acc == pytest.approx(0.46)
+    assert (plain.val_acc_lo, plain.val_acc_hi) == pytest.approx((0.46 - half, 0.46 + half))
+    assert plain.reid()["reid_top1"] == pytest.approx(0.31) and plain.reid()["reid_top1_hi"] == pytest.approx(
+        0.31 + half
+    )
+    drop = paired(points["eps8"], plain, lambda p: p.reid()["reid_top1"])  # -0.25, -0.26, -0.27
+    assert drop.distinguishable and drop.mean == pytest.approx(-0.26) and drop.hi == pytest.approx(-0.26 + half)
+    cost = paired(points["noisy"], plain, lambda p: p.val_acc)  # -0.01, +0.01, -0.01
+    assert not cost.distinguishable and cost.lo < 0 < cost.hi
+    assert paired(points["eps8"], plain, lambda p: p.val_acc).text("val acc").startswith("val acc -0.147 [")
+    assert cost.text("val acc").startswith("val acc not distinguishable (-0.003 [")
+    sentence = headline(list(points.values()))
+    assert sentence.startswith("Over 3 training runs per cell (means with 95 % t-intervals across runs;")
+    assert "(against eps inf, paired over 3 seeds: re-id -0.260 [" in sentence
+    assert "at an accuracy cost of +0.003 (against no defense, paired over 3 seeds: re-id -0.270 [" in sentence
+    assert "val acc not distinguishable (-0.003 [" in sentence
+    control = sentence[sentence.index("Control frozen (cut 4)") :]
+    assert "eps 8 from the same start (against frozen, paired over 3 seeds: re-id not distinguishable (+0.000 [" in (
+        control
+    )
+    saved = []
+    monkeypatch.setattr(study_report, "_save", lambda fig, path: saved.append(fig))
+    plot_headline(list(points.values()), tmp_path / "headline.png")
+    ax = saved[0].axes[0]
+    faint = [c for c in ax.collections if c.get_alpha() == 0.25]
+    assert sum(len(c.get_offsets()) for c in faint) == 3 * (2 + 2 + 1)  # dp: plain, eps8; cut-noise: plain, noisy
+    assert all(bars.has_xerr and bars.has_yerr for bars in ax.containers)
+    assert "t-intervals across 3 training runs" in saved[0]._suptitle.get_text()
+    write_csv(list(points.values()), tmp_path / "study.csv")
+    rows = list(csv.DictReader((tmp_path / "study.csv").open()))
+    assert len(rows) == 4 * 3 * 3 + 4 * 3
+    unseen = {(r["cell"], r["seed"]): r for r in rows if r["set"] == "unseen"}
+    assert float(unseen[("eps8", "1")]["reid_top1"]) == 0.06 and unseen[("eps8", "1")]["runs"] == "1"
+    summary = unseen[("plain", "all")]
+    assert summary["runs"] == "3" and float(summary["val_acc_lo"]) == pytest.approx(0.46 - half)
+
+
 def test_report_html_renders_every_image_and_the_headline_in_chromium(study, chromium: str, tmp_path: Path) -> None:
     out, cells, configs = study
     report = write_study_report(out, cells, configs, central=out / "plain")  # any run stands in for a central one
@@ -156,7 +243,8 @@ def test_report_html_renders_every_image_and_the_headline_in_chromium(study, chr
     assert "http://" not in text and "https://" not in text  # self-contained: nothing fetched from a network
     n_images = text.count("<img ")
     assert n_images == 3 + 4 + 2  # three figures, each cell's unseen grid, the no-defense cell's two clients
-    assert (out / "report.md").exists() and (out / "study.csv").read_text().count("\n") == 1 + 4 * 3
+    # 4 cells x 3 leakage sets, once for each run (one seed here) and once for each cell's summary
+    assert (out / "report.md").exists() and (out / "study.csv").read_text().count("\n") == 1 + 4 * 3 * 2
     # The report as written, plus a script that records, after load, whether every image decoded and the headline
     # has a rendered box.
     headline = "+' '+(document.getElementById('headline').getBoundingClientRect().height>0));"
@@ -237,3 +325,41 @@ def test_study_runs_each_cell_once_and_resumes(ray_cluster: str, tmp_path: Path,
     assert (out / "peek" / "model.pt").stat().st_mtime_ns == first  # finished: never recomputed
     assert (out / "report.html").exists() and "report: " in capsys.readouterr().out
     assert RunDir(out / "plain").state() == "attacked"
+
+
+@pytest.mark.slow
+def test_seeds_are_runs_of_their_own_two_processes_never_run_one_twice(ray_cluster: str, tmp_path: Path) -> None:
+    """Two ``sim.py study --seeds 2`` started at once on one directory (no --shard: both want every run): the locks
+    give each run to one of them, the report is written once; seeds train differently on the same shards; adding a
+    third seed runs only it."""
+    from runs import sim
+
+    grid = tmp_path / "grid.toml"
+    base = (
+        'clients = 2\nrounds = 1\nlimit-per-client = 16\nattack-epochs = 1\nattacks = "seed"\ncpus-per-client = 0.5\n'
+    )
+    grid.write_text(f'[base]\n{base}\n[[cells]]\nname = "plain"\nfamily = "dp"\nnoise = 0.0\n')
+    out = tmp_path / "study"
+    cmd = [sys.executable, "sim.py", "study", "--grid", str(grid), "--out", str(out), "--seeds", "2"]
+    both = [subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for _ in "ab"]
+    logs = [flat(p.communicate(timeout=1800)[0]) for p in both]
+    assert [p.returncode for p in both] == [0, 0], logs
+    joined = " ".join(logs)
+    for name, seed in (("plain", 0), ("plain.seed1", 1)):
+        assert joined.count(f"run {name} (dp, eps inf, cut 4, train seed {seed}): todo") == 1, logs
+    assert sum(bool(re.search(r"report: \S+report\.html(?! \(up to date\))", log)) for log in logs) == 1, logs
+    assert not list(out.glob("*.lock"))
+    first, second = (torch.load(out / n / "model.pt", weights_only=False)["device"] for n in ("plain", "plain.seed1"))
+    assert any(not torch.equal(first[k], second[k]) for k in first)  # other initialisation and batches
+    ledgers = [(out / n / "ledger.csv").read_text().splitlines() for n in ("plain", "plain.seed1")]
+    sizes = [sorted({tuple(row.split(",")[2:4]) for row in ledger[1:]}) for ledger in ledgers]
+    assert sizes[0] == sizes[1]  # (partition, n_train): the same shards
+    mtimes = {n: (out / n / "model.pt").stat().st_mtime_ns for n in ("plain", "plain.seed1")}
+    done = sim("study", "--grid", str(grid), "--out", str(out), "--seeds", "3")
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert flat(done.stdout).count(": todo") == 1 and "run plain.seed2 (dp, eps inf, cut 4, train seed 2)" in flat(
+        done.stdout
+    )
+    assert {n: (out / n / "model.pt").stat().st_mtime_ns for n in mtimes} == mtimes  # never recomputed
+    rows = list(csv.DictReader((out / "study.csv").open()))
+    assert sorted({r["seed"] for r in rows}) == ["0", "1", "2", "all"]
