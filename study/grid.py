@@ -64,8 +64,8 @@ class Cell:
         return FAMILIES[self.family].point_label(self.name, self.settings)
 
 
-# What the default grid holds, and why (10 cells: about 6 minutes each at cut 4, 8 to 9 at cut 2, on 2 cores; the
-# whole grid's measured time is in the README):
+# What the default grid holds, and why (10 cells, each run DEFAULT_SEEDS times: about 6 minutes a run at cut 4, 8
+# to 9 at cut 2, on 2 cores; the measured time of one seed's grid is in docs/performance.md):
 # - DP-SGD at epsilon inf, 8 and 1 at both cuts. Cut 2 is where the model learns under DP-SGD (the server's part
 #   carries the learning); at cut 4 a device trained with DP-SGD at epsilon 30 to 1 stays close to an untrained one
 #   (val acc 0.33-0.35 against 0.29 with the device frozen, the same re-id), so inf, 8 and 1 show that flat curve.

@@ -49,7 +49,9 @@ def run_cell(cell: Cell, cfg: RunConfig, run_dir: Path, state: str) -> None:
 
     if state in (TODO, "incomplete"):
         chosen = plan_privacy(cfg)  # sigma from the cell's target epsilon, before the checkpoint is checked
-        resume = check_resume(cfg, run_dir) if state == "incomplete" else None
+        # Killed before its first round's checkpoint: nothing to continue from, so it starts again.
+        resumable = state == "incomplete" and RunDir(run_dir).checkpoint.is_file()
+        resume = check_resume(cfg, run_dir) if resumable else None
         if resume is None and run_dir.exists():
             RunDir(run_dir).clear()
         train(cfg, run_dir, chosen, resume)

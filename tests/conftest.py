@@ -5,10 +5,8 @@ Nothing is skipped: without the data, every test that needs it fails with one me
 
 from __future__ import annotations
 
-import contextlib
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -26,6 +24,8 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 if not os.environ.get("OMNIGLOT_ROOT"):
     os.environ["OMNIGLOT_ROOT"] = str((REPO_ROOT.parent / "shared" / "data" / "omniglot").resolve())
 os.environ["FLWR_TELEMETRY_ENABLED"] = "0"
+
+from runs import stop_group  # noqa: E402
 
 from data.omniglot import EVALUATION, SMALL1, SMALL2, ImageSet, load_set  # noqa: E402
 
@@ -116,13 +116,7 @@ def ray_cluster(tmp_path_factory) -> Iterator[str]:
         yield address
     finally:
         os.environ.pop("RAY_ADDRESS", None)
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(head.pid, signal.SIGTERM)
-        try:
-            head.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            os.killpg(head.pid, signal.SIGKILL)
-            head.wait(timeout=30)
+        stop_group(head)
         log.close()
         shutil.rmtree(temp, ignore_errors=True)
 

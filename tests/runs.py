@@ -3,10 +3,12 @@ slices of the attacker's sets (``every_20th``) so a whole attack runs in seconds
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import dataclasses
 import io
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -131,3 +133,14 @@ IMAGES_DECODED = (
     "const imgs=[...document.images];const ok=imgs.filter(i=>i.complete&&i.naturalWidth>0).length;"
     "document.body.setAttribute('data-probe',ok+'/'+imgs.length"
 )
+
+
+def stop_group(process: subprocess.Popen) -> None:
+    """SIGTERM to the process group of ``process`` (started with ``start_new_session``), SIGKILL after 60 s."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGTERM)
+    try:
+        process.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait(timeout=30)

@@ -363,3 +363,22 @@ def test_seeds_are_runs_of_their_own_two_processes_never_run_one_twice(ray_clust
     assert {n: (out / n / "model.pt").stat().st_mtime_ns for n in mtimes} == mtimes  # never recomputed
     rows = list(csv.DictReader((out / "study.csv").open()))
     assert sorted({r["seed"] for r in rows}) == ["0", "1", "2", "all"]
+
+
+def test_a_run_killed_before_its_first_checkpoint_starts_again(tmp_path: Path, monkeypatch) -> None:
+    """ "incomplete" with no checkpoint.pt (killed in round 1): the run directory is emptied and trained from scratch,
+    not refused as an unresumable run (found by tests/study/test_cluster.py)."""
+    from study.runner import run_cell
+
+    cell = Cell("plain", "dp", {"noise": 0.0})
+    cfg = cell.config(RunConfig(clients=2, rounds=2), tmp_path)
+    run = RunDir(tmp_path / "plain").create()
+    run.write_config(cfg)
+    run.mark_incomplete("killed")
+    assert cell_state(cfg, run.path) == "incomplete" and not run.checkpoint.exists()
+    calls = []
+    monkeypatch.setattr("simulation.training.plan_privacy", lambda cfg: None)
+    monkeypatch.setattr("simulation.training.train", lambda cfg, d, chosen, resume: calls.append(("train", resume)))
+    monkeypatch.setattr("attack.run.run_attack", lambda d, data, epochs, seed: calls.append(("attack", seed)))
+    run_cell(cell, cfg, run.path, "incomplete")
+    assert calls == [("train", None), ("attack", 0)] and not any(run.path.iterdir())
