@@ -104,9 +104,14 @@ DEFAULT_SEEDS = 3  # training runs per cell of the default grid; a --grid file's
 def seed_runs(cells: list[Cell], seeds: int) -> list[SeedRun]:
     """Every cell's ``seeds`` training runs, seed by seed (all cells' first run, then all second runs, ...), so a
     study stopped part-way has whole seeds done first; UserError unless 1 <= seeds."""
+    check_seeds(seeds)
+    return [SeedRun(cell, k) for k in range(seeds) for cell in cells]
+
+
+def check_seeds(seeds: int) -> None:
+    """UserError unless ``seeds`` (``--seeds``) is an integer >= 1."""
     if isinstance(seeds, bool) or not isinstance(seeds, int) or seeds < 1:
         raise UserError(f"--seeds must be an integer >= 1, got {seeds!r}")
-    return [SeedRun(cell, k) for k in range(seeds) for cell in cells]
 
 
 def default_grid() -> list[Cell]:

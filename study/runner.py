@@ -17,7 +17,17 @@ from core.config import RunConfig
 from core.errors import UserError
 from core.rundir import ATTACKED, EMPTY, INCOMPLETE, TRAINED, RunDir
 from simulation.training import RESUME_MAY_CHANGE
-from study.grid import DEFAULT_SEEDS, Cell, SeedRun, default_grid, parse_shard, read_grid, seed_runs, shard_of
+from study.grid import (
+    DEFAULT_SEEDS,
+    Cell,
+    SeedRun,
+    check_seeds,
+    default_grid,
+    parse_shard,
+    read_grid,
+    seed_runs,
+    shard_of,
+)
 from study.locks import held, holder_of
 
 # A cell's state, as the study's table shows it: the run directory's, with "todo" for nothing worth keeping.
@@ -81,7 +91,7 @@ def run_study(
         parse_shard(shard)  # before anything else, --list included
     if seeds is None:
         seeds = 1 if grid else DEFAULT_SEEDS
-    seed_runs([], seeds)  # checks --seeds
+    check_seeds(seeds)
     if central is not None and not RunDir(central).metrics.is_file():
         raise UserError(f"--central {central}: not a finished run (no metrics.csv)")
     base_settings, cells = read_grid(grid) if grid else ({}, default_grid())  # read_grid checks its cells
@@ -107,7 +117,6 @@ def run_study(
         described = {"base": base_settings, "seeds": seeds, "cells": [dataclasses.asdict(c) for c in cells]}
         files.write_text(out / "study.json", json.dumps(described, indent=2) + "\n")
     columns = (TextColumn("[bold]study"), BarColumn(), MofNCompleteColumn(), TextColumn("runs"), TimeElapsedColumn())
-    elsewhere = []
     with Progress(*columns, console=console, transient=False) as progress:
         task = progress.add_task("runs", total=len(mine), completed=len(mine) - len(todo))
         for run in todo:
@@ -116,7 +125,6 @@ def run_study(
             with held(lock) as mine_now:
                 if not mine_now:
                     progress.console.print(f"run {run.name}: held by {holder_of(lock)}, left to it")
-                    elsewhere.append(run.name)
                     continue
                 state = cell_state(cfg, run_dir)  # again, under the lock: another shard may have finished it
                 if state == DONE:
@@ -132,12 +140,15 @@ def run_study(
     if missing:
         console.print(f"report: not written yet, {len(missing)} run(s) to finish: {', '.join(missing)}")
         return
-    write_report_once(out, runs, configs, central, console)
+    write_report_once(out, runs, configs, central, console, force=report_only)
 
 
-def write_report_once(out: Path, runs: list[SeedRun], configs: dict[str, RunConfig], central, console) -> None:
-    """The study's report, written by one process: under ``report.lock``, and only when report.html is older than
-    some run's leakage.json (so two shards finishing together, or a rerun of a finished study, write it once)."""
+def write_report_once(
+    out: Path, runs: list[SeedRun], configs: dict[str, RunConfig], central, console, force: bool = False
+) -> None:
+    """The study's report, written by one process: under ``report.lock``, and (unless ``force``: --report-only)
+    only when report.html is older than some run's leakage.json, so two shards finishing together, or a rerun of a
+    finished study, write it once."""
     from report.study_page import write_study_report
 
     report = out / "report.html"
@@ -146,7 +157,7 @@ def write_report_once(out: Path, runs: list[SeedRun], configs: dict[str, RunConf
             console.print(f"report: being written by {holder_of(out / 'report.lock')}")
             return
         newest = max((out / run.name / "leakage.json").stat().st_mtime_ns for run in runs)
-        if report.exists() and report.stat().st_mtime_ns > newest and central is None:
+        if not force and central is None and report.exists() and report.stat().st_mtime_ns > newest:
             console.print(f"report: {report} (up to date)")
             return
         print(f"report: {write_study_report(out, runs, configs, central=central)}")
