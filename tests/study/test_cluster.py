@@ -35,12 +35,13 @@ def _free_ports(n: int) -> list[int]:
 
 
 @pytest.fixture
-def job_cluster(tmp_path: Path) -> Iterator[str]:
+def job_cluster(tmp_path: Path, monkeypatch) -> Iterator[str]:
     """A two-node Ray cluster with a job server: the head (1 CPU, the dashboard that serves ``ray job``) and one
     worker node (1 CPU) joined on 127.0.0.1. Every port Ray would otherwise take at a fixed number is a free one, so
     the session's own test cluster (conftest.py) runs beside it. Yields the job server's address."""
     gcs, dashboard, client, *agents = _free_ports(7)
-    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    # The session's test cluster (conftest.py) exports RAY_ADDRESS; the ray CLI would send ``ray job`` there.
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
     temp = tempfile.mkdtemp(prefix="ray-jobs-", dir="/tmp")  # short: Ray's socket paths have a size limit
     common = ["--block", "--num-cpus=1", "--node-ip-address=127.0.0.1", "--disable-usage-stats"]
     head_cmd = [RAY, "start", "--head", f"--port={gcs}", f"--temp-dir={temp}", "--dashboard-host=127.0.0.1"]
@@ -51,13 +52,13 @@ def job_cluster(tmp_path: Path) -> Iterator[str]:
     logs = [(tmp_path / f"{name}.log").open("w") for name in ("head", "worker")]
     started = []
     try:
-        head = subprocess.Popen(head_cmd, env=env, stdout=logs[0], stderr=subprocess.STDOUT, start_new_session=True)
+        head = subprocess.Popen(head_cmd, stdout=logs[0], stderr=subprocess.STDOUT, start_new_session=True)
         started.append(head)
         address = f"http://127.0.0.1:{dashboard}"
         _wait(lambda: _jobs_answer(address), 180, "the head's job server")
-        worker = subprocess.Popen(worker_cmd, env=env, stdout=logs[1], stderr=subprocess.STDOUT, start_new_session=True)
+        worker = subprocess.Popen(worker_cmd, stdout=logs[1], stderr=subprocess.STDOUT, start_new_session=True)
         started.append(worker)
-        _wait(lambda: _alive_nodes(gcs, env) == 2, 120, "the worker node joining")
+        _wait(lambda: _alive_nodes(gcs) == 2, 120, "the worker node joining")
         yield address
     finally:
         for process in reversed(started):
@@ -81,10 +82,10 @@ def _jobs_answer(address: str) -> bool:
     return done.returncode == 0
 
 
-def _alive_nodes(gcs: int, env: dict) -> int:
+def _alive_nodes(gcs: int) -> int:
     code = f"import ray; ray.init(address='127.0.0.1:{gcs}', logging_level='ERROR')"
     code += "; print(len([n for n in ray.nodes() if n['Alive']]))"
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     return int(done.stdout.strip().splitlines()[-1]) if done.returncode == 0 else 0
 
 

@@ -318,7 +318,7 @@ def test_study_runs_each_cell_once_and_resumes(ray_cluster: str, tmp_path: Path,
     out = tmp_path / "study"
     cmd = ["study", "--grid", str(grid), "--out", str(out)]
     assert sim_main([*cmd, "--shard", "2/2"]) == 0
-    assert "not written yet, 1 cell(s) to finish: plain" in flat(capsys.readouterr().out)
+    assert "not written yet, 1 run(s) to finish: plain" in flat(capsys.readouterr().out)
     assert (out / "peek" / "leakage.json").exists() and not (out / "plain").exists()
     first = (out / "peek" / "model.pt").stat().st_mtime_ns
     assert sim_main(cmd) == 0
