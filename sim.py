@@ -17,7 +17,7 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from core.config import ATTACK, DP_TRAINING, FEDERATION, RUN, SPLIT, RunConfig, flag_name, settings
+from core.config import ATTACK, AUDIT, DP_TRAINING, FEDERATION, RUN, SPLIT, RunConfig, flag_name, settings
 from core.errors import UserError
 
 
@@ -43,7 +43,7 @@ def build_parser(suppress_defaults: bool = False) -> argparse.ArgumentParser:
     p = _parser("sim.py", "Split federated learning with per-client DP-SGD (Opacus) in a Flower simulation.")
     if suppress_defaults:
         p.argument_default = argparse.SUPPRESS
-    groups = {name: p.add_argument_group(name) for name in (FEDERATION, DP_TRAINING, SPLIT, RUN, ATTACK)}
+    groups = {name: p.add_argument_group(name) for name in (FEDERATION, DP_TRAINING, SPLIT, RUN, ATTACK, AUDIT)}
     for f in settings():
         meta = f.metadata
         allowed = choices(meta["registry"]) if meta["registry"] else meta["choices"]

@@ -23,6 +23,7 @@ from flwr.app import ArrayRecord, Context, Message
 from flwr.clientapp import ClientApp
 from flwr.clientapp.typing import Mod
 
+from audit.canaries import plan_canaries
 from clients.shards import ClientShard, build_shards
 from clients.train import LocalResult, evaluate, train_local
 from core.config import RunConfig
@@ -141,7 +142,18 @@ def train(msg: Message, context: Context) -> Message:
     with warnings.catch_warnings():  # Opacus warns about secure RNG and the optimizer's closure: known, harmless
         warnings.simplefilter("ignore")
         result = train_local(
-            device, head, images, labels, cfg, history, seed, torch_device, record_cut=last_round, max_steps=max_steps
+            device,
+            head,
+            images,
+            labels,
+            cfg,
+            history,
+            seed,
+            torch_device,
+            record_cut=last_round,
+            max_steps=max_steps,
+            canaries=plan_canaries(cfg) if cfg.audit else None,  # --audit: this client's canaries join its steps
+            partition=pid,
         )
     # Persisted before replying: a client that fails mid-round still carries the steps it took.
     context.state.config_records[PRIVACY_KEY] = history_record(result.history)

@@ -9,7 +9,9 @@ halves run in the client's worker: the tensors that cross the cut are exactly th
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -20,6 +22,7 @@ from opacus.utils.batch_memory_manager import BatchMemoryManager
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
+from audit.canaries import CanaryInjector, CanaryPlan
 from clients import grad_samplers
 from clients.grad_samplers import PerSampleDevice
 from core.config import RunConfig
@@ -72,6 +75,7 @@ def split_step(
     cut: Cut | None = None,
     logit_bias: torch.Tensor | None = None,
     views: int = 1,
+    before_step: Callable[[], None] | None = None,
 ) -> tuple[float, int, torch.Tensor]:
     """One split-learning step. images float32 [B,1,105,105], labels int64 [B].
 
@@ -82,7 +86,8 @@ def split_step(
     None: the head stays fixed during the step. ``logit_bias``
     float32 [n_classes] is added to the logits in the loss only (``label_skew_bias``); accuracy uses raw logits.
     ``views`` > 1: the batch is ``views`` consecutive augmented views of each image (``augmented_views``); the
-    fused sampler averages each image's view gradients before clipping.
+    fused sampler averages each image's view gradients before clipping. ``before_step`` runs between the device's
+    backward pass and its optimizer step (the audit's canaries join the batch there).
     """
     cut = cut or Cut()
     activations = device(images)
@@ -100,6 +105,8 @@ def split_step(
         device.backward(grad, views=views)
     elif activations.requires_grad:  # False for a wholly frozen device (--freeze-blocks = --cut)
         activations.backward(grad)
+    if before_step is not None:
+        before_step()
     device_opt.step()
     summed = float(loss.detach()) * len(labels) if len(labels) else 0.0  # an empty Poisson batch's mean is NaN
     return summed, int((logits.argmax(1) == labels).sum()), received.detach()
@@ -116,6 +123,8 @@ def train_local(
     torch_device: torch.device | str = "cpu",
     record_cut: bool = False,
     max_steps: int | None = None,
+    canaries: CanaryPlan | None = None,
+    partition: int = 0,
 ) -> LocalResult:
     """Train ``device`` (in place) with DP-SGD and ``head`` (in place) for ``cfg.local_epochs`` epochs.
 
@@ -130,6 +139,8 @@ def train_local(
     steps taken are in the history.
     ``cfg.skew_loss`` offsets the logits in the loss (``label_skew_bias``); with ``cfg.proximal_mu`` > 0 (FedProx) the
     device is pulled towards its starting (global) weights after every step (``_proximal_step``).
+    ``canaries`` (``--audit``): the run's canary plan; this client's (``partition``) included canaries join each
+    step with the client's sample rate (``audit.canaries``), their draws seeded by ``seed + 3``.
     Sets this process's allocator to keep freed memory (``core.runtime``): about 2x faster steps on the CPU.
     """
     keep_freed_memory()
@@ -167,6 +178,15 @@ def train_local(
             noise_generator=torch.Generator(device=torch_device).manual_seed(seed + 1),
         )
         model = grad_samplers.install(wrapped, cfg.grad_sampler)
+    before_step = None
+    if canaries is not None:
+        named = {name: p for name, p in device.named_parameters() if p.requires_grad}
+        q = sample_rate(len(labels), cfg.batch_size)
+        injector = CanaryInjector(canaries, partition, named, q, cfg.clip, seed + 3)
+        if engine is not None:  # a drawn canary is one more per-sample gradient, clipped and noised with the batch
+            before_step = functools.partial(injector.into_grad_samples, trainable)
+        else:
+            before_step = functools.partial(injector.into_grads, cfg.batch_size)
     loss_sum, correct, seen, steps = 0.0, 0, 0, 0
     sent, positions = [], []
     views_rng = torch.Generator().manual_seed(seed + 2)  # the augmentations' draws (noise uses seed + 1)
@@ -180,7 +200,16 @@ def train_local(
                     x = augmented_views(x, cfg.aug_mult, views_rng)
                     y, pos = y.repeat_interleave(cfg.aug_mult), pos.repeat_interleave(cfg.aug_mult)
                 batch_loss, batch_correct, cut = split_step(
-                    model, head, device_opt, head_opt, x, y, cut=sender, logit_bias=bias, views=max(cfg.aug_mult, 1)
+                    model,
+                    head,
+                    device_opt,
+                    head_opt,
+                    x,
+                    y,
+                    cut=sender,
+                    logit_bias=bias,
+                    views=max(cfg.aug_mult, 1),
+                    before_step=before_step,
                 )
                 stepped = not getattr(device_opt, "_is_last_step_skipped", False)  # False inside a logical batch
                 if anchor is not None and stepped:

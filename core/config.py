@@ -26,6 +26,7 @@ CUT_DEPTHS = (1, 2, 3, 4)  # the device is the first N conv blocks of split.mode
 # Flag groups of ``sim.py --help``, in this order.
 FEDERATION, DP_TRAINING, RUN, ATTACK = "federation", "local DP-SGD training", "run", "attack (the curious server)"
 SPLIT = "the cut (where the model is split, and defenses on what crosses it)"
+AUDIT = "privacy audit (canaries; audit.json)"
 
 
 def setting(
@@ -235,6 +236,14 @@ class RunConfig:
         ATTACK,
         registry="surrogate",
     )
+    # --- privacy audit
+    audit: int = setting(
+        0,
+        "M gradient-space canaries split over the clients, each in its client's data with probability 1/2; the "
+        "server scores them from the returned device weights and writes the one-run lower bound on epsilon to "
+        "audit.json (0 = off)",
+        AUDIT,
+    )
 
     def validate(self) -> RunConfig:
         """Raise UserError with one line for the first invalid setting; return self."""
@@ -308,6 +317,13 @@ class RunConfig:
             )
         if self.cut_noise > 0 and self.cut_clip == 0:
             raise UserError("--cut-noise needs --cut-clip > 0 (the noise is scaled to the clipping norm)")
+        if isinstance(self.audit, bool) or not isinstance(self.audit, int) or self.audit < 0:
+            raise UserError(f"--audit must be an integer >= 0 (0 = off), got {self.audit}")
+        if self.audit and (self.audit < 2 or self.freeze_blocks == self.cut or self.physical_batch):
+            raise UserError(
+                "--audit needs at least 2 canaries, a trained device (--freeze-blocks < --cut) and no "
+                "--physical-batch (a canary is drawn once per logical step)"
+            )
         if self.norm_groups < 1 or 32 % self.norm_groups:
             raise UserError(f"--norm-groups must divide 32 (1, 2, 4, 8, 16, 32), got {self.norm_groups}")
         for f in settings():

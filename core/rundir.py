@@ -53,6 +53,7 @@ class RunDir:
     client_metrics = property(lambda self: self.path / "client_metrics.csv")
     leakage = property(lambda self: self.path / "leakage.json")
     attack = property(lambda self: self.path / "attack.json")
+    audit = property(lambda self: self.path / "audit.json")
     report_md = property(lambda self: self.path / "report.md")
     report_html = property(lambda self: self.path / "report.html")
     # What only a run (or a sweep's / study's) directory holds: ``clear`` empties no other folder.

@@ -67,6 +67,7 @@ def write_run_page(run_dir: Path) -> Path:
     body = [
         _header(run, cfg),
         _privacy_section(ledger, dp),
+        _audit_section(run),
         _accuracy_section(metrics),
         _leakage_section(leakage),
         _small2_grids(run.path, leakage),
@@ -206,6 +207,24 @@ def _privacy_section(ledger: list[dict], dp: bool) -> str:
     )
     fig = _img(_epsilon_png(spent, accountant), "epsilon per round, one line per client")
     return head + note + _epsilon_table(spent) + fig
+
+
+def _audit_section(run: RunDir) -> str:
+    """``--audit``: the one-run lower bound beside the ledger's epsilon, and every guess count tried ('' without)."""
+    if not run.audit.exists():
+        return ""
+    found = run.read_json(run.audit.name)
+    claimed = "infinite (no DP)" if found["epsilon"] is None else f"{found['epsilon']:.3g}"
+    verdict = "VIOLATION: the bound passes the ledger's epsilon." if found["violation"] else "Below the ledger's."
+    text = (
+        f"{found['m']} gradient-space canaries ({found['included']} included), scored from the device weights each "
+        f"client returned: {found['correct']} of {found['guesses']} membership guesses right, so epsilon is at "
+        f"least {found['epsilon_lower']:.3g} at {found['confidence']:.0%} confidence (delta {found['delta']:g}); "
+        f"the ledger's epsilon for these clients is {claimed}. {verdict}"
+    )
+    rows = [[str(r["guesses"]), str(r["correct"]), f"{r['epsilon_lower']:.3g}"] for r in found["table"]]
+    table = _table(["guesses", "right", "epsilon lower bound"], rows)
+    return f"<h2 id='audit'>Privacy audit (one run)</h2>{_p(text)}{table}"
 
 
 def _epsilon_table(spent: dict[int, dict[int, tuple[float, str]]]) -> str:

@@ -38,6 +38,8 @@ from core.config import RunConfig  # noqa: E402
 from core.defenses import FAMILIES  # noqa: E402
 from core.privacy import EPSILON_COVERS  # noqa: E402
 from core.rundir import RunDir  # noqa: E402
+from report.study_audit import FIGURE as AUDIT_FIGURE  # noqa: E402
+from report.study_audit import audit_rows, audit_sentence, plot_audit, read_audit  # noqa: E402
 from report.sweep import final_val_acc, ledger_spend, run_summary  # noqa: E402
 from study.grid import Cell, SeedRun  # noqa: E402
 
@@ -70,6 +72,7 @@ class Point:
     runs: tuple[Point, ...] = ()  # a cell's summary: its per-seed points (one run: itself)
     val_acc_lo: float | None = None  # across runs (None for one run: no interval over one value)
     val_acc_hi: float | None = None
+    audit: dict | None = None  # this run's audit.json (--audit); a summary keeps its runs' in ``runs``
 
     @property
     def n_runs(self) -> int:
@@ -114,6 +117,7 @@ def read_point(cell: Cell, cfg: RunConfig, run_dir: Path) -> Point:
         epsilon_rounds=ledger_spend(run_dir)[1],
         run_dir=run_dir,
         train_seed=saved.training_seed,
+        audit=read_audit(run_dir),
     )
 
 
@@ -625,6 +629,8 @@ def write_study_report(
     plot_headline(points, out_dir / FIGURES[0], central_accuracy(central))
     plot_epsilon(points, out_dir / FIGURES[1])
     plot_rounds(points, out_dir / FIGURES[2])
+    if not plot_audit(points, out_dir / AUDIT_FIGURE):
+        (out_dir / AUDIT_FIGURE).unlink(missing_ok=True)  # a figure left by an earlier report with audits
     sentence = headline(points)
     if markdown:
         files.write_text(out_dir / "report.md", _markdown(points, sentence))
@@ -639,6 +645,11 @@ def _markdown(points: Sequence[Point], sentence: str) -> str:
     lines += ["| " + " | ".join(r) + " |" for r in rows]
     lines += ["", "Every number: [study.csv](study.csv). Each cell's run directory holds its reconstructions:"]
     lines += [f"- [{p.title}]({p.cell.name}/report.md)" for p in points]
+    if said := audit_sentence(points):
+        head, rows = audit_rows(points)
+        lines += ["", "## Privacy audit (one run each)", "", said, "", f"![{AUDIT_FIGURE}]({AUDIT_FIGURE})", ""]
+        lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+        lines += ["| " + " | ".join(r) + " |" for r in rows]
     return "\n".join(lines) + "\n"
 
 
@@ -675,6 +686,18 @@ def _html(out_dir: Path, points: Sequence[Point], sentence: str) -> str:
         "<h2>Every cell</h2><table><tr>" + "".join(f"<th>{esc(h)}</th>" for h in head) + "</tr>",
         *("<tr>" + "".join(f"<td>{esc(c)}</td>" for c in r) + "</tr>" for r in rows),
         "</table><p>Every number: <a href='study.csv'>study.csv</a>.</p>",
+    ]
+    if said := audit_sentence(points):
+        audit_head, audit_table = audit_rows(points)
+        parts += [
+            "<h2 id='audit'>Privacy audit: what epsilon promises, checked from the server's seat</h2>",
+            f"<p>{esc(said)}</p>",
+            _img(out_dir / AUDIT_FIGURE, "epsilon lower bound against the ledger's epsilon"),
+            "<table><tr>" + "".join(f"<th>{esc(h)}</th>" for h in audit_head) + "</tr>",
+            *("<tr>" + "".join(f"<td>{esc(c)}</td>" for c in r) + "</tr>" for r in audit_table),
+            "</table>",
+        ]
+    parts += [
         "<h2>Reconstructions</h2>",
     ]
     for p in points:

@@ -4,6 +4,7 @@ lives in the room that owns it, and the command line and ``validate`` read the c
 from __future__ import annotations
 
 from attack.surrogate import SURROGATES
+from audit.canaries import plan_canaries
 from clients.grad_samplers import SAMPLERS
 from core.config import RunConfig, flag_name, settings
 from core.errors import UserError
@@ -34,4 +35,6 @@ def check_registered(cfg: RunConfig) -> RunConfig:
     if cfg.proximal_mu and not STRATEGIES[cfg.strategy].proximal:
         proximal = ", ".join(name for name, e in STRATEGIES.items() if e.proximal)
         raise UserError(f"--proximal-mu is the weight of a proximal term only {proximal} sends; not {cfg.strategy}")
+    if cfg.audit:
+        plan_canaries(cfg)  # UserError when the trainable device has fewer weights than canaries
     return cfg

@@ -33,7 +33,8 @@ from core.privacy import History, history_from_lists, history_to_lists
 from core.protocol import Intercepted
 from core.rundir import RunDir
 
-FORMAT = 3  # 2: settings digests instead of the settings, and the server strategy's state; 3: the --ema average
+FORMAT = 4  # 2: settings digests instead of the settings, and the server strategy's state; 3: the --ema average;
+# 4: the --audit scores
 
 
 def settings_digest(settings: dict[str, Any]) -> dict[str, str]:
@@ -62,6 +63,7 @@ class Checkpoint:
     intercepted_training: list[Intercepted] = field(default_factory=list)
     strategy_state: dict[str, Any] = field(default_factory=dict)
     ema_state: dict[str, np.ndarray] = field(default_factory=dict)  # --ema: strategy.averaging.DeviceEMA's state
+    audit_state: dict[str, Any] = field(default_factory=dict)  # --audit: audit.auditor.Auditor's state
 
     def array_record(self) -> ArrayRecord:
         return ArrayRecord({key: Array(value) for key, value in self.arrays.items()})
@@ -87,6 +89,7 @@ def save_checkpoint(run_dir: Path, ckpt: Checkpoint) -> Path:
         "intercepted_training": [tuple(record) for record in ckpt.intercepted_training],
         "strategy_state": ckpt.strategy_state,
         "ema_state": ckpt.ema_state,
+        "audit_state": ckpt.audit_state,
     }
     return files.write_with(RunDir(run_dir).checkpoint, lambda fh: torch.save(payload, fh), fsync=True)
 
@@ -109,6 +112,7 @@ def load_checkpoint(run_dir: Path) -> Checkpoint:
             intercepted_training=[Intercepted(*record) for record in payload["intercepted_training"]],
             strategy_state=dict(payload["strategy_state"]),
             ema_state=dict(payload["ema_state"]),
+            audit_state=dict(payload["audit_state"]),
         )
     except Exception as exc:  # any damage reads the same to the user: the file cannot be used
         raise UserError(f"--resume {run_dir}: {path.name} is unreadable ({type(exc).__name__})") from None

@@ -14,9 +14,11 @@ from typing import Any
 from flwr.app import ArrayRecord, ConfigRecord
 from flwr.serverapp import Grid
 
+from audit.auditor import Auditor
+from core.protocol import TrainReply
 from strategy.averaging import DeviceEMA
 from strategy.checkpoint import Checkpoint, save_checkpoint, settings_digest
-from strategy.ledger import LedgerStrategy
+from strategy.ledger import LedgerStrategy, device_weights
 from strategy.registry import StateAdapter
 
 
@@ -38,6 +40,7 @@ class Driver:
         timeout: float = 3600,
         head_fitter: Callable[[Grid, ArrayRecord, ConfigRecord, int], ArrayRecord] | None = None,
         ema: DeviceEMA | None = None,
+        auditor: Auditor | None = None,
     ) -> None:
         self.ledger = ledger
         self.state = state
@@ -47,6 +50,7 @@ class Driver:
         self.timeout = timeout
         self.head_fitter = head_fitter  # --head-mode refit: strategy.head_fit.HeadFitter
         self.ema = ema  # --ema: strategy.averaging.DeviceEMA
+        self.auditor = auditor  # --audit: scores the canaries from every round's returned devices
 
     def deployed(self, arrays: ArrayRecord) -> ArrayRecord:
         """The model the server evaluates, queries and saves: ``arrays`` with the averaged device under --ema."""
@@ -65,6 +69,7 @@ class Driver:
             intercepted_training=ledger["intercepted_training"],
             strategy_state=self.state.state_dict(self.ledger.strategy),
             ema_state=self.ema.state_dict() if self.ema is not None else {},
+            audit_state=self.auditor.state_dict() if self.auditor is not None else {},
         )
         save_checkpoint(self.run_dir, ckpt)
         return ckpt
@@ -81,7 +86,18 @@ class Driver:
         self.state.load_state_dict(self.ledger.strategy, ckpt.strategy_state)
         if self.ema is not None:
             self.ema.load_state_dict(ckpt.ema_state)
+        if self.auditor is not None:
+            self.auditor.load_state_dict(ckpt.audit_state)
         return ckpt.array_record(), ckpt.round + 1
+
+    def _observe(self, arrays: ArrayRecord, replies: list) -> None:
+        """Hand the auditor the device the server sent and each trained client's returned one (error replies are
+        left to the ledger, which raises on them)."""
+        returned = {}
+        for msg in replies:
+            if not msg.has_error() and (reply := TrainReply.from_message(msg)).status == "trained":
+                returned[reply.partition_id] = device_weights(reply.arrays)
+        self.auditor.observe(device_weights(arrays), returned)
 
     def run(
         self, grid: Grid, arrays: ArrayRecord, first_round: int, num_rounds: int, config: ConfigRecord
@@ -97,7 +113,9 @@ class Driver:
             if ledger.all_over_budget():  # a resumed run that had already stopped
                 return self.deployed(arrays), server_round - 1
             sent = ledger.configure_train(server_round, arrays, config, grid)
-            replies = grid.send_and_receive(sent, timeout=self.timeout)
+            replies = list(grid.send_and_receive(sent, timeout=self.timeout))
+            if self.auditor is not None:
+                self._observe(arrays, replies)
             new_arrays, _ = ledger.aggregate_train(server_round, replies)
             if new_arrays is not None:
                 if self.ema is not None:

@@ -9,6 +9,7 @@ pyproject.toml, or ``--run-config``).
 from __future__ import annotations
 
 import copy
+import json
 import logging
 from collections.abc import Callable
 from pathlib import Path
@@ -19,6 +20,9 @@ from flwr.serverapp import Grid, ServerApp
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from audit.auditor import Auditor, AuditViolation
+from audit.canaries import plan_canaries
+from core import files
 from core.config import RunConfig
 from core.errors import UserError
 from core.rundir import RunDir
@@ -74,8 +78,16 @@ def run_server(
             ledger = LedgerStrategy(chosen.build(cfg), recorder, cfg.training_seed, cfg.clients, cfg.fraction_train)
             fitter = HeadFitter(cfg) if cfg.head_mode == "refit" else None
             ema = DeviceEMA(cfg.ema, copy.deepcopy(device)) if cfg.ema else None
+            auditor = Auditor(plan_canaries(cfg)) if cfg.audit else None
             driver = Driver(
-                ledger, chosen.state, run_dir, cfg.settings_dict(), recorder.elapsed, head_fitter=fitter, ema=ema
+                ledger,
+                chosen.state,
+                run_dir,
+                cfg.settings_dict(),
+                recorder.elapsed,
+                head_fitter=fitter,
+                ema=ema,
+                auditor=auditor,
             )
             if resume:
                 arrays, first_round = driver.restore(resume)
@@ -89,6 +101,8 @@ def run_server(
                 f"[bold yellow]stopped after round {last} of {cfg.rounds}: no client can train another round "
                 f"without passing --max-epsilon {cfg.max_epsilon:g}"
             )
+        if auditor is not None:
+            write_audit(run, auditor, ledger, cfg, console)
         inference = query_activations(grid, arrays, config)
         run.save_intercepted(inference, ledger.intercepted_training, device.out_shape)
         load_joined(device, head, arrays.to_torch_state_dict())
@@ -102,6 +116,24 @@ def run_server(
         raise
     run.mark_complete()
     return recorder.rounds
+
+
+def write_audit(run: RunDir, auditor: Auditor, ledger: LedgerStrategy, cfg: RunConfig, console: Console) -> dict:
+    """``audit.json`` from the auditor's scores and the ledger's histories, a line on the console; raises
+    AuditViolation (after writing the file) when the lower bound passes the ledger's epsilon."""
+    found = auditor.result(ledger.histories, cfg.delta, cfg.accountant)
+    files.write_text(run.audit, json.dumps(found, indent=2) + "\n")
+    claimed = "inf" if found["epsilon"] is None else f"{found['epsilon']:.3g}"
+    console.print(
+        f"audit: {found['correct']} of {found['guesses']} guesses right over {found['m']} canaries: "
+        f"epsilon >= {found['epsilon_lower']:.3g} at 95 % (the ledger's epsilon {claimed}, delta {cfg.delta:g})"
+    )
+    if found["violation"]:
+        raise AuditViolation(
+            f"the audit's lower bound {found['epsilon_lower']:.3g} exceeds the ledger's epsilon {claimed}: the DP "
+            f"training does not deliver the epsilon it records (see {run.audit})"
+        )
+    return found
 
 
 def build_server_app(

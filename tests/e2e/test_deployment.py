@@ -19,6 +19,7 @@ import socket
 import subprocess
 import sys
 import time
+import tomllib
 from pathlib import Path
 
 import pytest
@@ -89,7 +90,9 @@ def _stop(procs: list[subprocess.Popen]) -> set[int]:
 
 
 def _app_copy(target: Path) -> Path:
-    for package in ("core", "data", "split", "clients", "strategy", "simulation", "attack", "report", "study"):
+    """The app as a user's checkout holds it: every package pyproject.toml installs, README and pyproject."""
+    found = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]["find"]
+    for package in (pattern.rstrip("*") for pattern in found["include"]):
         shutil.copytree(ROOT / package, target / package, ignore=shutil.ignore_patterns("__pycache__"))
     shutil.copy(ROOT / "README.md", target / "README.md")
     pyproject = (ROOT / "pyproject.toml").read_text()

@@ -313,7 +313,8 @@ def test_study_runs_each_cell_once_and_resumes(ray_cluster: str, tmp_path: Path,
     monkeypatch.setattr("data.omniglot.load_set", every_20th)
     grid = tmp_path / "grid.toml"
     base = 'clients = 2\nrounds = 1\nlimit-per-client = 16\nattack-epochs = 1\nattacks = "seed"\n'
-    cells = '[[cells]]\nname = "plain"\nfamily = "dp"\nnoise = 0.0\n\n[[cells]]\nname = "peek"\nfamily = "nopeek"\n'
+    cells = '[[cells]]\nname = "plain"\nfamily = "dp"\nnoise = 0.0\naudit = 40\n\n'
+    cells += '[[cells]]\nname = "peek"\nfamily = "nopeek"\n'
     grid.write_text(f"[base]\n{base}\n{cells}noise = 0.0\nnopeek = 0.5\n")
     out = tmp_path / "study"
     cmd = ["study", "--grid", str(grid), "--out", str(out)]
@@ -325,6 +326,13 @@ def test_study_runs_each_cell_once_and_resumes(ray_cluster: str, tmp_path: Path,
     assert (out / "peek" / "model.pt").stat().st_mtime_ns == first  # finished: never recomputed
     assert (out / "report.html").exists() and "report: " in capsys.readouterr().out
     assert RunDir(out / "plain").state() == "attacked"
+    # The audited cell (--audit 40): its audit.json, its run page's section, and the study's figure and table.
+    found = json.loads((out / "plain" / "audit.json").read_text())
+    assert found["m"] == 40 and found["epsilon"] is None and not found["violation"]
+    assert "id='audit'" in (out / "plain" / "report.html").read_text()
+    page = (out / "report.html").read_text()
+    assert "Privacy audit" in page and (out / "audit_vs_epsilon_study.png").exists()
+    assert f"{found['correct']} of {found['guesses']}" in page
 
 
 @pytest.mark.slow

@@ -1,0 +1,115 @@
+"""The study's audit: each audited run's one-run lower bound on epsilon (``audit.json``, ``--audit``) against the
+ledger's epsilon, as a figure with the diagonal, a sentence, and a table.
+
+Every training run is drawn on its own (a cell with several training seeds gives several points): a lower bound is
+a statement about one run, and averaging bounds is not a bound.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+from core import files  # noqa: E402
+from core.rundir import RunDir  # noqa: E402
+
+FIGURE = "audit_vs_epsilon_study.png"
+CUT_MARKERS = {1: "^", 2: "s", 3: "D", 4: "o"}
+
+
+def read_audit(run_dir: Path) -> dict[str, Any] | None:
+    """A run's ``audit.json`` (None when the run had no --audit)."""
+    run = RunDir(run_dir)
+    return run.read_json(run.audit.name) if run.audit.exists() else None
+
+
+def audited(points: Sequence) -> list[tuple[Any, dict]]:
+    """(run's point, its audit) for every training run of ``points`` (study_page.Point) that was audited."""
+    return [(run, run.audit) for p in points for run in p.runs if run.audit is not None]
+
+
+def _claimed(found: dict) -> float:
+    return math.inf if found["epsilon"] is None else float(found["epsilon"])
+
+
+def plot_audit(points: Sequence, path: Path) -> bool:
+    """The figure: epsilon lower bound against the ledger's epsilon per audited run, the diagonal (where an exact
+    audit would sit), epsilon inf drawn at the right edge. False (no file) when no run was audited."""
+    runs = audited(points)
+    if not runs:
+        return False
+    finite = [_claimed(a) for _, a in runs if math.isfinite(_claimed(a))] or [1.0]
+    right = max(finite) * 3
+
+    def x(found: dict) -> float:
+        return _claimed(found) if math.isfinite(_claimed(found)) else right
+
+    fig, ax = plt.subplots(figsize=(7, 5))
+    top = max([right, *(a["epsilon_lower"] for _, a in runs)])
+    ax.plot([0.3, top], [0.3, top], color="grey", linestyle="--", label="lower bound = ledger's epsilon")
+    for cut in sorted({p.cut for p, _ in runs}):
+        mine = [(p, a) for p, a in runs if p.cut == cut]
+        ax.scatter([x(a) for _, a in mine], [max(a["epsilon_lower"], 0.3) for _, a in mine],
+                   marker=CUT_MARKERS.get(cut, "o"), s=50, label=f"cut {cut}")  # fmt: skip
+        for p, a in mine:
+            ax.annotate(p.cell.name, (x(a), max(a["epsilon_lower"], 0.3)), fontsize=7, xytext=(4, 4),
+                        textcoords="offset points")  # fmt: skip
+    ticks = sorted({x(a) for _, a in runs})
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xticks(ticks, [f"{t:.3g}" if t != right else "inf" for t in ticks])
+    ax.minorticks_off()
+    ax.set(xlabel="ledger's epsilon (the canaries' clients, largest)", ylabel="epsilon lower bound, 95 % (0 at 0.3)",
+           title="One-run privacy audit from the server's seat")  # fmt: skip
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    files.write_with(path, lambda fh: fig.savefig(fh, format="png", dpi=100))
+    plt.close(fig)
+    return True
+
+
+def audit_sentence(points: Sequence) -> str:
+    """What the audits say, in a sentence or two ('' when no run was audited)."""
+    runs = audited(points)
+    if not runs:
+        return ""
+    dp = [(p, a) for p, a in runs if math.isfinite(_claimed(a))]
+    broken = [p.cell.name for p, a in runs if a["violation"]]
+    parts = []
+    if broken:
+        names = ", ".join(broken)
+        parts.append(f"The audit caught a violation in {names}: its lower bound passes the ledger's epsilon.")
+    if dp:
+        p, a = max(dp, key=lambda pa: pa[1]["epsilon_lower"] / _claimed(pa[1]))
+        parts.append(
+            f"Across {len(dp)} audited DP run(s) the one-run lower bound stays below the ledger's epsilon"
+            + ("" if not broken else " elsewhere")
+            + f"; the closest is {p.cell.name} (epsilon >= {a['epsilon_lower']:.3g} against {_claimed(a):.3g})."
+        )
+    free = [(p, a) for p, a in runs if not math.isfinite(_claimed(a))]
+    if free:
+        p, a = max(free, key=lambda pa: pa[1]["epsilon_lower"])
+        parts.append(
+            f"Without DP the same audit reaches epsilon >= {a['epsilon_lower']:.3g} ({p.cell.name}, {a['m']} canaries)."
+        )
+    return " ".join(parts)
+
+
+def audit_rows(points: Sequence) -> tuple[list[str], list[list[str]]]:
+    """The table: one row per audited run."""
+    head = ["cell", "training seed", "cut", "canaries", "guesses right", "epsilon lower bound (95 %)",
+            "ledger's epsilon"]  # fmt: skip
+    rows = []
+    for p, a in audited(points):
+        claimed = "inf" if a["epsilon"] is None else f"{a['epsilon']:.3g}"
+        rows.append([p.cell.name, str(p.train_seed), str(p.cut), str(a["m"]), f"{a['correct']} of {a['guesses']}",
+                     f"{a['epsilon_lower']:.3g}", claimed])  # fmt: skip
+    return head, rows
