@@ -81,6 +81,13 @@ def test_page_shows_settings_budget_accuracy_leakage_and_every_client(run: Path,
     val_acc = float(read_csv(run / "metrics.csv")[-1]["val_acc"])
     assert f"<tr><td class=l>2</td><td>{val_acc:.3f}</td>" in text
 
+    # the audit (--audit 30): its bound beside the ledger's epsilon, the largest client's after the last round
+    audit = json.loads((run / "audit.json").read_text())
+    assert audit["m"] == 30 and audit["epsilon"] == pytest.approx(max(after.values()), rel=1e-3)
+    assert 0 <= audit["epsilon_lower"] < audit["epsilon"] and not audit["violation"]
+    said = f"so epsilon is at least {audit['epsilon_lower']:.3g} at 95% confidence"
+    assert html.escape(said) in text and html.escape("Below the ledger's.") in text
+
     leakage = json.loads((run / "leakage.json").read_text())
     for set_name in SUMMARY_SETS:
         best = leakage[set_name]["best"]
