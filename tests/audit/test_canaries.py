@@ -5,19 +5,25 @@ caught."""
 from __future__ import annotations
 
 import copy
+import io
+import json
+from types import SimpleNamespace
 
 import numpy as np
 import opacus.optimizers.optimizer as dp_optimizer
 import pytest
 import torch
+from rich.console import Console
 
-from audit.auditor import Auditor
+from audit.auditor import Auditor, AuditViolation
 from audit.canaries import CanaryInjector, plan_canaries
 from clients.train import train_local
 from core.config import RunConfig
 from core.privacy import epsilon
+from core.rundir import RunDir
 from data.omniglot import EVALUATION, load_set
 from split.model import build_split
+from strategy.server_app import write_audit
 
 PER_CLIENT = 128  # images per client: batch 32, so q = 0.25 and 4 steps a round
 
@@ -93,7 +99,9 @@ def test_a_drawn_canary_is_one_more_per_sample_gradient_of_exactly_the_clip_norm
     assert int((rows[5:] != 0).sum()) == mine  # one coordinate each
 
 
-def test_an_honest_run_audits_below_its_epsilon_and_a_run_without_noise_is_caught(shards, monkeypatch) -> None:
+def test_an_honest_run_audits_below_its_epsilon_and_a_run_without_noise_is_caught(
+    shards, monkeypatch, tmp_path
+) -> None:
     """sigma 3 (the ledger's epsilon about 2 at delta 1e-5 after 24 steps a client): the audit stays below it.
     The same run with Opacus's noise replaced by zeros, the ledger still recording sigma 3: the bound passes the
     claimed epsilon, which ``audit.json`` calls a violation."""
@@ -111,6 +119,11 @@ def test_an_honest_run_audits_below_its_epsilon_and_a_run_without_noise_is_caugh
     assert caught["epsilon"] == pytest.approx(found["epsilon"])  # the ledger claims the same
     print(f"broken: {caught['correct']}/{caught['guesses']}, eps_lower {caught['epsilon_lower']:.3f}")
     assert caught["violation"] and caught["epsilon_lower"] > caught["epsilon"]
+    # The server writes audit.json, then fails the run with one line naming both numbers.
+    run = RunDir(tmp_path)
+    with pytest.raises(AuditViolation, match=r"lower bound .* exceeds the ledger's epsilon"):
+        write_audit(run, broken, SimpleNamespace(histories=histories), cfg, Console(file=io.StringIO()))
+    assert json.loads(run.audit.read_text())["violation"] is True
     print(f"honest {found['epsilon_lower']:.3f}, broken {caught['epsilon_lower']:.3f} vs eps {found['epsilon']:.3f}")
 
 
