@@ -50,7 +50,7 @@ CSV_COLUMNS = (
     "cell", "seed", "runs", "family", "point", "cut", "noise", "epsilon_median", "epsilon_max", "val_acc",
     "val_acc_lo", "val_acc_hi", "set", "best_attack",
     "reid_top1", "reid_top1_lo", "reid_top1_hi", "reid_chance", "ssim_attack", "ssim", "ssim_lo", "ssim_hi",
-    "mse", "baseline_ssim", "baseline_mse", "activation_nn_reid", "run_dir",
+    "mse", "baseline_ssim", "baseline_mse", "activation_nn_reid", "run_dir", "audit_m", "epsilon_lower",
 )  # fmt: skip
 
 
@@ -557,8 +557,14 @@ def write_csv(points: Sequence[Point], path: Path) -> None:
                         "baseline_mse": base["mse"],
                         "activation_nn_reid": p.activation_nn_reid,
                         "run_dir": str(p.run_dir),
+                        # a run's own bound; a cell's summary row has none (bounds are not averaged)
+                        **_audit_columns(p.audit if n == 1 and seed != "all" else None),
                     }
                 )
+
+
+def _audit_columns(found: dict | None) -> dict:
+    return {"audit_m": found["m"], "epsilon_lower": found["epsilon_lower"]} if found else {}
 
 
 def _table(points: Sequence[Point]) -> tuple[list[str], list[list[str]]]:

@@ -332,6 +332,9 @@ def test_study_runs_each_cell_once_and_resumes(ray_cluster: str, tmp_path: Path,
     page = (out / "report.html").read_text()
     assert "Privacy audit" in page and (out / "audit_vs_epsilon_study.png").exists()
     assert f"{found['correct']} of {found['guesses']}" in page
+    with (out / "study.csv").open(newline="") as fh:
+        rows = [r for r in csv.DictReader(fh) if r["cell"] == "plain" and r["set"] == "unseen"]
+    assert [(r["seed"], r["epsilon_lower"]) for r in rows] == [("0", str(found["epsilon_lower"])), ("all", "")]
 
 
 @pytest.mark.slow
