@@ -1,8 +1,8 @@
 """Gradient-space (Dirac) canaries: which canary is where, and how a client's DP-SGD step takes one in.
 
 A canary is a record whose per-sample gradient is ``clip`` times one coordinate of the device's trainable weights
-(each canary its own coordinate) and zero elsewhere: the strongest record DP-SGD must hide, with exactly the clipping
-norm, independent of the weights and of the data (Nasr et al. 2023, "Tight auditing of differentially private
+(each canary its own coordinate) and zero elsewhere: a record with exactly the clipping norm, independent of the
+weights and of the data (Nasr et al. 2023, "Tight auditing of differentially private
 machine learning"; Steinke et al. 2023 use the same white-box canaries). It is fair for this product because it is
 what the clipped-and-noised channel promises to protect, one record's worth of gradient, and it reaches the server
 only through the device weights a client returns: it never crosses the cut, so the activations (which DP does not
