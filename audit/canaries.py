@@ -35,13 +35,12 @@ AUDIT_STREAM = 24_000_001  # the SeedSequence word that keeps the canaries' draw
 
 @dataclass(frozen=True)
 class CanaryPlan:
-    """Where the m canaries are. ``names`` / ``sizes``: the device's trainable parameters (state-dict names) and
-    their element counts, in order; ``param`` int [m]: which of them each canary sits in, ``offset`` int [m]: its
+    """Where the m canaries are. ``names``: the device's trainable parameters (state-dict names), in order;
+    ``param`` int [m]: which of them each canary sits in, ``offset`` int [m]: its
     element there (flat); ``client`` int [m]: whose canary it is; ``included`` bool [m]: whether it is in that
     client's data."""
 
     names: tuple[str, ...]
-    sizes: tuple[int, ...]
     param: np.ndarray
     offset: np.ndarray
     client: np.ndarray
@@ -88,7 +87,7 @@ def _plan(m: int, clients: int, seed: int, dataset: str, model: tuple, frozen: i
     included = rng.random(m) < 0.5
     starts = np.cumsum([0, *sizes.values()])
     param = np.searchsorted(starts, flat, side="right") - 1
-    return CanaryPlan(tuple(sizes), tuple(sizes.values()), param, flat - starts[param], client, included)
+    return CanaryPlan(tuple(sizes), param, flat - starts[param], client, included)
 
 
 class CanaryInjector:

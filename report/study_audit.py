@@ -21,7 +21,6 @@ from core import files  # noqa: E402
 from core.rundir import RunDir  # noqa: E402
 
 FIGURE = "audit_vs_epsilon_study.png"
-CUT_MARKERS = {1: "^", 2: "s", 3: "D", 4: "o"}
 
 
 def read_audit(run_dir: Path) -> dict[str, Any] | None:
@@ -39,9 +38,10 @@ def _claimed(found: dict) -> float:
     return math.inf if found["epsilon"] is None else float(found["epsilon"])
 
 
-def plot_audit(points: Sequence, path: Path) -> bool:
-    """The figure: epsilon lower bound against the ledger's epsilon per audited run, the diagonal (where an exact
-    audit would sit), epsilon inf drawn at the right edge. False (no file) when no run was audited."""
+def plot_audit(points: Sequence, path: Path, markers: dict[int, str]) -> bool:
+    """The figure: epsilon lower bound against the ledger's epsilon per audited run, one marker per cut
+    (``markers``: the study page's), the diagonal (where an exact audit would sit), epsilon inf drawn at the right
+    edge. False (no file) when no run was audited."""
     runs = audited(points)
     if not runs:
         return False
@@ -57,7 +57,7 @@ def plot_audit(points: Sequence, path: Path) -> bool:
     for cut in sorted({p.cut for p, _ in runs}):
         mine = [(p, a) for p, a in runs if p.cut == cut]
         ax.scatter([x(a) for _, a in mine], [max(a["epsilon_lower"], 0.3) for _, a in mine],
-                   marker=CUT_MARKERS.get(cut, "o"), s=50, label=f"cut {cut}")  # fmt: skip
+                   marker=markers.get(cut, "o"), s=50, label=f"cut {cut}")  # fmt: skip
         for p, a in mine:
             ax.annotate(p.cell.name, (x(a), max(a["epsilon_lower"], 0.3)), fontsize=7, xytext=(4, 4),
                         textcoords="offset points")  # fmt: skip

@@ -635,7 +635,7 @@ def write_study_report(
     plot_headline(points, out_dir / FIGURES[0], central_accuracy(central))
     plot_epsilon(points, out_dir / FIGURES[1])
     plot_rounds(points, out_dir / FIGURES[2])
-    if not plot_audit(points, out_dir / AUDIT_FIGURE):
+    if not plot_audit(points, out_dir / AUDIT_FIGURE, CUT_MARKERS):
         (out_dir / AUDIT_FIGURE).unlink(missing_ok=True)  # a figure left by an earlier report with audits
     sentence = headline(points)
     if markdown:
