@@ -64,19 +64,24 @@ class Cell:
         return FAMILIES[self.family].point_label(self.name, self.settings)
 
 
-# What the default grid holds, and why (10 cells, each run DEFAULT_SEEDS times: about 6 minutes a run at cut 4, 8
-# to 9 at cut 2, on 2 cores; the measured time of one seed's grid is in docs/performance.md):
+# What the default grid holds, and why: the cells the README's headline compares, and no others (12 cells, each run
+# DEFAULT_SEEDS times; about 6 minutes a run at cut 4, 8 to 9 at cut 2, on 2 cores; measured times are in
+# docs/performance.md):
 # - DP-SGD at epsilon inf, 8 and 1 at both cuts. Cut 2 is where the model learns under DP-SGD (the server's part
-#   carries the learning); at cut 4 a device trained with DP-SGD at epsilon 30 to 1 stays close to an untrained one
-#   (val acc 0.33-0.35 against 0.29 with the device frozen, the same re-id), so inf, 8 and 1 show that flat curve.
-# - each activation-side defense at two strengths at cut 4, where the measured pair brackets "no effect" and
-#   "near chance" (README, Cut depth and defenses).
-# ``docs/study-full.toml`` adds epsilon 30 and 3 at both cuts and a frozen-device control (15 cells); its other
-# cells are these, so a study directory holding the default grid only runs the five new cells.
+#   carries the learning); at cut 4 a device trained with DP-SGD at epsilon 30 to 1 stays close to an untrained one,
+#   so the headline compares epsilon 8 and 1 there with the device frozen at its random initialisation
+#   (``--freeze-blocks 4``), seed by seed.
+# - the pretrained arm at cut 4 (``--pretrain public`` at epsilon 8 and 1) with its own control, the pretrained
+#   device frozen: the headline's "pretraining lifts accuracy, not what DP-SGD learns" is that comparison.
+# - each activation-side defense at the strength the headline names (cut noise s 0.1, NoPeek alpha 0.3).
+# ``docs/study-full.toml`` adds epsilon 30 and 3 at both cuts, the weaker cut noise (s 0.03), the stronger NoPeek
+# (alpha 3) and the lr-1e-12 frozen control; its other cells are these, so a study directory holding the default grid
+# runs only the new cells. ``docs/study-recipe.toml`` adds the pretrained arm at epsilon inf and at cut 2.
 DEFAULT_EPSILONS = {4: (0.0, 8.0, 1.0), 2: (0.0, 8.0, 1.0)}
-DEFAULT_CUT_NOISE = (0.03, 0.1)  # x the clip below: per-value std 0.18 and 0.6, against a spread of about 0.7
+DEFAULT_PUBLIC_EPSILONS = (8.0, 1.0)  # --pretrain public at cut 4
+DEFAULT_CUT_NOISE = (0.1,)  # x the clip below: per-value std 0.6, against a spread of about 0.7
 DEFAULT_CUT_CLIP = 6.0  # about the activations' L2 norm at cut 4 (median 6.1 on the sigma-0 model)
-DEFAULT_NOPEEK = (0.3, 3.0)
+DEFAULT_NOPEEK = (0.3,)
 
 
 @dataclass(frozen=True)
@@ -115,13 +120,20 @@ def check_seeds(seeds: int) -> None:
 
 
 def default_grid() -> list[Cell]:
-    """The default study (see the comment above ``DEFAULT_EPSILONS``)."""
+    """The default study (see the comment above ``DEFAULT_EPSILONS``): cut 4's DP cells and their controls first."""
     cells = []
     for cut, targets in DEFAULT_EPSILONS.items():
         for eps in targets:
             name = f"cut{cut}-eps{eps:g}" if eps else f"cut{cut}-eps-inf"
             dp = {"target_epsilon": eps} if eps else {"noise": 0.0}
             cells.append(Cell(name, "dp", {"cut": cut, **dp}))
+        if cut == 4:
+            cells.append(Cell("cut4-random-frozen", "control", {"cut": 4, "noise": 0.0, "freeze_blocks": 4}))
+            for eps in DEFAULT_PUBLIC_EPSILONS:
+                public = {"cut": 4, "target_epsilon": eps, "pretrain": "public"}
+                cells.append(Cell(f"cut4-public-eps{eps:g}", "dp-public", public))
+            frozen = {"cut": 4, "noise": 0.0, "pretrain": "public", "freeze_blocks": 4}
+            cells.append(Cell("cut4-public-frozen", "control", frozen))
     for s in DEFAULT_CUT_NOISE:
         cells.append(
             Cell(f"cut4-noise{s:g}", "cut-noise", {"noise": 0.0, "cut_clip": DEFAULT_CUT_CLIP, "cut_noise": s})

@@ -270,11 +270,12 @@ def test_grid_files_and_shards(tmp_path: Path) -> None:
         with pytest.raises(UserError, match=re.escape(says)):
             read_grid(grid)
     cells = default_grid()
-    assert len({c.name for c in cells}) == 10 and {c.family for c in cells} == {"dp", "cut-noise", "nopeek"}
+    assert len({c.name for c in cells}) == 12
+    assert {c.family for c in cells} == {"dp", "dp-public", "control", "cut-noise", "nopeek"}
     full_base, full = read_grid(Path(__file__).resolve().parents[2] / "docs" / "study-full.toml")
-    assert full_base == {} and len(full) == 15 and all(c in full for c in cells)  # a default study's cells are reused
+    assert full_base == {} and len(full) == 19 and all(c in full for c in cells)  # a default study's cells are reused
     _, recipe = read_grid(Path(__file__).resolve().parents[2] / "docs" / "study-recipe.toml")
-    assert len(recipe) == 16 and all(c in recipe for c in cells if c.family == "dp")  # the DP cells are reused
+    assert len(recipe) == 16 and all(c in recipe for c in cells if c.family != "cut-noise" and c.family != "nopeek")
     assert sum(c.family == "dp-public" and c.settings["pretrain"] == "public" for c in recipe) == 6
     controls = [c.settings for c in recipe if c.family == "control"]
     assert sorted((s["cut"], s["freeze_blocks"], s.get("pretrain", "none")) for s in controls) == [
