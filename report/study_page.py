@@ -477,11 +477,14 @@ def headline(points: Sequence[Point]) -> str:
             f"{_ci(b.reid(), 'reid_top1')}, with val acc {a.val_acc:.3f} and {b.val_acc:.3f}."
         )
     for p in (p for p in points if p.cell.family == "control"):
-        dp = _target(p.cut, points, "dp-public" if _pretrained(p) else "dp")
-        compared = versus(dp, p, p.cell.name) if dp is not None else ""
+        family = "dp-public" if _pretrained(p) else "dp"
+        same_start = sorted(
+            (d for d in points if d.cut == p.cut and d.cell.family == family and d.noise > 0), key=_by_epsilon
+        )
+        compared = [(d, versus(d, p, p.cell.name)) for d in same_start]
         sentences.append(
             f"Control {p.cell.name} (cut {p.cut}): re-id {_ci(p.reid(), 'reid_top1')} at val acc {p.val_acc:.3f}"
-            + (f"; {_eps_label(dp)} from the same start{compared}" if compared else "")
+            + "".join(f"; {_eps_label(d)} from the same start{text}" for d, text in compared if text)
             + "."
         )
     runs = max((p.n_runs for p in points), default=1)
@@ -496,12 +499,6 @@ def headline(points: Sequence[Point]) -> str:
 
 def _pretrained(p: Point) -> bool:
     return p.cell.settings.get("pretrain", "none") != "none"
-
-
-def _target(cut: int, points: Sequence[Point], family: str) -> Point | None:
-    """The DP point of ``family`` at ``cut`` nearest epsilon 8 (the headline's reference), if any."""
-    dp = [p for p in points if p.cut == cut and p.cell.family == family and p.noise > 0]
-    return min(dp, key=lambda p: abs(p.epsilon_median - 8), default=None)
 
 
 def _compare(plain: Point, target: Point, family: list[Point], name: str) -> tuple[str, Point | None]:

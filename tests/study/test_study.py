@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import math
 import re
@@ -218,6 +219,10 @@ def test_seeds_are_summarised_across_runs_and_compared_paired_by_seed(
     assert "eps 8 from the same start (against frozen, paired over 3 seeds: re-id not distinguishable (+0.000 [" in (
         control
     )
+    eps1 = dataclasses.replace(points["eps8"], cell=Cell("eps1", "dp", {}), epsilon_median=1.0)
+    control = headline([*points.values(), eps1])
+    control = control[control.index("Control frozen (cut 4)") :]
+    assert control.index("; eps 8 from the same start (against frozen") < control.index("; eps 1 from the same start")
     saved = []
     monkeypatch.setattr(study_report, "_save", lambda fig, path: saved.append(fig))
     plot_headline(list(points.values()), tmp_path / "headline.png")
