@@ -16,26 +16,32 @@ from __future__ import annotations
 import argparse
 import csv
 import json
-import re
 import sys
 from pathlib import Path
 
-SEED = re.compile(r"\.seed(\d+)$")
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from study.grid import Cell, seed_runs  # noqa: E402
 
 
 def run_times(study: Path) -> list[dict]:
-    """One row per finished run of the study, in the order they started."""
+    """One row per finished run of the study (its grid and seeds as ``study.json`` says), in the order they
+    started."""
+    described = json.loads((study / "study.json").read_text())
+    cells = [Cell(**cell) for cell in described["cells"]]
     rows = []
-    for run in sorted(p for p in study.iterdir() if (p / "leakage.json").exists() and (p / "config.json").exists()):
+    for seed_run in seed_runs(cells, described["seeds"]):
+        run = study / seed_run.name
+        if not (run / "leakage.json").exists():
+            continue
         start, end = (run / "config.json").stat().st_mtime, (run / "leakage.json").stat().st_mtime
         with open(run / "metrics.csv", newline="") as f:
             rounds = list(csv.DictReader(f))
         attack = json.loads((run / "attack.json").read_text()).get("seconds", {})
-        seed = SEED.search(run.name)
         rows.append(
             {
-                "run": run.name,
-                "seed": int(seed[1]) if seed else 0,
+                "run": seed_run.name,
+                "seed": seed_run.k,
                 "start": start,
                 "end": end,
                 "wall": end - start,

@@ -121,25 +121,29 @@ def check_seeds(seeds: int) -> None:
 
 def default_grid() -> list[Cell]:
     """The default study (see the comment above ``DEFAULT_EPSILONS``): cut 4's DP cells and their controls first."""
+    random_frozen = Cell("cut4-random-frozen", "control", {"cut": 4, "noise": 0.0, "freeze_blocks": 4})
+    public = [
+        Cell(f"cut4-public-eps{eps:g}", "dp-public", {"cut": 4, "target_epsilon": eps, "pretrain": "public"})
+        for eps in DEFAULT_PUBLIC_EPSILONS
+    ]
+    public_frozen = Cell(
+        "cut4-public-frozen", "control", {"cut": 4, "noise": 0.0, "pretrain": "public", "freeze_blocks": 4}
+    )
+    cut_noise = [
+        Cell(f"cut4-noise{s:g}", "cut-noise", {"noise": 0.0, "cut_clip": DEFAULT_CUT_CLIP, "cut_noise": s})
+        for s in DEFAULT_CUT_NOISE
+    ]
+    nopeek = [Cell(f"cut4-nopeek{alpha:g}", "nopeek", {"noise": 0.0, "nopeek": alpha}) for alpha in DEFAULT_NOPEEK]
+    return [*_dp_cells(4), random_frozen, *public, public_frozen, *_dp_cells(2), *cut_noise, *nopeek]
+
+
+def _dp_cells(cut: int) -> list[Cell]:
+    """DP-SGD at ``cut`` at each of ``DEFAULT_EPSILONS[cut]`` (0: no DP, named eps-inf)."""
     cells = []
-    for cut, targets in DEFAULT_EPSILONS.items():
-        for eps in targets:
-            name = f"cut{cut}-eps{eps:g}" if eps else f"cut{cut}-eps-inf"
-            dp = {"target_epsilon": eps} if eps else {"noise": 0.0}
-            cells.append(Cell(name, "dp", {"cut": cut, **dp}))
-        if cut == 4:
-            cells.append(Cell("cut4-random-frozen", "control", {"cut": 4, "noise": 0.0, "freeze_blocks": 4}))
-            for eps in DEFAULT_PUBLIC_EPSILONS:
-                public = {"cut": 4, "target_epsilon": eps, "pretrain": "public"}
-                cells.append(Cell(f"cut4-public-eps{eps:g}", "dp-public", public))
-            frozen = {"cut": 4, "noise": 0.0, "pretrain": "public", "freeze_blocks": 4}
-            cells.append(Cell("cut4-public-frozen", "control", frozen))
-    for s in DEFAULT_CUT_NOISE:
-        cells.append(
-            Cell(f"cut4-noise{s:g}", "cut-noise", {"noise": 0.0, "cut_clip": DEFAULT_CUT_CLIP, "cut_noise": s})
-        )
-    for alpha in DEFAULT_NOPEEK:
-        cells.append(Cell(f"cut4-nopeek{alpha:g}", "nopeek", {"noise": 0.0, "nopeek": alpha}))
+    for eps in DEFAULT_EPSILONS[cut]:
+        name = f"cut{cut}-eps{eps:g}" if eps else f"cut{cut}-eps-inf"
+        dp = {"target_epsilon": eps} if eps else {"noise": 0.0}
+        cells.append(Cell(name, "dp", {"cut": cut, **dp}))
     return cells
 
 

@@ -21,6 +21,7 @@ from core.privacy import epsilon
 from data.base import ImageSet
 from split.cut import Cut, NoisyCut, build_cut, distance_correlation
 from split.model import build_split, device_activations
+from study.grid import read_grid
 
 
 def test_noisy_cut_clips_then_adds_noise_of_the_stated_scale() -> None:
@@ -92,7 +93,10 @@ def test_noisy_queries_repeat_exactly(batch: tuple[torch.Tensor, torch.Tensor]) 
 def test_the_noisy_cuts_stated_guarantee_is_the_gaussian_mechanisms() -> None:
     # core.defenses says: noise multiplier s/2 per release, vacuous at the study's strengths (hundreds or more).
     assert "cut-noise / 2" in FAMILIES["cut-noise"].guarantee and "hundreds or more" in FAMILIES["cut-noise"].guarantee
-    for strength in (0.03, 0.1):  # the studies' strengths (docs/study-full.toml)
+    _, full = read_grid(Path(__file__).resolve().parents[2] / "docs" / "study-full.toml")
+    strengths = [c.settings["cut_noise"] for c in full if c.family == "cut-noise"]
+    assert sorted(strengths) == [0.03, 0.1]  # the studies' strengths
+    for strength in strengths:
         assert epsilon([(strength / 2, 1.0, 1)], 1e-5) > 100
     assert epsilon([(0.1 / 2, 1.0, 1)], 1e-5) == pytest.approx(294.86, rel=1e-3)
 
