@@ -2,10 +2,12 @@
 
     python benchmarks/study_time.py runs/study
 
-A study resumed over several sessions has no single end-to-end wall time, so this adds up what each run took:
-from its ``config.json`` (written when the run starts) to its ``leakage.json`` (written when its attack ends), and
-between runs the runner's own time (one run's end to the next one's start, counted only when under ``--gap`` seconds,
-so a pause between sessions is not counted). It prints one line per run, each seed's total, and the ratio of all
+A study resumed over several sessions has no single end-to-end wall time, so this adds up what each run took: the
+stretches the study runner recorded in its ``times.json`` (``RunDir.add_time``; they survive a copy or a git
+checkout, e.g. of a study committed under ``results/``), or, for a run without one, from its ``config.json``'s file
+time (written when the run starts) to its ``leakage.json``'s (written when its attack ends). Between runs it adds the
+runner's own time (one run's end to the next one's start, counted only when under ``--gap`` seconds, so a pause
+between sessions is not counted). It prints one line per run, each seed's total, and the ratio of all
 seeds' time to the first seed's: the issue's target is at most the number of seeds (no overhead beyond the
 trainings). A run that was interrupted and resumed counts from its first start, pause included: such runs are
 flagged (their ``metrics.csv`` elapsed time is far below their wall time). Not a test: nothing here asserts a time.
@@ -21,6 +23,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from core.rundir import RunDir  # noqa: E402
 from study.grid import Cell, seed_runs  # noqa: E402
 
 
@@ -34,7 +37,13 @@ def run_times(study: Path) -> list[dict]:
         run = study / seed_run.name
         if not (run / "leakage.json").exists():
             continue
-        start, end = (run / "config.json").stat().st_mtime, (run / "leakage.json").stat().st_mtime
+        spans = RunDir(run).read_times()
+        if spans:
+            start, end = spans[0]["start"], spans[-1]["end"]
+            wall = sum(span["end"] - span["start"] for span in spans)
+        else:
+            start, end = (run / "config.json").stat().st_mtime, (run / "leakage.json").stat().st_mtime
+            wall = end - start
         with open(run / "metrics.csv", newline="") as f:
             rounds = list(csv.DictReader(f))
         attack = json.loads((run / "attack.json").read_text()).get("seconds", {})
@@ -44,7 +53,10 @@ def run_times(study: Path) -> list[dict]:
                 "seed": seed_run.k,
                 "start": start,
                 "end": end,
-                "wall": end - start,
+                "wall": wall,
+                "spans": len(spans),
+                "resumed": bool(spans) and (len(spans) > 1 or spans[0]["from"] != "todo"),
+                "hosts": sorted({span["host"] for span in spans}),
                 "train": float(rounds[-1]["elapsed_seconds"]) if rounds else 0.0,
                 "attack": sum(v for k, v in attack.items() if k != "sets_total"),
             }
@@ -71,11 +83,14 @@ def main(argv: list[str] | None = None) -> int:
         counted = gap if 0 <= gap <= args.gap else 0.0
         previous_end = row["end"]
         per_seed[row["seed"]] = per_seed.get(row["seed"], 0.0) + row["wall"] + counted
-        resumed = row["wall"] > 1.5 * (row["train"] + row["attack"]) + 120
+        if row["spans"]:  # recorded stretches: a pause is not in them, but a killed stretch is lost
+            note = "  (resumed: the interrupted stretch is not counted)" if row["resumed"] else ""
+            note += f"  on {', '.join(row['hosts'])}"
+        else:  # file times: a pause is in them
+            note = "  (resumed: pause counted)" if row["wall"] > 1.5 * (row["train"] + row["attack"]) + 120 else ""
         print(
             f"{row['run']:28s} seed {row['seed']}  wall {row['wall']:7.0f} s  train {row['train']:6.0f} s  "
-            f"attack {row['attack']:5.0f} s  runner gap {counted:4.0f} s"
-            + ("  (resumed: pause counted)" if resumed else "")
+            f"attack {row['attack']:5.0f} s  runner gap {counted:4.0f} s{note}"
         )
     for seed, seconds in sorted(per_seed.items()):
         print(f"seed {seed}: {sum(r['seed'] == seed for r in rows)} runs, {seconds:.0f} s ({seconds / 60:.1f} min)")

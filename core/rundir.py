@@ -54,10 +54,14 @@ class RunDir:
     leakage = property(lambda self: self.path / "leakage.json")
     attack = property(lambda self: self.path / "attack.json")
     audit = property(lambda self: self.path / "audit.json")
+    times = property(lambda self: self.path / "times.json")
     report_md = property(lambda self: self.path / "report.md")
     report_html = property(lambda self: self.path / "report.html")
     # What only a run (or a sweep's / study's) directory holds: ``clear`` empties no other folder.
     MARKERS = ("config.json", "INCOMPLETE", "report.md", "study.json")
+    # The weights and arrays a run needs to be resumed or attacked again: megabytes each (hundreds at cut 2), so a
+    # study's committed records (results/, .gitignore) leave them out. Everything else is its record.
+    WEIGHTS = ("checkpoint.pt", "model.pt", "intercepted.npz")
 
     def __str__(self) -> str:
         return str(self.path)
@@ -77,6 +81,26 @@ class RunDir:
         if self.leakage.is_file() and self.attack.is_file():
             return ATTACKED
         return TRAINED
+
+    def has_weights(self) -> bool:
+        """Whether the finished training's ``model.pt`` and ``intercepted.npz`` are here (an attack needs both)."""
+        return self.model.is_file() and self.intercepted.is_file()
+
+    def add_time(self, start: float, end: float, state: str, host: str) -> None:
+        """Append one stretch of wall-clock work on this run to ``times.json``: ``start`` / ``end`` in seconds since
+        the epoch, the ``state`` it started from and the ``host`` it ran on. Unlike file times, it survives a copy or
+        a git checkout, so a study carried over several machines keeps what each run took."""
+        spans = self.read_times()
+        spans.append({"start": round(start, 3), "end": round(end, 3), "from": state, "host": host})
+        files.write_text(self.times, json.dumps(spans, indent=1) + "\n")
+
+    def read_times(self) -> list[dict[str, Any]]:
+        """The stretches ``add_time`` recorded, oldest first; [] when none were."""
+        if not self.times.is_file():
+            return []
+        spans = json.loads(self.times.read_text())
+        assert isinstance(spans, list), self.times
+        return spans
 
     def resume_hint(self) -> str:
         return f"continue it from its last checkpoint with: python sim.py --resume {self.path}"

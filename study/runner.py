@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import socket
+import time
 from pathlib import Path
 
 from core import files
@@ -49,6 +51,8 @@ def cell_state(cfg: RunConfig, run_dir: Path) -> str:
     differ = sorted(k for k in wanted if k not in ignore and saved[k] != wanted[k])
     if differ:
         raise UserError(f"{run_dir} holds a run with other settings ({', '.join(differ)}); use another --out")
+    if state == TRAINED and not run.has_weights():
+        return TODO  # a record without its weights (results/ keeps none): nothing to attack, so it trains again
     return _STATES[state]
 
 
@@ -132,7 +136,9 @@ def run_study(
                 else:
                     what = f"{run.cell.family}, {run.cell.label}, cut {cfg.cut}, train seed {cfg.training_seed}"
                     progress.console.rule(f"run {run.name} ({what}): {state}")
+                    start = time.time()
                     run_cell(run.cell, cfg, run_dir, state)
+                    RunDir(run_dir).add_time(start, time.time(), state, socket.gethostname())
             states[run.name] = DONE
             progress.advance(task)
     states |= {run.name: cell_state(configs[run.name], out / run.name) for run in runs if states[run.name] != DONE}

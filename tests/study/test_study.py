@@ -7,6 +7,8 @@ import dataclasses
 import json
 import math
 import re
+import shutil
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -398,3 +400,41 @@ def test_a_run_killed_before_its_first_checkpoint_starts_again(tmp_path: Path, m
     monkeypatch.setattr("attack.run.run_attack", lambda d, data, epochs, seed: calls.append(("attack", seed)))
     run_cell(cell, cfg, run.path, "incomplete")
     assert calls == [("train", None), ("attack", 0)] and not any(run.path.iterdir())
+
+
+def test_a_study_kept_as_records_resumes_elsewhere_with_its_times(study, tmp_path: Path, monkeypatch) -> None:
+    """A study under results/ is committed as records: git ignores each run's weights and the locks, not the rest.
+    A copy without weights (a fresh clone) resumes: a finished run stays done, a trained but unattacked one trains
+    again (it has nothing to attack); the runner's times.json says what each run took, host included."""
+    from study.runner import run_study
+
+    out, cells, configs = study
+    names = [*RunDir.WEIGHTS, "plain.lock", "config.json", "leakage.json", "times.json", "ledger.csv", "report.html"]
+    paths = [f"results/s/plain/{name}" for name in names]
+    check = subprocess.run(["git", "check-ignore", "--no-index", *paths], cwd=ROOT, capture_output=True, text=True)
+    assert sorted(check.stdout.split()) == sorted(paths[:4])
+    clone = tmp_path / "clone"
+    shutil.copytree(out, clone, ignore=shutil.ignore_patterns(*RunDir.WEIGHTS))
+    assert cell_state(configs["nopeek"], clone / "nopeek") == "done"
+    leakage = (out / "plain" / "leakage.json").read_text()
+    for where in (out, clone):
+        (where / "plain" / "leakage.json").unlink()
+    assert cell_state(configs["plain"], out / "plain") == "trained"
+    assert cell_state(configs["plain"], clone / "plain") == "todo"
+
+    worked = []
+
+    def fake_run_cell(cell, cfg, run_dir, state):  # stands in for training and attacking the cell
+        worked.append((cell.name, state))
+        (run_dir / "leakage.json").write_text(leakage)
+
+    grid = tmp_path / "grid.toml"
+    grid.write_text('[base]\nclients = 2\nrounds = 2\n\n[[cells]]\nname = "plain"\nfamily = "dp"\nnoise = 0.0\n')
+    monkeypatch.setattr("study.runner.run_cell", fake_run_cell)
+    monkeypatch.setattr("study.runner.write_report_once", lambda *args, **kw: None)
+    run_study(clone, grid=grid)
+    assert worked == [("plain", "todo")]
+    (span,) = RunDir(clone / "plain").read_times()
+    assert span["from"] == "todo" and span["host"] == socket.gethostname() and 0 <= span["end"] - span["start"] < 60
+    run_study(clone, grid=grid)
+    assert worked == [("plain", "todo")] and len(RunDir(clone / "plain").read_times()) == 1  # done: not run again
