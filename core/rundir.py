@@ -60,7 +60,7 @@ class RunDir:
     # What only a run (or a sweep's / study's) directory holds: ``clear`` empties no other folder.
     MARKERS = ("config.json", "INCOMPLETE", "report.md", "study.json")
     # The weights and arrays a run needs to be resumed or attacked again: megabytes each (hundreds at cut 2), so a
-    # study's committed records (results/, .gitignore) leave them out. Everything else is its record.
+    # study's committed records (results/, .gitignore) leave them out.
     WEIGHTS = ("checkpoint.pt", "model.pt", "intercepted.npz")
 
     def __str__(self) -> str:

@@ -403,16 +403,19 @@ def test_a_run_killed_before_its_first_checkpoint_starts_again(tmp_path: Path, m
 
 
 def test_a_study_kept_as_records_resumes_elsewhere_with_its_times(study, tmp_path: Path, monkeypatch) -> None:
-    """A study under results/ is committed as records: git ignores each run's weights and the locks, not the rest.
+    """A study under results/ is committed as records: git ignores each run's weights, arrays and figures (but the
+    unseen reconstructions) and the locks, not what the study's report reads.
     A copy without weights (a fresh clone) resumes: a finished run stays done, a trained but unattacked one trains
     again (it has nothing to attack); the runner's times.json says what each run took, host included."""
     from study.runner import run_study
 
     out, cells, configs = study
-    names = [*RunDir.WEIGHTS, "plain.lock", "config.json", "leakage.json", "times.json", "ledger.csv", "report.html"]
-    paths = [f"results/s/plain/{name}" for name in names]
+    out_of_git = [*RunDir.WEIGHTS, "reconstructions_client_3_train.npz", "reconstructions_client_3.png"]
+    kept = ["config.json", "ledger.csv", "metrics.csv", "leakage.json", "attack.json", "times.json"]
+    kept += ["reconstructions_unseen.png"]  # the study's page shows it for each cell
+    paths = [f"results/s/plain/{name}" for name in (*out_of_git, *kept)] + ["results/s/plain.lock"]
     check = subprocess.run(["git", "check-ignore", "--no-index", *paths], cwd=ROOT, capture_output=True, text=True)
-    assert sorted(check.stdout.split()) == sorted(paths[:4])
+    assert sorted(check.stdout.split()) == sorted([*paths[: len(out_of_git)], "results/s/plain.lock"])
     clone = tmp_path / "clone"
     shutil.copytree(out, clone, ignore=shutil.ignore_patterns(*RunDir.WEIGHTS))
     assert cell_state(configs["nopeek"], clone / "nopeek") == "done"
