@@ -288,6 +288,13 @@ def test_grid_files_and_shards(tmp_path: Path) -> None:
     assert sorted((s["cut"], s["freeze_blocks"], s.get("pretrain", "none")) for s in controls) == [
         (2, 2, "none"), (2, 2, "public"), (4, 4, "none"), (4, 4, "public")
     ]  # fmt: skip
+    # The default grid's cut-4 cells in two steps (docs/results.md): together, exactly those, none of them twice.
+    steps = [read_grid(ROOT / "docs" / f"study-cut4-{part}.toml") for part in ("random", "rest")]
+    assert all(base == {} for base, _ in steps)
+    assert sorted(c.name for _, part in steps for c in part) == sorted(
+        c.name for c in cells if c.settings.get("cut") == 4 and c.family in ("dp", "dp-public", "control")
+    )
+    assert all(c in cells for _, part in steps for c in part)
     assert [c.name for c in shard_of(cells, "2/3")] == [c.name for c in cells[1::3]]
     with pytest.raises(UserError, match="--shard must be K/N"):
         shard_of(cells, "4/3")
