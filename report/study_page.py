@@ -346,6 +346,12 @@ def _eps_label(p: Point) -> str:
     return "eps inf" if not math.isfinite(p.epsilon_median) else f"eps {p.epsilon_median:.3g}"
 
 
+def _point_label(p: Point) -> str:
+    """ "eps 8 (sigma 0.853)" for a DP point; the family and strength for another, e.g. "NoPeek (NoPeek 0.3)"."""
+    family = FAMILIES[p.cell.family]
+    return f"{_eps_label(p)} (sigma {p.noise:.3g})" if family.sweeps_epsilon else f"{family.label} ({p.cell.label})"
+
+
 def plot_epsilon(points: Sequence[Point], path: Path) -> None:
     """DP cells only: re-id, highest SSIM and val acc against the median client epsilon, one line per DP family and
     cut."""
@@ -419,12 +425,14 @@ def headline(points: Sequence[Point]) -> str:
         dp = sorted(
             (p for p in at_cut if p.cell.family == "dp" and p.noise > 0), key=lambda p: abs(p.epsilon_median - 8)
         )
-        if plain is None:
+        if plain is None:  # no no-defense cell to compare with: each point on its own (controls come below)
             sentences += [
-                f"At cut {cut} and {_eps_label(p)} (sigma {p.noise:.3g}) the best attack re-identifies "
-                f"{_ci(p.reid(), 'reid_top1')} of unseen images at val acc {p.val_acc:.3f}."
+                f"At cut {cut} and {_point_label(p)} the best attack re-identifies {_ci(p.reid(), 'reid_top1')} of "
+                f"unseen images at val acc {p.val_acc:.3f}."
                 for p in at_cut
+                if p.cell.family != "control"
             ]
+            sentences += _strongest(dp, cut)
             continue
         if dp:
             target = dp[0]
@@ -444,13 +452,7 @@ def headline(points: Sequence[Point]) -> str:
                 compared = versus(a, b, f"{FAMILIES['cut-noise'].label} {b.cell.label}")
                 if compared:
                     sentences.append(f"{FAMILIES['nopeek'].label} {a.cell.label} at cut {cut}{compared}.")
-            strongest = min(dp, key=lambda p: p.epsilon_median)
-            if strongest is not target:
-                sentences.append(
-                    f"At epsilon {strongest.epsilon_median:.3g} (cut {cut}) re-id is "
-                    f"{_ci(strongest.reid(), 'reid_top1')} at val acc {strongest.val_acc:.3f}"
-                    f"{versus(strongest, target, _eps_label(target))}."
-                )
+            sentences += _strongest(dp, cut)
         else:
             sentences.append(
                 f"At cut {cut} without DP the best attack re-identifies {_ci(plain.reid(), 'reid_top1')} of unseen "
@@ -495,6 +497,20 @@ def headline(points: Sequence[Point]) -> str:
             "training seed, 'not distinguishable' where the paired interval contains 0):",
         )
     return " ".join(sentences) or "No cell is finished yet."
+
+
+def _strongest(dp: list[Point], cut: int) -> list[str]:
+    """The sentence on the smallest epsilon at ``cut``, compared with ``dp[0]`` (the point nearest epsilon 8); none
+    when there is only that point."""
+    if not dp:
+        return []
+    target, strongest = dp[0], min(dp, key=lambda p: p.epsilon_median)
+    if strongest is target:
+        return []
+    return [
+        f"At epsilon {strongest.epsilon_median:.3g} (cut {cut}) re-id is {_ci(strongest.reid(), 'reid_top1')} at "
+        f"val acc {strongest.val_acc:.3f}{versus(strongest, target, _eps_label(target))}."
+    ]
 
 
 def _pretrained(p: Point) -> bool:

@@ -120,6 +120,13 @@ def test_a_control_is_a_point_of_its_own_and_the_strongest_epsilon_joins_the_hea
     sentence = headline(points)
     assert "At epsilon 0.95 (cut 4) re-id is 0.040 [0.020, 0.060] at val acc 0.280." in sentence
     assert sentence.endswith("Control frozen (cut 4): re-id 0.020 [0.000, 0.040] at val acc 0.250.")
+    # Without the no-defense cell each point stands alone, by its own name: no sigma-0 point is called "eps inf".
+    alone = headline([p for p in points if p.cell.name != "plain"])
+    assert "eps inf" not in alone and alone.count("Control frozen") == 1
+    assert "At cut 4 and eps 8 (sigma 0.5) the best attack re-identifies 0.050 [0.030, 0.070] of unseen" in alone
+    assert "At cut 4 and NoPeek (NoPeek 3) the best attack re-identifies 0.010 [0.000, 0.030]" in alone
+    assert "At epsilon 0.95 (cut 4) re-id is 0.040 [0.020, 0.060] at val acc 0.280." in alone
+    assert alone.endswith("Control frozen (cut 4): re-id 0.020 [0.000, 0.040] at val acc 0.250.")
     assert Cell("frozen", "control", {}).label == "frozen"
     saved = []
     monkeypatch.setattr(study_report, "_save", lambda fig, path: saved.append(fig))
@@ -288,12 +295,11 @@ def test_grid_files_and_shards(tmp_path: Path) -> None:
     assert sorted((s["cut"], s["freeze_blocks"], s.get("pretrain", "none")) for s in controls) == [
         (2, 2, "none"), (2, 2, "public"), (4, 4, "none"), (4, 4, "public")
     ]  # fmt: skip
-    # The default grid's cut-4 cells in two steps (docs/results.md): together, exactly those, none of them twice.
-    steps = [read_grid(ROOT / "docs" / f"study-cut4-{part}.toml") for part in ("random", "rest")]
+    # The default grid's cut-4 cells in three steps (docs/results.md): together, exactly those, none of them twice.
+    steps = [read_grid(ROOT / "docs" / f"study-cut4-{part}.toml") for part in ("random", "defenses", "public")]
     assert all(base == {} for base, _ in steps)
-    assert sorted(c.name for _, part in steps for c in part) == sorted(
-        c.name for c in cells if c.settings.get("cut") == 4 and c.family in ("dp", "dp-public", "control")
-    )
+    in_steps = sorted(c.name for _, part in steps for c in part)
+    assert in_steps == sorted(c.name for c in cells if c.settings.get("cut", 4) == 4) and len(in_steps) == 9
     assert all(c in cells for _, part in steps for c in part)
     assert [c.name for c in shard_of(cells, "2/3")] == [c.name for c in cells[1::3]]
     with pytest.raises(UserError, match="--shard must be K/N"):
