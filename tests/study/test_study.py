@@ -426,9 +426,10 @@ def test_a_study_kept_as_records_resumes_elsewhere_with_its_times(study, tmp_pat
     out_of_git = [*RunDir.WEIGHTS, "reconstructions_client_3_train.npz", "reconstructions_client_3.png"]
     kept = ["config.json", "ledger.csv", "metrics.csv", "leakage.json", "attack.json", "times.json"]
     kept += ["reconstructions_unseen.png"]  # the study's page shows it for each cell
-    paths = [f"results/s/plain/{name}" for name in (*out_of_git, *kept)] + ["results/s/plain.lock"]
+    study_files = ["results/s/plain.lock", "results/s/report.html", "results/s/report.md", "results/s/study.csv"]
+    paths = [f"results/s/plain/{name}" for name in (*out_of_git, *kept)] + study_files
     check = subprocess.run(["git", "check-ignore", "--no-index", *paths], cwd=ROOT, capture_output=True, text=True)
-    assert sorted(check.stdout.split()) == sorted([*paths[: len(out_of_git)], "results/s/plain.lock"])
+    assert sorted(check.stdout.split()) == sorted([*paths[: len(out_of_git)], *study_files[:2]])
     clone = tmp_path / "clone"
     shutil.copytree(out, clone, ignore=shutil.ignore_patterns(*RunDir.WEIGHTS))
     assert cell_state(configs["nopeek"], clone / "nopeek") == "done"
