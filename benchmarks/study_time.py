@@ -9,8 +9,10 @@ time (written when the run starts) to its ``leakage.json``'s (written when its a
 runner's own time (one run's end to the next one's start, counted only when under ``--gap`` seconds, so a pause
 between sessions is not counted). It prints one line per run, each seed's total, and the ratio of all
 seeds' time to the first seed's: the issue's target is at most the number of seeds (no overhead beyond the
-trainings). A run that was interrupted and resumed counts from its first start, pause included: such runs are
-flagged (their ``metrics.csv`` elapsed time is far below their wall time). Not a test: nothing here asserts a time.
+trainings). A resumed run is flagged: with ``times.json``, its stretches are counted and a stretch that was killed
+is missing (the runner records a stretch when it ends); with file times, it counts from its first start, pause
+included (its ``metrics.csv`` elapsed time is then far below its wall time). Not a test: nothing here asserts a
+time.
 """
 
 from __future__ import annotations
