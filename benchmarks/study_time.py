@@ -57,9 +57,8 @@ def run_times(study: Path) -> list[dict]:
                 "end": end,
                 "wall": wall,
                 "spans": len(spans),
-                "resumed": bool(spans) and (len(spans) > 1 or spans[0]["from"] != "todo"),
                 "hosts": sorted({span["host"] for span in spans}),
-                "whole": bool(spans) and spans[0]["from"] == "todo",  # from the run's start
+                "whole": bool(spans) and spans[0]["from"] == "todo",  # recorded from the run's start
                 "train": float(rounds[-1]["elapsed_seconds"]) if rounds else 0.0,
                 "attack": sum(v for k, v in attack.items() if k != "sets_total"),
             }
@@ -87,8 +86,9 @@ def main(argv: list[str] | None = None) -> int:
         previous_end = row["end"]
         per_seed[row["seed"]] = per_seed.get(row["seed"], 0.0) + row["wall"] + counted
         if row["spans"]:  # recorded stretches: a pause is not in them; a killed stretch is, if it was recorded
-            note = f"  (resumed: {row['spans']} stretches{'' if row['whole'] else ', the first not recorded'})"
-            note = note if row["resumed"] else ""
+            note = ""
+            if row["spans"] > 1 or not row["whole"]:  # resumed
+                note = f"  (resumed: {row['spans']} stretches{'' if row['whole'] else ', the first not recorded'})"
             note += f"  on {', '.join(row['hosts'])}"
         else:  # file times: a pause is in them
             note = "  (resumed: pause counted)" if row["wall"] > 1.5 * (row["train"] + row["attack"]) + 120 else ""
