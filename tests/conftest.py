@@ -143,14 +143,14 @@ def _wait_until_ready(head: subprocess.Popen, port: int, timeout: float = 120) -
 @pytest.fixture(scope="session")
 def tiny_sweep(ray_cluster: str, tmp_path_factory) -> Path:
     """One real sweep for every test that only reads a finished run: ``sim.py`` with 3 clients, 2 rounds, 64 images
-    each, ``--noise 0 0.5``, 30 audit canaries, then the default attacks (1 decoder epoch, 8 white-box images).
-    Holds ``s0/`` and ``s0.5/`` (trained and attacked) and the sweep's report. Tests that change a run copy it
-    first."""
-    from runs import sim
+    each, ``--noise 0 0.5``, 30 audit canaries, then the default attacks (1 decoder epoch, 8 white-box images) on
+    every 20th image of the attacker's sets (``SIM_SMALL``). Holds ``s0/`` and ``s0.5/`` (trained and attacked) and
+    the sweep's report. Tests that change a run copy it first."""
+    from runs import SIM_SMALL, sim
 
     out = tmp_path_factory.mktemp("tiny") / "sweep"
     args = ["--clients", "3", "--rounds", "2", "--limit-per-client", "64", "--noise", "0", "0.5", "--audit", "30"]
-    done = sim(*args, "--attack-epochs", "1", "--whitebox-images", "8", "--out", str(out))
+    done = sim(*args, "--attack-epochs", "1", "--whitebox-images", "8", "--out", str(out), script=SIM_SMALL)
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout.count("trained: 2 rounds") == 2
     return out

@@ -86,11 +86,18 @@ def every_20th(name: str, data_dir: str | None = None, **_) -> ImageSet:
     )
 
 
-def sim(*args: str, env: dict | None = None, timeout: float = 2400) -> subprocess.CompletedProcess[str]:
-    """``python sim.py args`` from the repository root, output captured. Under the session's Ray cluster
-    (``ray_cluster`` in conftest.py sets ``RAY_ADDRESS``) it joins that cluster instead of starting Ray anew."""
+# ``python SIM_SMALL ...``: sim.py with the attacker's sets cut to every 20th image (tests/sim_small.py).
+SIM_SMALL = "tests/sim_small.py"
+
+
+def sim(
+    *args: str, env: dict | None = None, timeout: float = 2400, script: str = "sim.py"
+) -> subprocess.CompletedProcess[str]:
+    """``python sim.py args`` (or ``script``, say ``SIM_SMALL``) from the repository root, output captured. Under the
+    session's Ray cluster (``ray_cluster`` in conftest.py sets ``RAY_ADDRESS``) it joins that cluster instead of
+    starting Ray anew."""
     return subprocess.run(
-        [sys.executable, "sim.py", *args],
+        [sys.executable, script, *args],
         cwd=REPO_ROOT,
         env=env or dict(os.environ),
         capture_output=True,

@@ -16,7 +16,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from runs import flat, stop_group
+from runs import SIM_SMALL, flat, stop_group
 
 from core.rundir import RunDir
 
@@ -90,9 +90,10 @@ def _alive_nodes(gcs: int) -> int:
 
 
 def _submit(address: str, job_id: str, args: str) -> None:
-    """``ray job submit --no-wait``: ``sim.py study`` run from this checkout, as a user would submit it."""
+    """``ray job submit --no-wait``: ``sim.py study`` run from this checkout, as a user would submit it (through
+    ``SIM_SMALL``: the attacks read every 20th image of the attacker's sets)."""
     runtime = {"env_vars": {"OMNIGLOT_ROOT": os.environ["OMNIGLOT_ROOT"], "FLWR_TELEMETRY_ENABLED": "0"}}
-    entry = f"cd {ROOT} && {sys.executable} sim.py study {args}"
+    entry = f"cd {ROOT} && {sys.executable} {SIM_SMALL} study {args}"
     cmd = [RAY, "job", "submit", f"--address={address}", f"--submission-id={job_id}", "--no-wait"]
     cmd += [f"--runtime-env-json={json.dumps(runtime)}", "--", "bash", "-c", entry]
     done = subprocess.run(cmd, capture_output=True, text=True)

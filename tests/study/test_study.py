@@ -17,7 +17,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pytest
 import torch
-from runs import IMAGES_DECODED, every_20th, flat, make_run, rendered_dom
+from runs import IMAGES_DECODED, SIM_SMALL, every_20th, flat, make_run, rendered_dom
 
 from core.config import RunConfig
 from core.errors import UserError
@@ -362,7 +362,7 @@ def test_study_runs_each_cell_once_and_resumes(ray_cluster: str, tmp_path: Path,
 def test_seeds_are_runs_of_their_own_two_processes_never_run_one_twice(ray_cluster: str, tmp_path: Path) -> None:
     """Two ``sim.py study --seeds 2`` started at once on one directory (no --shard: both want every run): the locks
     give each run to one of them, the report is written once; seeds train differently on the same shards; adding a
-    third seed runs only it."""
+    third seed runs only it. (Through ``SIM_SMALL``: the attacks read every 20th image of the attacker's sets.)"""
     from runs import sim
 
     grid = tmp_path / "grid.toml"
@@ -371,7 +371,7 @@ def test_seeds_are_runs_of_their_own_two_processes_never_run_one_twice(ray_clust
     )
     grid.write_text(f'[base]\n{base}\n[[cells]]\nname = "plain"\nfamily = "dp"\nnoise = 0.0\n')
     out = tmp_path / "study"
-    cmd = [sys.executable, "sim.py", "study", "--grid", str(grid), "--out", str(out), "--seeds", "2"]
+    cmd = [sys.executable, SIM_SMALL, "study", "--grid", str(grid), "--out", str(out), "--seeds", "2"]
     both = [subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for _ in "ab"]
     logs = [flat(p.communicate(timeout=1800)[0]) for p in both]
     assert [p.returncode for p in both] == [0, 0], logs
@@ -386,7 +386,7 @@ def test_seeds_are_runs_of_their_own_two_processes_never_run_one_twice(ray_clust
     sizes = [sorted({tuple(row.split(",")[2:4]) for row in ledger[1:]}) for ledger in ledgers]
     assert sizes[0] == sizes[1]  # (partition, n_train): the same shards
     mtimes = {n: (out / n / "model.pt").stat().st_mtime_ns for n in ("plain", "plain.seed1")}
-    done = sim("study", "--grid", str(grid), "--out", str(out), "--seeds", "3")
+    done = sim("study", "--grid", str(grid), "--out", str(out), "--seeds", "3", script=SIM_SMALL)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert flat(done.stdout).count(": todo") == 1 and "run plain.seed2 (dp, eps inf, cut 4, train seed 2)" in flat(
         done.stdout
