@@ -11,9 +11,9 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path[:0] = [str(HERE.parent), str(HERE)]  # the repository (sim.py's packages), then runs.py
 
-import data.omniglot  # noqa: E402
 from runs import every_20th  # noqa: E402
 
+import data.omniglot  # noqa: E402
 import sim  # noqa: E402
 
 if __name__ == "__main__":
