@@ -476,7 +476,8 @@ def headline(points: Sequence[Point]) -> str:
         a, b = plains[4], plains[2]
         sentences.append(
             f"Moving the cut from block 4 to block 2 (no defense) moves re-id from {_ci(a.reid(), 'reid_top1')} to "
-            f"{_ci(b.reid(), 'reid_top1')}, with val acc {a.val_acc:.3f} and {b.val_acc:.3f}."
+            f"{_ci(b.reid(), 'reid_top1')}, with val acc {a.val_acc:.3f} and {b.val_acc:.3f}"
+            f"{versus(b, a, 'cut 4')}."
         )
     for p in (p for p in points if p.cell.family == "control"):
         family = "dp-public" if _pretrained(p) else "dp"

@@ -232,6 +232,10 @@ def test_seeds_are_summarised_across_runs_and_compared_paired_by_seed(
     control = headline([*points.values(), eps1])
     control = control[control.index("Control frozen (cut 4)") :]
     assert control.index("; eps 8 from the same start (against frozen") < control.index("; eps 1 from the same start")
+    cut2 = dataclasses.replace(points["plain"], cell=Cell("cut2", "dp", {"noise": 0.0, "cut": 2}), cut=2)
+    moved = headline([*points.values(), cut2])
+    moved = moved[moved.index("Moving the cut from block 4 to block 2") :]
+    assert "with val acc 0.460 and 0.460 (against cut 4, paired over 3 seeds: re-id not distinguishable (" in moved
     saved = []
     monkeypatch.setattr(study_report, "_save", lambda fig, path: saved.append(fig))
     plot_headline(list(points.values()), tmp_path / "headline.png")
