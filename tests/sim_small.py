@@ -1,5 +1,5 @@
 """``sim.py`` with the attacker's sets cut to every 20th image (``runs.every_20th``), for the tests that need a real
-process (two studies at once, Ray jobs, a killed run): their attacks then take seconds, not a minute. The clients'
+process (two studies at once, Ray jobs, the shared sweep): their attacks then take seconds, not a minute. The clients'
 evaluation set stays whole, so training is sim.py's own. Run it as ``python tests/sim_small.py ARGS`` from the
 repository root; a user never does."""
 
