@@ -43,6 +43,8 @@ class AttackerKnowledge:
     epochs: the most training epochs over the surrogate, for attacks that train (they may stop early).
     progress: ``progress(epoch, loss)`` after each epoch (epoch counted from 1), or None.
     cut: the run's cut (``split.cut.Cut``), for attacks that run a device model themselves; None: identity.
+    hijack: the hijacking server's own models from training (``split.hijack.HijackModels``, ``--server hijack``),
+        else None.
     """
 
     device: nn.Module
@@ -55,6 +57,7 @@ class AttackerKnowledge:
     epochs: int = 100
     progress: Callable[[int, float], None] | None = None
     cut: nn.Module | None = None
+    hijack: nn.Module | None = None
 
 
 @dataclass(frozen=True)

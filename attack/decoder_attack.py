@@ -21,7 +21,8 @@ import numpy as np
 import torch
 
 from attack.base import Attack, AttackerKnowledge, Payload
-from attack.decoders import TrainLog, build_decoder, reconstruct, train_decoder
+from attack.decoders import TrainLog, reconstruct, train_decoder
+from split.decoders import build_decoder
 
 HOLDOUT_FRACTION, HOLDOUT_MAX = 0.1, 500  # surrogate rows held out for early stopping
 PATIENCE = 4  # epochs without a better held-out MSE before training stops ...
@@ -33,7 +34,7 @@ SSIM_WEIGHT = 0.02
 
 
 class DecoderAttack(Attack):
-    """Fits the decoder named ``decoder`` (a key of ``attack.decoders.DECODERS``) with Adam."""
+    """Fits the decoder named ``decoder`` (a key of ``split.decoders.DECODERS``) with Adam."""
 
     decoder: ClassVar[str]
     conditioned: ClassVar[bool] = False

@@ -10,6 +10,7 @@ from collections.abc import Callable, Sequence
 
 from attack.base import Attack
 from attack.decoder_attack import ConditionedDecoderAttack, SeedDecoderAttack, UpDecoderAttack
+from attack.hijack import HijackAttack
 from attack.whitebox import LatentWhiteBoxAttack, RMLEAttack
 from core.errors import UserError
 
@@ -20,6 +21,7 @@ ATTACKS: dict[str, type[Attack]] = {
     "cond": ConditionedDecoderAttack,
     "rmle": RMLEAttack,
     "whitebox": LatentWhiteBoxAttack,
+    "hijack": HijackAttack,
 }
 
 

@@ -33,7 +33,6 @@ from rich.table import Table
 
 from attack.base import Attack, AttackerKnowledge
 from attack.ceiling import ceiling
-from attack.decoders import IMAGE_SIDE
 from attack.figures import pick, save_grid
 from attack.metrics import INTERVAL_KEYS, METRIC_KEYS, PerImage, mean_image_baseline, per_image_many, summarize
 from attack.registry import build_attack, parse_attacks
@@ -46,7 +45,10 @@ from core.rundir import INCOMPLETE, RunDir, local_devices
 from data.base import geometry, get_dataset
 from data.omniglot import ImageSet
 from split.cut import Cut, build_cut
+from split.decoders import IMAGE_SIDE
+from split.hijack import HijackModels
 from split.model import batched_eval, build_split, device_activations
+from split.server import build_server
 
 CSV_KEYS = (*METRIC_KEYS, *(f"{k}_{e}" for k in INTERVAL_KEYS for e in ("lo", "hi")))
 SAVE_PER_SET = 100  # reconstructions kept per set in its .npz (the metrics use every scored row)
@@ -60,6 +62,7 @@ class FinishedRun:
     config: the run's settings; device / head: the final global device model and the server's head (eval mode);
     cut: the run's cut; intercepted: the arrays of intercepted.npz (see ``attack.sets.client_sets``);
     client_devices: each client's own device model from its last training round.
+    hijack: the hijacking server's pilot, decoder and critic (``--server hijack``), else None.
     """
 
     config: RunConfig
@@ -68,6 +71,7 @@ class FinishedRun:
     cut: Cut
     intercepted: dict[str, np.ndarray]
     client_devices: dict[int, torch.nn.Module]
+    hijack: HijackModels | None = None
 
     def query(self, images: np.ndarray | torch.Tensor, device: torch.nn.Module | None = None) -> torch.Tensor:
         """What ``device`` (default the final global one) sends for ``images`` float32 [N,1,105,105] in [0,1]:
@@ -95,6 +99,11 @@ def load_run(run_dir: Path) -> FinishedRun:
     device, head = build_split(**cfg.model_options(), **geometry(cfg.dataset))
     device.load_state_dict(saved["device"])
     head.load_state_dict(saved["head"])
+    hijack = None
+    if "server" in saved:  # --server hijack: the server's own models, trained beside the clients
+        hijack = HijackModels.for_run(cfg, IMAGE_SIDE)
+        hijack.load_state_dict(saved["server"])
+        hijack.eval()
     intercepted = run.load_intercepted()
     client_devices = {}
     for pid, state in local_devices(intercepted).items():
@@ -103,7 +112,15 @@ def load_run(run_dir: Path) -> FinishedRun:
         client_devices[pid] = own.eval()
     # The one place the attacker's cut is built: from the run's settings, so its own queries send through the same
     # cut (the same defense) as the clients did.
-    return FinishedRun(cfg, device.eval(), head.eval(), build_cut(**cfg.cut_options()), intercepted, client_devices)
+    cut = build_cut(**cfg.cut_options())
+    return FinishedRun(cfg, device.eval(), head.eval(), cut, intercepted, client_devices, hijack)
+
+
+def hijack_ceiling(models: HijackModels, images: np.ndarray, seed: int) -> dict:
+    """The hijack's own ceiling: ``summarize`` of its decoder on its pilot's activations of ``images`` float32
+    [N,1,105,105] (every row re-identified among all N), what a device pulled exactly onto the pilot would leak."""
+    rec = models.reconstruct(device_activations(models.pilot, images))
+    return summarize(per_image_many(images, [rec])[0], seed)
 
 
 def build_sets(
@@ -260,6 +277,8 @@ def run_attack(
     names = parse_attacks(attacks) if attacks is not None else None  # unknown names fail before the run is read
     run = load_run(run_dir)
     names = names or parse_attacks(run.config.attacks)
+    # A server behaviour's own attacks (--server hijack: its decoder) join the run's, after them.
+    names = (*names, *(a for a in build_server(run.config.server).attacks if a not in names))
     epochs = epochs if epochs is not None else run.config.attack_epochs
     surrogate = surrogate or run.config.surrogate
     data_dir = data_dir or run.config.data_dir or None
@@ -271,7 +290,16 @@ def run_attack(
     public_activations = run.query(public)  # once: the device is frozen, so every attack's epochs reuse it
     n_classes = run.head[-1].out_features
     knowledge = AttackerKnowledge(
-        run.device, run.query, run.classify, n_classes, public, public_activations, seed, epochs, cut=run.cut
+        run.device,
+        run.query,
+        run.classify,
+        n_classes,
+        public,
+        public_activations,
+        seed,
+        epochs,
+        cut=run.cut,
+        hijack=run.hijack,
     )
     sets = build_sets(run, small1, small2, evaluation, seed)
     unseen = sets[0]
@@ -282,6 +310,8 @@ def run_attack(
     unseen_images = unseen.originals
     candidates = unseen.activations if run.cut.deterministic else run.query(unseen_images)
     limits = ceiling(unseen.activations, candidates, unseen_images, characters)
+    if run.hijack is not None:  # what a perfect hijack would give: the pilot autoencoder on the unseen images
+        limits["hijack_pilot"] = hijack_ceiling(run.hijack, unseen_images, seed)
     query_seconds = time.perf_counter() - began
 
     fitted, timings = fit_attacks(names, knowledge, console)

@@ -9,9 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from data.base import get_dataset
-
-SURROGATES = {"small1": "surrogate", "public": "public"}  # --surrogate -> the dataset's role
+from data.base import SURROGATES, get_dataset
 
 
 def surrogate_images(name: str, dataset: str = "omniglot", data_dir: str | None = None) -> tuple[np.ndarray, str]:

@@ -49,6 +49,7 @@ from data.base import ImageSet, geometry, get_dataset
 from split.cut import Cut, build_cut
 from split.head import head_fit_sample
 from split.model import build_split, device_activations, joined_state, load_joined
+from split.server import build_server
 
 
 @functools.lru_cache(maxsize=2)  # a simulation worker serves many clients and rounds: partition once per run
@@ -139,6 +140,9 @@ def train(msg: Message, context: Context) -> Message:
     two_more = history + [(cfg.noise, q, 2 * planned)]
     budget_ends = bool(cfg.max_epsilon) and epsilon(two_more, cfg.delta, cfg.accountant) > cfg.max_epsilon
     last_round = (server_round == cfg.rounds or budget_ends) and not fails
+    # --server hijack: the server's side of this round (its own draws: [seed, partition, round, 4]).
+    hijack_seed = int(np.random.SeedSequence([cfg.training_seed, pid, server_round, 4]).generate_state(1)[0])
+    server = build_server(cfg.server).round(cfg, msg.content[ARRAYS_KEY].to_torch_state_dict(), hijack_seed)
     with warnings.catch_warnings():  # Opacus warns about secure RNG and the optimizer's closure: known, harmless
         warnings.simplefilter("ignore")
         result = train_local(
@@ -154,6 +158,7 @@ def train(msg: Message, context: Context) -> Message:
             max_steps=max_steps,
             canaries=plan_canaries(cfg) if cfg.audit else None,  # --audit: this client's canaries join its steps
             partition=pid,
+            server=server.gradient if server is not None else None,
         )
     # Persisted before replying: a client that fails mid-round still carries the steps it took.
     context.state.config_records[PRIVACY_KEY] = history_record(result.history)
@@ -162,7 +167,8 @@ def train(msg: Message, context: Context) -> Message:
         reply = _train_reply(cfg, pid, result.history, result.n_train, result.steps, started, q, "failed", message)
         return reply.to_message(msg)
     reply = _train_reply(cfg, pid, result.history, result.n_train, result.steps, started, q, result=result)
-    reply.arrays = ArrayRecord(joined_state(device, head))
+    server_arrays = server.returned() if server is not None else {}  # the server's own copy it trained
+    reply.arrays = ArrayRecord({**joined_state(device, head), **server_arrays})
     if last_round:  # the activations this client sent across the cut in its last round, with their image ids
         positions = result.cut_positions.numpy()
         sent = Intercepted(pid, result.cut_activations.numpy(), indices[positions].astype(np.int64))

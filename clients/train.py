@@ -76,6 +76,7 @@ def split_step(
     logit_bias: torch.Tensor | None = None,
     views: int = 1,
     before_step: Callable[[], None] | None = None,
+    server: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> tuple[float, int, torch.Tensor]:
     """One split-learning step. images float32 [B,1,105,105], labels int64 [B].
 
@@ -87,7 +88,9 @@ def split_step(
     float32 [n_classes] is added to the logits in the loss only (``label_skew_bias``); accuracy uses raw logits.
     ``views`` > 1: the batch is ``views`` consecutive augmented views of each image (``augmented_views``); the
     fused sampler averages each image's view gradients before clipping. ``before_step`` runs between the device's
-    backward pass and its optimizer step (the audit's canaries join the batch there).
+    backward pass and its optimizer step (the audit's canaries join the batch there). ``server``: what the server
+    sends down the cut instead of the task's gradient, from what it received (``split.server``; the hijack's
+    ``gradient``); None: the task's gradient. The head trains on what it received either way.
     """
     cut = cut or Cut()
     activations = device(images)
@@ -100,7 +103,8 @@ def split_step(
     loss.backward()  # server side: head gradients and the cut-layer gradient received.grad
     if head_opt is not None:
         head_opt.step()
-    grad = cut.device_gradient(images, activations, sent, received.grad)  # device side: what came back down the cut
+    grad_sent = received.grad if server is None else server(received.detach())
+    grad = cut.device_gradient(images, activations, sent, grad_sent)  # device side: what came back down the cut
     if isinstance(device, PerSampleDevice):
         device.backward(grad, views=views)
     elif activations.requires_grad:  # False for a wholly frozen device (--freeze-blocks = --cut)
@@ -125,6 +129,7 @@ def train_local(
     max_steps: int | None = None,
     canaries: CanaryPlan | None = None,
     partition: int = 0,
+    server: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> LocalResult:
     """Train ``device`` (in place) with DP-SGD and ``head`` (in place) for ``cfg.local_epochs`` epochs.
 
@@ -141,6 +146,7 @@ def train_local(
     device is pulled towards its starting (global) weights after every step (``_proximal_step``).
     ``canaries`` (``--audit``): the run's canary plan; this client's (``partition``) included canaries join each
     step with the client's sample rate (``audit.canaries``), their draws seeded by ``seed + 3``.
+    ``server``: see ``split_step`` (``--server hijack``); the client's DP-SGD is the same either way.
     Sets this process's allocator to keep freed memory (``core.runtime``): about 2x faster steps on the CPU.
     """
     keep_freed_memory()
@@ -210,6 +216,7 @@ def train_local(
                     logit_bias=bias,
                     views=max(cfg.aug_mult, 1),
                     before_step=before_step,
+                    server=server,
                 )
                 stepped = not getattr(device_opt, "_is_last_step_skipped", False)  # False inside a logical batch
                 if anchor is not None and stepped:

@@ -236,6 +236,16 @@ class RunConfig:
         ATTACK,
         registry="surrogate",
     )
+    server: str = setting(
+        "honest",
+        "what the server sends down the cut in training: honest = the task's gradient; hijack = the Feature-Space "
+        "Hijacking Attack's adversarial gradient, from a pilot encoder, decoder and critic trained on --surrogate",
+        ATTACK,
+        registry="server",
+    )
+    hijack_epochs: int = setting(
+        10, "--server hijack: epochs of the pilot autoencoder's warm start on the public images (cached)", ATTACK
+    )
     # --- privacy audit
     audit: int = setting(
         0,
@@ -249,7 +259,7 @@ class RunConfig:
         """Raise UserError with one line for the first invalid setting; return self."""
         _positive_int(self, "clients", "rounds", "local_epochs", "batch_size", "alphabets_per_client", "attack_epochs")
         _positive_int(self, "whitebox_images")
-        _positive_int(self, "head_epochs", "pretrain_epochs")
+        _positive_int(self, "head_epochs", "pretrain_epochs", "hijack_epochs")
         _finite(self, "head_lr", "head_fit_fraction")
         if not 0 < self.head_fit_fraction <= 1:
             raise UserError(f"--head-fit-fraction must be in (0, 1], got {self.head_fit_fraction}")

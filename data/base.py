@@ -21,6 +21,9 @@ from core.errors import UserError
 # The sets a run reads: the clients' private images; the attacker's surrogate (its own images, to train an attack
 # on); its unseen test set (images no client and no surrogate holds); and a larger public set (``--surrogate public``).
 ROLES = ("private", "surrogate", "unseen", "public")
+# --surrogate: the attacker's own images by name -> the role that holds them (the curious server's attacks, and the
+# hijacking server's public images, ``split.hijack``).
+SURROGATES = {"small1": "surrogate", "public": "public"}
 
 
 @dataclass(frozen=True)

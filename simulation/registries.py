@@ -3,13 +3,13 @@ lives in the room that owns it, and the command line and ``validate`` read the c
 
 from __future__ import annotations
 
-from attack.surrogate import SURROGATES
 from audit.canaries import plan_canaries
 from clients.grad_samplers import SAMPLERS
 from core.config import RunConfig, flag_name, settings
 from core.errors import UserError
 from core.privacy import ACCOUNTANTS
-from data.base import DATASETS
+from data.base import DATASETS, SURROGATES
+from split.server import SERVERS, check_server
 from strategy.registry import REGISTRY as STRATEGIES
 
 
@@ -21,6 +21,7 @@ def choices(registry: str) -> tuple[str, ...]:
         "grad_sampler": SAMPLERS,
         "surrogate": SURROGATES,
         "dataset": DATASETS,
+        "server": SERVERS,
     }
     return tuple(registries[registry])
 
@@ -35,6 +36,7 @@ def check_registered(cfg: RunConfig) -> RunConfig:
     if cfg.proximal_mu and not STRATEGIES[cfg.strategy].proximal:
         proximal = ", ".join(name for name, e in STRATEGIES.items() if e.proximal)
         raise UserError(f"--proximal-mu is the weight of a proximal term only {proximal} sends; not {cfg.strategy}")
+    check_server(cfg)  # a server behaviour that cannot honour another setting
     if cfg.audit:
         plan_canaries(cfg)  # UserError when the trainable device has fewer weights than canaries
     return cfg

@@ -118,6 +118,10 @@ class Driver:
                 self._observe(arrays, replies)
             new_arrays, _ = ledger.aggregate_train(server_round, replies)
             if new_arrays is not None:
+                # Arrays no reply carries stay as they were (the hijacking server's fixed pilot and decoder).
+                kept = {k: v for k, v in arrays.items() if k not in new_arrays}
+                if kept:
+                    new_arrays = ArrayRecord({**new_arrays, **kept})
                 if self.ema is not None:
                     self.ema.update(new_arrays)
                 if self.head_fitter is not None:  # before evaluation: it uses the new head

@@ -27,8 +27,10 @@ from core.config import RunConfig
 from core.errors import UserError
 from core.rundir import RunDir
 from data.base import geometry
+from split.hijack import PREFIX, has_hijack
 from split.model import build_split, joined_state, load_joined
 from split.pretrain import pretrain_device
+from split.server import build_server
 from strategy.averaging import DeviceEMA
 from strategy.checkpoint import Checkpoint
 from strategy.driver import Driver
@@ -60,7 +62,9 @@ def run_server(
     device, head = build_split(**cfg.model_options(), **geometry(cfg.dataset))
     if cfg.pretrain == "public" and resume is None:  # the clients start from the public-data device (split.pretrain)
         device.load_state_dict(pretrain_device(cfg, console))
-    arrays, first_round = ArrayRecord(joined_state(device, head)), 1
+    behaviour = build_server(cfg.server)
+    server_state = behaviour.initial_arrays(cfg, console) if resume is None else {}  # --server hijack: its models
+    arrays, first_round = ArrayRecord({**joined_state(device, head), **server_state}), 1
     config = ConfigRecord(cfg.to_flwr())
     chosen = entry(cfg.strategy)
     try:
@@ -105,9 +109,13 @@ def run_server(
             write_audit(run, auditor, ledger, cfg, console)
         inference = query_activations(grid, arrays, config)
         run.save_intercepted(inference, ledger.intercepted_training, device.out_shape)
-        load_joined(device, head, arrays.to_torch_state_dict())
-        # Only the weights: the settings are in config.json, their one copy.
-        torch.save({"device": device.state_dict(), "head": head.state_dict()}, run.model)
+        final = arrays.to_torch_state_dict()
+        load_joined(device, head, final)
+        # Only the weights: the settings are in config.json, their one copy. A hijacking server's models too.
+        model = {"device": device.state_dict(), "head": head.state_dict()}
+        if has_hijack(final):
+            model["server"] = {k[len(PREFIX) :]: v for k, v in final.items() if k.startswith(PREFIX)}
+        torch.save(model, run.model)
         if on_complete is not None:
             on_complete(run_dir)
     except BaseException as exc:

@@ -1,5 +1,5 @@
-"""attack/decoders.py and attack/decoder_attack.py: shapes, registry, the attacker's unseen test set, a short real
-training run, and the decoder attacks as plug-ins."""
+"""split/decoders.py, attack/decoders.py and attack/decoder_attack.py: shapes, registry, the attacker's unseen test
+set, a short real training run, and the decoder attacks as plug-ins."""
 
 from __future__ import annotations
 
@@ -10,16 +10,10 @@ import torch
 from attack import decoder_attack
 from attack.base import AttackerKnowledge, Payload
 from attack.decoder_attack import ConditionedDecoderAttack, SeedDecoderAttack, UpDecoderAttack
-from attack.decoders import (
-    DECODERS,
-    SeedDecoder,
-    UpDecoder,
-    build_decoder,
-    reconstruct,
-    train_decoder,
-)
+from attack.decoders import reconstruct, train_decoder
 from attack.metrics import mean_image_baseline, mse
 from data.base import ImageSet, shared_files
+from split.decoders import DECODERS, SeedDecoder, UpDecoder, build_decoder
 from split.model import DeviceNet, device_activations
 
 OVERLAP_ALPHABETS = {"Greek", "Latin"}  # in both small1 and small2 (shared/docs/EXPERIMENT.md, the pitfall)
