@@ -33,6 +33,10 @@ from core.privacy import EPSILON_COVERS
 from core.rundir import ATTACKED, RunDir
 
 NO_DP = "This run had no DP (noise multiplier 0): epsilon is infinite, so there is no privacy budget to show."
+HIJACK_EPSILON = (
+    "DP's guarantee does not depend on the server's honesty: each client clipped and noised whatever gradient came "
+    "down the cut, so its epsilon is the one an honest server's run of the same settings records."
+)
 SUMMARY_SETS = ("unseen", "seen", "clients_inference", "clients_train")
 NOT_ATTACKS = ("baseline", "best")  # leakage.json's methods that are not attacks
 OPEN_SETS = ("unseen", "seen")  # small2's sets: their grids are shown unfolded
@@ -66,10 +70,11 @@ def write_run_page(run_dir: Path) -> Path:
     dp = has_dp(cfg, ledger)
     body = [
         _header(run, cfg),
-        _privacy_section(ledger, dp),
+        _privacy_section(ledger, dp, cfg.server),
         _audit_section(run),
         _accuracy_section(metrics),
         _leakage_section(leakage),
+        _hijack_section(run, leakage, metrics),
         _small2_grids(run.path, leakage),
         _clients_section(run.path, ledger, leakage),
         _run_figures(run.path, dp),
@@ -188,6 +193,7 @@ def _header(run: RunDir, cfg: RunConfig) -> str:
         ["delta", f"{cfg.delta:g}"],
         ["cut", str(cfg.cut)],
         ["strategy", cfg.strategy],
+        ["server", cfg.server],
     ]
     return (
         f"<h1>Run {_esc(run.path.name)}</h1>{_table(['setting', 'value'], settings, left=2)}"
@@ -195,15 +201,17 @@ def _header(run: RunDir, cfg: RunConfig) -> str:
     )
 
 
-def _privacy_section(ledger: list[dict], dp: bool) -> str:
+def _privacy_section(ledger: list[dict], dp: bool, server: str = "honest") -> str:
     head = "<h2>Privacy budget per round, per client</h2>"
     if not dp:
         return head + _p(NO_DP, " id='no-dp'")
     spent = epsilon_by_client(ledger)
     delta, accountant = ledger[0]["delta"], ledger[0]["accountant"]
+    honesty = f" {HIJACK_EPSILON}" if server != "honest" else ""
     note = _p(
         f"Epsilon (delta {delta}, {accountant} accountant) each client has spent after each round, 3 significant "
         "digits; a client that did not train in a round is marked with its status, and a blank means it was not asked."
+        + honesty
     )
     fig = _img(_epsilon_png(spent, accountant), "epsilon per round, one line per client")
     return head + note + _epsilon_table(spent) + fig
@@ -301,6 +309,25 @@ def _leakage_section(leakage: dict) -> str:
     rows = [row for s in present for row in _leakage_rows(s, leakage[s])]
     head = ["set", "method", "n", "MSE", "SSIM", "re-id top-1 [95 % interval]", "chance"]
     return "".join(parts) + _table(head, rows, left=2)
+
+
+def _hijack_section(run: RunDir, leakage: dict, metrics: list[dict]) -> str:
+    """``--server hijack``: the hijack's reconstructions against its own ceiling, and the accuracy a client saw."""
+    ceiling = (
+        run.read_json(run.attack.name).get("ceiling_unseen", {}).get("hijack_pilot") if run.attack.exists() else None
+    )
+    if ceiling is None or "hijack" not in leakage.get("unseen", {}):
+        return ""
+    got = leakage["unseen"]["hijack"]
+    text = (
+        "The server hijacked training (Feature-Space Hijacking Attack): it sent its critic's gradient down the cut "
+        "instead of the task's, to pull every device into its pilot encoder's feature space. Its decoder on the "
+        f"unseen images: re-id {_interval(got, 'reid_top1')}, SSIM {_interval(got, 'ssim')}; its ceiling, the same "
+        f"decoder on its own pilot's activations of them (a perfect hijack): re-id {_interval(ceiling, 'reid_top1')}, "
+        f"SSIM {_interval(ceiling, 'ssim')}. What a client watching its accuracy saw: val acc "
+        f"{float(metrics[-1]['val_acc']):.3f} after round {metrics[-1]['round']}. {HIJACK_EPSILON}"
+    )
+    return f"<h2 id='hijack'>The hijacking server</h2>{_p(text)}"
 
 
 def _best_line(by_method: dict) -> str:

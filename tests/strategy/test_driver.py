@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from fake_grid import NODES, FakeClients, FakeGrid, initial_arrays, set_task_identity
-from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, RecordDict
+from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MessageType, RecordDict
 from flwr.serverapp.strategy import FedAvg
 from rich.console import Console
 
@@ -204,3 +204,23 @@ def test_a_client_error_stops_the_run_before_its_round_is_checkpointed(tmp_path:
         _run(run_dir, "fedavg", FakeClients(crash=(2, 1)), rounds=3)
     assert load_checkpoint(run_dir).round == 1
     assert {r["round"] for r in _rows(run_dir / "ledger.csv")} == {"1"}
+
+
+def test_arrays_no_reply_carries_stay_as_they_were(tmp_path: Path, monkeypatch) -> None:
+    """The hijacking server's fixed pilot (``server.pilot.*``) goes out every round and never comes back: it stays."""
+    fake = FakeClients()
+    pilot = np.arange(4, dtype=np.float32)
+
+    def clients(msg: Message, pid: int) -> Message:
+        reply = fake(msg, pid)
+        if msg.metadata.message_type == MessageType.TRAIN:
+            arrays = reply.content["arrays"]
+            reply.content["arrays"] = ArrayRecord({k: v for k, v in arrays.items() if not k.startswith("server.")})
+        return reply
+
+    with_pilot = ArrayRecord({**initial_arrays(), "server.pilot.w": Array(pilot)})
+    monkeypatch.setattr("test_driver.initial_arrays", lambda: with_pilot)
+    arrays, last, _, _ = _run(tmp_path / "run", "fedavg", clients, rounds=2)
+    assert last == 2 and set(_state(arrays)) == {"device.w", "head.b", "server.pilot.w"}
+    np.testing.assert_array_equal(_state(arrays)["server.pilot.w"], pilot)
+    np.testing.assert_array_equal(load_checkpoint(tmp_path / "run").arrays["server.pilot.w"], pilot)
