@@ -28,8 +28,6 @@ the critic's task stationary.
 
 from __future__ import annotations
 
-import hashlib
-import json
 from collections.abc import Callable
 from pathlib import Path
 
@@ -43,9 +41,9 @@ from core import files
 from core.config import RunConfig
 from core.errors import UserError
 from data.base import SURROGATES, ImageSet, get_dataset, shared_files
-from data.omniglot import resolve_cache_dir
 from split.decoders import UpDecoder
 from split.model import DeviceNet
+from split.pretrain import recipe_path
 
 PREFIX = "server."  # keys of the server's own arrays in the global model
 PARTS = ("pilot", "decoder", "critic")
@@ -173,18 +171,8 @@ class HijackRound:
 
 def warm_cache_path(cfg: RunConfig, md5s: tuple[str, ...], cache_dir: Path | None = None) -> Path:
     """Where the warm-started pilot and decoder for ``cfg`` and public images with hashes ``md5s`` are cached."""
-    recipe = {
-        "format": FORMAT,
-        "dataset": cfg.dataset,
-        "images": hashlib.sha256("".join(md5s).encode()).hexdigest(),
-        "model": cfg.model_options(),
-        "epochs": cfg.hijack_epochs,
-        "seed": cfg.seed,
-        "batch": WARM_BATCH,
-        "lr": WARM_LR,
-    }
-    key = hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:16]
-    return (cache_dir or resolve_cache_dir() / "hijack") / f"pilot-{key}.pt"
+    recipe = {"format": FORMAT, "epochs": cfg.hijack_epochs, "batch": WARM_BATCH, "lr": WARM_LR}
+    return recipe_path("hijack/pilot", cfg, md5s, recipe, cache_dir)
 
 
 def initial_models(cfg: RunConfig, console: Console | None = None, cache_dir: Path | None = None) -> HijackModels:

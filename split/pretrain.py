@@ -35,18 +35,19 @@ BATCH, LR = 64, 1e-3  # Adam over device and head; measured in docs/results.md (
 
 def cache_path(cfg: RunConfig, md5s: tuple[str, ...], cache_dir: Path | None = None) -> Path:
     """Where the pretrained device for ``cfg`` and a public set with image hashes ``md5s`` is cached."""
-    recipe = {
-        "format": FORMAT,
-        "dataset": cfg.dataset,
-        "images": hashlib.sha256("".join(md5s).encode()).hexdigest(),
-        "model": cfg.model_options(),
-        "epochs": cfg.pretrain_epochs,
-        "seed": cfg.seed,
-        "batch": BATCH,
-        "lr": LR,
-    }
-    key = hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:16]
-    return (cache_dir or resolve_cache_dir() / "pretrain") / f"device-{key}.pt"
+    recipe = {"format": FORMAT, "epochs": cfg.pretrain_epochs, "batch": BATCH, "lr": LR}
+    return recipe_path("pretrain/device", cfg, md5s, recipe, cache_dir)
+
+
+def recipe_path(kind: str, cfg: RunConfig, md5s: tuple[str, ...], recipe: dict, cache_dir: Path | None = None) -> Path:
+    """Where something trained on public images is cached, by a content hash of what it depends on: the dataset,
+    the images' md5s ``md5s``, the model's settings, ``--seed`` and ``recipe`` (format, epochs, batch, lr...).
+    ``kind``: "<folder>/<stem>" under the cache (``cache_dir`` replaces the folder)."""
+    folder, stem = kind.split("/")
+    images = hashlib.sha256("".join(md5s).encode()).hexdigest()
+    full = {"dataset": cfg.dataset, "images": images, "model": cfg.model_options(), "seed": cfg.seed, **recipe}
+    key = hashlib.sha256(json.dumps(full, sort_keys=True).encode()).hexdigest()[:16]
+    return (cache_dir or resolve_cache_dir() / folder) / f"{stem}-{key}.pt"
 
 
 def pretrain_device(cfg: RunConfig, console: Console | None = None, cache_dir: Path | None = None) -> dict:
