@@ -29,7 +29,7 @@ from sim import main as sim_main
 from split.cut import Cut
 from split.model import build_split, device_activations
 
-CHOICES = "seed, up, cond, rmle, whitebox"
+CHOICES = "seed, up, cond, rmle, whitebox, hijack"
 
 
 class MeanImageAttack(Attack):
@@ -75,7 +75,7 @@ def test_registry_names_and_refusals() -> None:
         register_attack("seed")(MeanImageAttack)
     with pytest.raises(TypeError, match="subclass of attack.base.Attack"):
         register_attack("other")(dict)
-    assert list(ATTACKS) == ["seed", "up", "cond", "rmle", "whitebox"]  # neither refused registration left a trace
+    assert list(ATTACKS) == ["seed", "up", "cond", "rmle", "whitebox", "hijack"]  # neither refused registration left a trace
 
 
 def test_cli_refuses_unknown_attack_in_one_line(tmp_path: Path, capsys) -> None:
