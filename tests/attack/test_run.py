@@ -75,7 +75,8 @@ def test_registry_names_and_refusals() -> None:
         register_attack("seed")(MeanImageAttack)
     with pytest.raises(TypeError, match="subclass of attack.base.Attack"):
         register_attack("other")(dict)
-    assert list(ATTACKS) == ["seed", "up", "cond", "rmle", "whitebox", "hijack"]  # neither refused registration left a trace
+    # neither refused registration left a trace
+    assert list(ATTACKS) == ["seed", "up", "cond", "rmle", "whitebox", "hijack"]
 
 
 def test_cli_refuses_unknown_attack_in_one_line(tmp_path: Path, capsys) -> None:
