@@ -19,8 +19,8 @@ and decoder as an autoencoder on its public images (``initial_models``, cached b
 and then keeps them fixed; the critic is trained in each client's round (one copy per client, like the head in
 SplitFed v1) and averaged at the round's end. Where FSHA trains all three together from scratch, this server trains
 its autoencoder first: it holds the public images before training starts, a client's round has only ~19 steps,
-and one autoencoder step costs about four times a client's DP-SGD step on the CPU (0.64 s against ~0.15 s at batch
-32, one thread), so training it beside every step would cost the run several times over. A fixed target also keeps
+and one autoencoder step costs about twice a client's whole step on the CPU (0.64 s against ~0.3 s at batch 32,
+one thread, measured on a slow machine), so training it beside every step would cost the run about three times. A fixed target also keeps
 the critic's task stationary.
 
 ``SERVERS`` maps ``--server`` to a behaviour: ``honest`` (the task's gradient, today's runs) or ``hijack``.
