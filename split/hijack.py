@@ -20,8 +20,8 @@ and then keeps them fixed; the critic is trained in each client's round (one cop
 SplitFed v1) and averaged at the round's end. Where FSHA trains all three together from scratch, this server trains
 its autoencoder first: it holds the public images before training starts, a client's round has only ~19 steps,
 and one autoencoder step costs about twice a client's whole step on the CPU (0.64 s against ~0.3 s at batch 32,
-one thread, measured on a slow machine), so training it beside every step would cost the run about three times. A fixed target also keeps
-the critic's task stationary.
+one thread, measured on a slow machine), so training it beside every step would cost the run about three times.
+A fixed target also keeps the critic's task stationary.
 
 ``SERVERS`` maps ``--server`` to a behaviour: ``honest`` (the task's gradient, today's runs) or ``hijack``.
 """
