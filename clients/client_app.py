@@ -142,7 +142,7 @@ def train(msg: Message, context: Context) -> Message:
     last_round = (server_round == cfg.rounds or budget_ends) and not fails
     # --server hijack: the server's side of this round (its own draws: [seed, partition, round, 4]).
     hijack_seed = int(np.random.SeedSequence([cfg.training_seed, pid, server_round, 4]).generate_state(1)[0])
-    server = build_server(cfg.server).round(cfg, msg.content[ARRAYS_KEY].to_torch_state_dict(), hijack_seed)
+    server = build_server(cfg.server).round(cfg, msg.content[ARRAYS_KEY], hijack_seed)
     with warnings.catch_warnings():  # Opacus warns about secure RNG and the optimizer's closure: known, harmless
         warnings.simplefilter("ignore")
         result = train_local(

@@ -28,7 +28,7 @@ A fixed target also keeps the critic's task stationary.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import numpy as np
@@ -93,9 +93,9 @@ class HijackModels(nn.Module):
         state = self.state_dict()
         return {f"{PREFIX}{k}": v.detach().cpu() for k, v in state.items() if k.split(".", 1)[0] in parts}
 
-    def load_arrays(self, state: dict[str, torch.Tensor]) -> HijackModels:
-        """Inverse of ``arrays`` (strict); keys without the prefix (the device's, the head's) are ignored."""
-        self.load_state_dict({k[len(PREFIX) :]: v for k, v in state.items() if k.startswith(PREFIX)}, strict=True)
+    def load_arrays(self, arrays: Mapping) -> HijackModels:
+        """Inverse of ``arrays`` (strict): see ``server_state``."""
+        self.load_state_dict(server_state(arrays), strict=True)
         return self
 
     @torch.no_grad()
@@ -108,7 +108,14 @@ class HijackModels(nn.Module):
         return torch.cat([self.decoder(chunk) for chunk in activations.float().split(batch_size)]).numpy()
 
 
-def has_hijack(arrays: dict) -> bool:
+def server_state(arrays: Mapping) -> dict[str, torch.Tensor]:
+    """The ``server.*`` part of a global model's arrays as a ``HijackModels`` state dict (the prefix dropped; the
+    device's and head's keys left out). Values: tensors, or anything with ``.numpy()`` (a Flower ``Array``), so
+    only these keys are converted."""
+    return {k[len(PREFIX) :]: torch.as_tensor(v.numpy()) for k, v in arrays.items() if k.startswith(PREFIX)}
+
+
+def has_hijack(arrays: Mapping) -> bool:
     """Whether a global model's arrays hold a hijacking server's models."""
     return any(key.startswith(PREFIX) for key in arrays)
 

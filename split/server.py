@@ -5,15 +5,15 @@
   gradient instead, from models of its own that travel with the global model as ``server.*`` arrays.
 
 A behaviour says which arrays it adds to the initial global model, what it does in each client's round (``round``:
-None for the task's gradient, else an object whose ``gradient(received)`` replaces it and whose ``models`` go back
-with the reply), and which attacks of its own the run's attack adds (``attacks``). The client's DP-SGD never sees
-which one runs: it clips and noises whatever gradient comes down the cut.
+None for the task's gradient, else an object whose ``gradient(received)`` replaces it and whose ``returned()``
+arrays go back with the reply), and which attacks of its own the run's attack adds (``attacks``). The client's
+DP-SGD never sees which one runs: it clips and noises whatever gradient comes down the cut.
 """
 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from functools import lru_cache
 from typing import ClassVar
 
@@ -36,8 +36,9 @@ class ServerBehaviour:
         """Arrays the server adds to the global model before round 1 (keys ``server.*``)."""
         return {}
 
-    def round(self, cfg: RunConfig, arrays: dict[str, torch.Tensor], seed: int) -> HijackRound | None:
-        """The server's side of one client's local round from the global ``arrays``; None: the task's gradient."""
+    def round(self, cfg: RunConfig, arrays: Mapping, seed: int) -> HijackRound | None:
+        """The server's side of one client's local round from the global ``arrays`` (the train message's, read only
+        where needed: ``split.hijack.server_state``); None: the task's gradient."""
         return None
 
 
@@ -53,7 +54,7 @@ class HijackServer(ServerBehaviour):
     def initial_arrays(self, cfg: RunConfig, console: Console) -> dict[str, torch.Tensor]:
         return initial_models(cfg, console).arrays()
 
-    def round(self, cfg: RunConfig, arrays: dict[str, torch.Tensor], seed: int) -> HijackRound:
+    def round(self, cfg: RunConfig, arrays: Mapping, seed: int) -> HijackRound:
         public = _public(cfg.dataset, cfg.data_dir, cfg.surrogate)
         models = HijackModels.for_run(cfg, public.shape[-1]).load_arrays(arrays)
         return HijackRound(models, _real(cfg.dataset, cfg.data_dir, cfg.surrogate, _Pilot(models)), seed)

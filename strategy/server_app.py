@@ -27,7 +27,7 @@ from core.config import RunConfig
 from core.errors import UserError
 from core.rundir import RunDir
 from data.base import geometry
-from split.hijack import PREFIX, has_hijack
+from split.hijack import has_hijack, server_state
 from split.model import build_split, joined_state, load_joined
 from split.pretrain import pretrain_device
 from split.server import build_server
@@ -63,8 +63,8 @@ def run_server(
     if cfg.pretrain == "public" and resume is None:  # the clients start from the public-data device (split.pretrain)
         device.load_state_dict(pretrain_device(cfg, console))
     behaviour = build_server(cfg.server)
-    server_state = behaviour.initial_arrays(cfg, console) if resume is None else {}  # --server hijack: its models
-    arrays, first_round = ArrayRecord({**joined_state(device, head), **server_state}), 1
+    own_arrays = behaviour.initial_arrays(cfg, console) if resume is None else {}  # --server hijack: its models
+    arrays, first_round = ArrayRecord({**joined_state(device, head), **own_arrays}), 1
     config = ConfigRecord(cfg.to_flwr())
     chosen = entry(cfg.strategy)
     try:
@@ -114,7 +114,7 @@ def run_server(
         # Only the weights: the settings are in config.json, their one copy. A hijacking server's models too.
         model = {"device": device.state_dict(), "head": head.state_dict()}
         if has_hijack(final):
-            model["server"] = {k[len(PREFIX) :]: v for k, v in final.items() if k.startswith(PREFIX)}
+            model["server"] = server_state(final)
         torch.save(model, run.model)
         if on_complete is not None:
             on_complete(run_dir)
