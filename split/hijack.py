@@ -182,10 +182,17 @@ def warm_cache_path(cfg: RunConfig, md5s: tuple[str, ...], cache_dir: Path | Non
     return recipe_path("hijack/pilot", cfg, md5s, recipe, cache_dir)
 
 
-def initial_models(cfg: RunConfig, console: Console | None = None, cache_dir: Path | None = None) -> HijackModels:
+def initial_models(
+    cfg: RunConfig,
+    console: Console | None = None,
+    cache_dir: Path | None = None,
+    after_epoch: Callable[[HijackModels, int], None] | None = None,
+) -> HijackModels:
     """The hijacking server's models before round 1: the pilot and decoder warm-started as an autoencoder on the
     public images for ``cfg.hijack_epochs`` epochs (from the cache when there: like ``--pretrain public``, seeded by
-    ``--seed``, so a study's training seeds share one pilot), a fresh critic seeded by the training seed."""
+    ``--seed``, so a study's training seeds share one pilot), a fresh critic seeded by the training seed.
+    ``after_epoch(models, epoch)`` runs after each warm-start epoch when there is no cache (a benchmark's probe; it
+    must leave the models' weights and the random state as they were)."""
     console = console or Console()
     dataset = get_dataset(cfg.dataset, cfg.data_dir or None)
     public = public_images(cfg)
@@ -200,7 +207,7 @@ def initial_models(cfg: RunConfig, console: Console | None = None, cache_dir: Pa
     else:
         torch.manual_seed(cfg.seed)
         warm = HijackModels.for_run(cfg, dataset.side)
-        _warm_start(warm, public, cfg, lambda line: console.print(line))
+        _warm_start(warm, public, cfg, lambda line: console.print(line), after_epoch)
         keep = {k: v for k, v in warm.state_dict().items() if not k.startswith("critic.")}
         path.parent.mkdir(parents=True, exist_ok=True)
         files.write_with(path, lambda fh: torch.save(keep, fh))
@@ -221,7 +228,13 @@ def pilot_features(models: HijackModels, public: np.ndarray, batch_size: int = 6
     return torch.cat(chunks)
 
 
-def _warm_start(models: HijackModels, public: ImageSet, cfg: RunConfig, say: Callable[[str], None]) -> None:
+def _warm_start(
+    models: HijackModels,
+    public: ImageSet,
+    cfg: RunConfig,
+    say: Callable[[str], None],
+    after_epoch: Callable[[HijackModels, int], None] | None = None,
+) -> None:
     """Adam on the pilot autoencoder (pixel MSE) over the public images."""
     optimizer = torch.optim.Adam([*models.pilot.parameters(), *models.decoder.parameters()], lr=WARM_LR)
     order_rng = np.random.default_rng(cfg.training_seed)
@@ -239,3 +252,6 @@ def _warm_start(models: HijackModels, public: ImageSet, cfg: RunConfig, say: Cal
             total += float(loss.detach()) * len(rows)
         mse = total / len(order)
         say(f"hijack pilot warm start on {public.name}: epoch {epoch}/{cfg.hijack_epochs}, MSE {mse:.4f}")
+        if after_epoch is not None:
+            after_epoch(models, epoch)
+            models.train()
