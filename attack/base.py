@@ -1,4 +1,4 @@
-"""The attack interface and the threat model it works under (EXPERIMENT.md, "The attack in the original").
+"""The attack interface and the threat model it works under (docs/experiment.md, "The attack in the original").
 
 The curious server is honest but curious: it runs the protocol and keeps everything the protocol hands it.
 ``AttackerKnowledge`` is what it holds before it looks at a client's activations: the final global device model

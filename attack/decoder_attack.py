@@ -10,7 +10,7 @@ intercepted activations. One registered attack per variant:
 Every variant keeps a seeded held-out slice of the surrogate, stops when its pixel MSE stops improving and keeps
 the best epoch. Training-time activations, which a client's own model produced, are decoded as they are: a
 least-squares affine map from each client's model to the global one, fitted on public images, was measured and
-dropped (re-id on the clients' training sets 0.021 with it, 0.027 without; README).
+dropped (re-id on the clients' training sets 0.021 with it, 0.027 without; docs/design.md, "The attack").
 """
 
 from __future__ import annotations
@@ -27,9 +27,9 @@ from split.decoders import build_decoder
 HOLDOUT_FRACTION, HOLDOUT_MAX = 0.1, 500  # surrogate rows held out for early stopping
 PATIENCE = 4  # epochs without a better held-out MSE before training stops ...
 MIN_DELTA = 2e-4  # ... better by more than this (held-out MSE is about 0.05: gains under 0.4 % do not count)
-# Weight of (1 - SSIM) beside pixel MSE for the upsampling decoders. Measured with the conditioned decoder on the
-# default sigma-0 model, unseen small2 (README): 0 gave SSIM 0.636 (below the mean image's 0.652), re-id 0.038;
-# 0.02 gave 0.659 and 0.046; 0.1 gave 0.682 but re-id 0.025 (sharp strokes in the wrong places).
+# Weight of (1 - SSIM) beside pixel MSE for the upsampling decoders. Measured once (recorded only here) with the
+# conditioned decoder on the default sigma-0 model, unseen small2: 0 gave SSIM 0.636 (below the mean image's 0.652),
+# re-id 0.038; 0.02 gave 0.659 and 0.046; 0.1 gave 0.682 but re-id 0.025 (sharp strokes in the wrong places).
 SSIM_WEIGHT = 0.02
 
 

@@ -1,7 +1,8 @@
 """Training the decoders that invert the device model (architectures: ``split.decoders``).
 
 The attacker queries the (aggregated) device model with its own surrogate images, trains a decoder on the
-(activation, image) pairs, then applies it to intercepted activations (shared/docs/EXPERIMENT.md, "The attack").
+(activation, image) pairs, then applies it to intercepted activations (docs/experiment.md, "The attack in the
+original").
 
 The decoders by name: ``seed`` (``SeedDecoder``) and ``up`` (``UpDecoder``); ``cond`` is an UpDecoder whose input
 is the activations and a one-hot label (``attack.decoder_attack``).

@@ -395,7 +395,7 @@ def _uint8(images: np.ndarray) -> np.ndarray:
 
 
 def write_outputs(run_dir: Path, results: dict) -> None:
-    """leakage.json and leakage.csv (README, "Output files")."""
+    """leakage.json and leakage.csv (docs/usage.md, "Output files")."""
     files.write_text(run_dir / "leakage.json", json.dumps(results, indent=2) + "\n")
     lines = [",".join(("set", "method", "attack", *CSV_KEYS))]
     for set_name, methods in results.items():

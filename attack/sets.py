@@ -1,7 +1,7 @@
 """Evaluation sets: which images the attack tries to reconstruct, and from which activations.
 
 - ``unseen``: small2 minus the 1,000 files also in small1 (2,120 images the attacker never saw): the honest number.
-- ``seen``: those 1,000 shared files, reported separately (EXPERIMENT.md, the pitfall).
+- ``seen``: those 1,000 shared files, reported separately (docs/experiment.md, the pitfall).
 - ``client_<k>_inference`` / ``client_<k>_train``: client k's private images from the activations the server
   intercepted at inference (final global model, no labels) and during the client's last training round (its own
   updated model, with the labels training sends).
@@ -119,7 +119,7 @@ def client_sets(
     intercepted: ``<point>_activations`` [n,C,H,W], ``<point>_partition`` [n] and ``<point>_index`` [n] (row in the
     evaluation set) for each point. A partition with no row at a point (e.g. it failed its last round) has no set
     there. Partitions are those seen at inference: every client's images go through the final model.
-    devices: each client's own device model from its last round (``strategy.interception.local_devices``); its
+    devices: each client's own device model from its last round (``core.rundir.local_devices``); its
     training-time set records it. Training-time sets carry the labels training sent with the activations (the
     image's alphabet, which is the task label). ``per_client`` rows of each set are scored, drawn by
     (seed, partition, point).

@@ -9,7 +9,7 @@ decoder with the lowest held-out MSE on the surrogate) and never change the devi
   for the conditioned decoder, the label's one-hot), so every candidate is an image the decoder can draw: the
   decoder is the image prior. Measured on the default σ 0 model (256 unseen images) it lowered the activation
   distance from 0.205 to 0.048 with images in the decoder's look; pixel-space rMLE reached 0.013 with images that
-  score a lower SSIM (0.527 against 0.624; README).
+  score a lower SSIM (0.527 against 0.624; docs/results.md, "The attack at σ 0").
 
 f is the client's own model for training-time activations, else the final global one. Expensive (every step runs
 the device model forward and back on full-size images), so each reconstructs a seeded subsample of each set

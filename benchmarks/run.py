@@ -8,7 +8,7 @@ Every target is a ratio of two things measured side by side in this one run, so 
 - ``gemm_fraction``: DP training images/s / the images/s this machine's fp32 matrix multiply would allow for the
   model's training FLOPs per image (counted from the architecture).
 - ``attack_seconds``, ``attack_scoring_fraction``, ``attack_peak_rss_gb``: the whole attack of a finished run
-  (``--attack-run``, default runs/s0: the default training at sigma 0), as ``python -m attack`` runs it.
+  (``--attack-run``, default runs/s0: the default training at sigma 0), as ``python sim.py attack`` runs it.
 - ``per_client_round_overhead_s``: (simulation - plain loop) / (clients x rounds), 100 clients with tiny shards.
 - ``main_seconds``, ``main_peak_rss_gb``: the main command, ``python sim.py --clients 20 --noise 0.5``, end to end
   (training and attack) in a child process: its wall time and the largest peak RSS of any one process it started
@@ -304,7 +304,7 @@ def bench_study(quick: bool) -> dict:
 
 
 def bench_attack(run_dir: Path | None, epochs: int | None) -> dict:
-    """The whole attack of a finished run (every attack, every set, scoring, writing): ``python -m attack`` on a
+    """The whole attack of a finished run (every attack, every set, scoring, writing): ``python sim.py attack`` on a
     copy of ``run_dir`` in a child process. Reports its wall time, the share of it spent scoring (attack.json's
     ``seconds``) and the child's peak RSS. ``epochs`` caps decoder epochs (``--quick``); None: the run's own."""
     if run_dir is None or not (run_dir / "intercepted.npz").is_file():
@@ -318,7 +318,7 @@ def bench_attack(run_dir: Path | None, epochs: int | None) -> dict:
         for name in ("model.pt", "intercepted.npz", "config.json", "metrics.csv", "ledger.csv"):
             shutil.copy2(run_dir / name, copy / name)
         defaults = RunConfig()  # today's default attack, whatever the run was attacked with before
-        cmd = [sys.executable, "-m", "attack", str(copy), "--attacks", defaults.attacks]
+        cmd = [sys.executable, "sim.py", "attack", str(copy), "--attacks", defaults.attacks]
         cmd += ["--surrogate", defaults.surrogate, "--whitebox-images", str(defaults.whitebox_images)]
         cmd += ["--attack-epochs", str(epochs)] if epochs else []
         started = time.perf_counter()

@@ -12,7 +12,7 @@
 
 In every case Opacus's ``DPOptimizer`` does the clipping, the noise and the accounting from ``p.grad_sample``, with
 Opacus's convention: ``grad_sample[i]`` is the gradient of sample i's own loss. Equality with Opacus's per-sample
-gradients is tested (tests/test_grad_samplers.py).
+gradients is tested (tests/clients/test_grad_samplers.py).
 """
 
 from __future__ import annotations

@@ -50,7 +50,7 @@ def setting(
 
 @dataclass
 class RunConfig:
-    """Every setting of a run. Defaults follow the original DP run (EXPERIMENT.md) where it had one.
+    """Every setting of a run. Defaults follow the original DP run (docs/experiment.md) where it had one.
 
     Each field is declared once, here: ``sim.py`` builds its flags from these fields (``flag_specs``) and a test
     checks that ``[tool.flwr.app.config]`` in pyproject.toml has the same keys and defaults.
@@ -74,7 +74,8 @@ class RunConfig:
     head_mode: str = setting(
         "refit",
         "the server's head: copies = one copy per client per round, averaged (SplitFed v1); refit = the same, then "
-        "the server refits the averaged head on fresh activations of a sample of every client's images (see README)",
+        "the server refits the averaged head on fresh activations of a sample of every client's images "
+        "(docs/design.md, head modes)",
         FEDERATION,
         HEAD_MODES,
     )
@@ -130,7 +131,7 @@ class RunConfig:
         "no split",
         DP_TRAINING,
     )
-    lr: float = setting(0.002, "learning rate (0.005 in the 2020 DP runs; see README, Levers)", DP_TRAINING)
+    lr: float = setting(0.002, "learning rate (0.005 in the 2020 DP runs; levers: docs/results.md)", DP_TRAINING)
     optimizer: str = setting("adam", "optimizer", DP_TRAINING, OPTIMIZERS)
     dropout: float = setting(0.0, "dropout in device and head (0 as in the DP runs)", DP_TRAINING)
     norm_groups: int = setting(1, "GroupNorm groups (1 learns best)", DP_TRAINING)

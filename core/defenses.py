@@ -3,7 +3,8 @@ is its strength, and what it guarantees.
 
 A family is a curve of the study's report (``control`` a point of its own). The mechanism behind each lives where it
 acts: DP-SGD in ``clients/train.py``, the noisy cut and NoPeek in ``split/cut.py``. A new family is one entry here
-plus its settings; ``study.grid`` and ``report.study_page`` read everything else from the entry.
+plus its settings; ``study.grid`` and the study's report (``report.study_stats``, ``report.study_figures``,
+``report.headline``) read everything else from the entry.
 """
 
 from __future__ import annotations

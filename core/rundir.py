@@ -9,6 +9,7 @@ writes ``leakage.json`` / ``attack.json`` (state ``attacked``). Everything else 
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import platform
@@ -192,6 +193,16 @@ class RunDir:
         if not isinstance(payload, dict):
             raise UserError(f"{path} is unreadable (not a JSON object)")
         return payload
+
+    def read_csv(self, name: str) -> list[dict[str, str]]:
+        """The rows of a CSV file of the run (``ledger.csv``, ``metrics.csv``, ``client_metrics.csv``), as dicts of
+        strings keyed by its header; UserError (one line) if it is missing."""
+        path = self.path / name
+        try:
+            with path.open(newline="") as fh:
+                return list(csv.DictReader(fh))
+        except FileNotFoundError:
+            raise UserError(f"{self.path}: no {name} there; did training finish?") from None
 
     def settings(self) -> dict[str, Any]:
         """The run's saved settings (field names), as written; UserError for a run of another format."""

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import csv
 import math
 import textwrap
 from collections import defaultdict
@@ -15,17 +14,14 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 from core import files
 from core.privacy import EPSILON_COVERS
-
-
-def _read(path: Path) -> list[dict]:
-    with path.open(newline="") as fh:
-        return list(csv.DictReader(fh))
+from core.rundir import RunDir
 
 
 def plot_run(run_dir: Path) -> list[Path]:
     """Draw both figures into ``run_dir``; returns their paths."""
-    ledger, metrics = _read(run_dir / "ledger.csv"), _read(run_dir / "metrics.csv")
-    clients = _read(run_dir / "client_metrics.csv")
+    run = RunDir(run_dir)
+    ledger, metrics = run.read_csv("ledger.csv"), run.read_csv("metrics.csv")
+    clients = run.read_csv("client_metrics.csv")
     return [_plot_epsilon(run_dir, ledger), _plot_accuracy(run_dir, metrics, clients)]
 
 

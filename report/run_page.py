@@ -5,14 +5,13 @@ spent per round (ledger.csv); how accurate the model got per round (metrics.csv)
 beside the mean-image baseline (leakage.json); and every client's reconstructions, one folded section per client.
 
 The page is self-contained: figures are drawn here (matplotlib's object API on the Agg canvas) or read from the
-run's PNGs, and inlined as base64 data URIs, so the file can be mailed or opened offline. Reads config.json through
-``RunDir`` only.
+run's PNGs, and inlined as base64 data URIs, so the file can be mailed or opened offline. Reads the run's files
+through ``RunDir`` only.
 """
 
 from __future__ import annotations
 
 import base64
-import csv
 import html
 import io
 import math
@@ -57,7 +56,7 @@ STYLE = (
 def write_run_page(run_dir: Path) -> Path:
     """Write ``run_dir/report.html`` (self-contained HTML, UTF-8) for an attacked run; returns its path.
 
-    Reads config.json (through ``RunDir``), ledger.csv, metrics.csv, leakage.json and the PNGs beside them. UserError
+    Reads config.json, ledger.csv, metrics.csv, leakage.json (through ``RunDir``) and the PNGs beside them. UserError
     (one line) when the directory is not an attacked run.
     """
     run = RunDir(Path(run_dir))
@@ -65,7 +64,7 @@ def write_run_page(run_dir: Path) -> Path:
     if state != ATTACKED:
         raise UserError(f"{run.path}: no report page for a run that is {state}, not attacked (leakage.json)")
     cfg = run.read_config()
-    ledger, metrics = _read_csv(run.ledger), _read_csv(run.metrics)
+    ledger, metrics = run.read_csv("ledger.csv"), run.read_csv("metrics.csv")
     leakage = run.read_json("leakage.json")
     dp = has_dp(cfg, ledger)
     body = [
@@ -93,15 +92,6 @@ def has_dp(cfg: RunConfig, ledger: list[dict]) -> bool:
 
 
 # --- reading
-
-
-def _read_csv(path: Path) -> list[dict]:
-    """The rows of a CSV file with a header, as dicts of strings; UserError when it is missing."""
-    try:
-        with path.open(newline="") as fh:
-            return list(csv.DictReader(fh))
-    except FileNotFoundError:
-        raise UserError(f"{path.parent}: no {path.name} there; did training finish?") from None
 
 
 def epsilon_by_client(ledger: list[dict]) -> dict[int, dict[int, tuple[float, str]]]:

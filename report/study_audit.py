@@ -30,7 +30,7 @@ def read_audit(run_dir: Path) -> dict[str, Any] | None:
 
 
 def audited(points: Sequence) -> list[tuple[Any, dict]]:
-    """(run's point, its audit) for every training run of ``points`` (study_page.Point) that was audited."""
+    """(run's point, its audit) for every training run of ``points`` (``report.study_stats.Point``) that was audited."""
     return [(run, run.audit) for p in points for run in p.runs if run.audit is not None]
 
 

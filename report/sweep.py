@@ -47,17 +47,13 @@ COLUMNS = (
 )
 
 
-def _csv_rows(path: Path) -> list[dict]:
-    with path.open(newline="") as fh:
-        return list(csv.DictReader(fh))
-
-
 def ledger_spend(run_dir: Path) -> tuple[list[float], list[float]]:
     """From a run's ``ledger.csv``: every client's final epsilon, sorted ([nan] for an empty ledger), and the
     median client's spend after each round (clients a round skipped count with their earlier spend)."""
     last: dict[str, float] = {}
     by_round: dict[int, float] = {}
-    for row in _csv_rows(run_dir / "ledger.csv"):  # rows are in round order: the last one per client is its final spend
+    # Rows are in round order: the last one per client is its final spend.
+    for row in RunDir(run_dir).read_csv("ledger.csv"):
         last[row["partition_id"]] = float(row["epsilon"])
         by_round[int(row["round"])] = statistics.median(last.values())
     return sorted(last.values()) or [math.nan], [by_round[r] for r in sorted(by_round)]
@@ -65,7 +61,7 @@ def ledger_spend(run_dir: Path) -> tuple[list[float], list[float]]:
 
 def final_val_acc(run_dir: Path) -> float:
     """The global model's validation accuracy after a run's last round (``metrics.csv``; nan before round 1)."""
-    metrics = _csv_rows(run_dir / "metrics.csv")
+    metrics = RunDir(run_dir).read_csv("metrics.csv")
     return float(metrics[-1]["val_acc"]) if metrics else math.nan
 
 

@@ -202,28 +202,22 @@ def run(
 
             run_attack(run_dir, run_cfg.data_dir or None, epochs=run_cfg.attack_epochs, seed=run_cfg.training_seed)
     if not skip_attack:
-        write_reports(report_dir, run_dirs, configs)
+        write_reports(report_dir, run_dirs)
     return report_dir
 
 
-def write_reports(report_dir: Path, run_dirs: Sequence[Path], configs: Sequence[RunConfig]) -> None:
+def write_reports(report_dir: Path, run_dirs: Sequence[Path]) -> None:
     """report.md (leakage per epsilon) and report.html: a single run's own page, or for a sweep over --noise the
     study's page with each run a point of the DP-SGD curve."""
-    import os
-
     from report.run_page import write_run_page
-    from report.study_page import write_study_report
+    from report.study_page import write_sweep_page
     from report.sweep import write_report
-    from study.grid import Cell
 
     print(f"report: {write_report(report_dir, list(run_dirs))}")
     if len(run_dirs) == 1:
         print(f"report: {write_run_page(run_dirs[0])} (open it in a browser)")
         return
-    pairs = zip(configs, run_dirs, strict=True)
-    cells = [Cell(os.path.relpath(d, report_dir), "dp", {"noise": c.noise}) for c, d in pairs]
-    named = {cell.name: c for cell, c in zip(cells, configs, strict=True)}
-    print(f"report: {write_study_report(report_dir, cells, named, markdown=False)} (open it in a browser)")
+    print(f"report: {write_sweep_page(report_dir, run_dirs)} (open it in a browser)")
 
 
 def given_settings(namespace: dict[str, Any]) -> dict[str, Any]:

@@ -32,11 +32,14 @@ import re
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from core.config import RunConfig, flag_name, settings
 from core.defenses import FAMILIES
 from core.errors import UserError
+
+if TYPE_CHECKING:
+    from report.study_stats import StudyCell
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")  # a cell's name is its directory's name
 _SEED_SUFFIX = re.compile(r"\.seed\d+$")  # <cell>.seed<k>: the directory of the cell's k-th training run
@@ -62,6 +65,12 @@ class Cell:
     def label(self) -> str:
         """How the report names the cell's point: "eps 8", "eps inf", "noise 0.1", "NoPeek 3", or a control's name."""
         return FAMILIES[self.family].point_label(self.name, self.settings)
+
+    def for_report(self) -> StudyCell:
+        """This cell as the study's report records it: its name, family and settings, nothing of the grid."""
+        from report.study_stats import StudyCell  # here: the report's modules load matplotlib, which a grid needs not
+
+        return StudyCell(self.name, self.family, self.settings)
 
 
 # What the default grid holds, and why: the cells the README's headline compares, and no others (12 cells, each run

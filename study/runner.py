@@ -146,12 +146,10 @@ def run_study(
     if missing:
         console.print(f"report: not written yet, {len(missing)} run(s) to finish: {', '.join(missing)}")
         return
-    write_report_once(out, runs, configs, central, console, force=report_only)
+    write_report_once(out, runs, central, console, force=report_only)
 
 
-def write_report_once(
-    out: Path, runs: list[SeedRun], configs: dict[str, RunConfig], central, console, force: bool = False
-) -> None:
+def write_report_once(out: Path, runs: list[SeedRun], central, console, force: bool = False) -> None:
     """The study's report, written by one process: under ``report.lock``, and (unless ``force``: --report-only)
     only when report.html is older than some run's leakage.json, so two shards finishing together, or a rerun of a
     finished study, write it once."""
@@ -166,4 +164,5 @@ def write_report_once(
         if not force and central is None and report.exists() and report.stat().st_mtime_ns > newest:
             console.print(f"report: {report} (up to date)")
             return
-        print(f"report: {write_study_report(out, runs, configs, central=central)}")
+        cells = [(run.cell.for_report(), out / run.name) for run in runs]
+        print(f"report: {write_study_report(out, cells, central=central)}")

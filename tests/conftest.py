@@ -30,7 +30,7 @@ from runs import stop_group  # noqa: E402
 from data.omniglot import EVALUATION, SMALL1, SMALL2, ImageSet, load_set  # noqa: E402
 
 NEEDED = (EVALUATION, SMALL1, SMALL2)
-ALSO_NEEDED = ("images_background",)  # the attacker's public surrogate (tests/test_attack_knowledge.py)
+ALSO_NEEDED = ("images_background",)  # the attacker's public surrogate (tests/attack/test_knowledge.py)
 
 
 def pytest_configure(config: pytest.Config) -> None:

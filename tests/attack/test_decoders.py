@@ -16,7 +16,7 @@ from data.base import ImageSet, shared_files
 from split.decoders import DECODERS, SeedDecoder, UpDecoder, build_decoder
 from split.model import DeviceNet, device_activations
 
-OVERLAP_ALPHABETS = {"Greek", "Latin"}  # in both small1 and small2 (shared/docs/EXPERIMENT.md, the pitfall)
+OVERLAP_ALPHABETS = {"Greek", "Latin"}  # in both small1 and small2 (docs/experiment.md, the pitfall)
 
 
 @pytest.fixture(scope="module")

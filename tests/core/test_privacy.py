@@ -6,6 +6,7 @@ import inspect
 import math
 import subprocess
 import sys
+from pathlib import Path
 
 import dp_accounting
 import pytest
@@ -28,6 +29,7 @@ from core.privacy import (
 )
 
 Q, SIGMA, DELTA = 1 / 19, 0.5, 1e-5
+REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 def _dp_accounting_rdp(sigma: float, q: float, steps: int, delta: float) -> float:
@@ -182,7 +184,8 @@ def test_noise_for_clients_covers_the_smallest_client():
 
 def test_calculator_cli_prints_the_ledger_epsilon():
     out = subprocess.run(
-        [sys.executable, "-m", "strategy.privacy", "--n", "594", "--noise", "0.5", "--epochs", "10"],
+        [sys.executable, "sim.py", "epsilon", "--n", "594", "--noise", "0.5", "--epochs", "10"],
+        cwd=REPO_ROOT,
         capture_output=True,
         text=True,
         check=True,

@@ -36,7 +36,7 @@ def test_state_follows_the_lifecycle_and_the_config_round_trips(tmp_path: Path) 
     assert run.state() == "empty" and not any(run.path.iterdir())
 
 
-def test_a_run_of_another_version_or_a_damaged_config_is_one_line(tmp_path: Path) -> None:
+def test_a_run_of_another_version_a_damaged_config_or_a_missing_table_is_one_line(tmp_path: Path) -> None:
     run = RunDir(tmp_path)
     with pytest.raises(UserError, match="no config.json there; is it a run directory"):
         run.read_config()
@@ -46,6 +46,13 @@ def test_a_run_of_another_version_or_a_damaged_config_is_one_line(tmp_path: Path
     run.config.write_text(json.dumps({"settings": RunConfig().settings_dict()}))  # format 1: no "format" key
     with pytest.raises(UserError, match="another version of this tool .run format 1, this one reads 2.; train it"):
         run.read_config()
+    with pytest.raises(UserError, match="no ledger.csv there; did training finish"):
+        run.read_csv("ledger.csv")
+    run.ledger.write_text("round,partition_id,epsilon\n1,0,inf\n1,1,2.5\n")
+    assert run.read_csv("ledger.csv") == [
+        {"round": "1", "partition_id": "0", "epsilon": "inf"},
+        {"round": "1", "partition_id": "1", "epsilon": "2.5"},
+    ]
 
 
 def test_intercepted_round_trips_with_each_clients_device(tmp_path: Path) -> None:

@@ -6,15 +6,13 @@ from __future__ import annotations
 import json
 import math
 import shutil
-import subprocess
-import sys
 from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from runs import REPO_ROOT, every_20th, rows, sim
+from runs import every_20th, rows, sim
 
 from attack.run import CSV_KEYS
 from core.privacy import epsilon
@@ -105,13 +103,6 @@ def test_attack_reruns_alone(run_dir: Path, tmp_path: Path, monkeypatch, capsys)
     assert set(leakage["unseen"]) == {"seed", "baseline", "best"}
     assert leakage["unseen"]["seed"]["n"] == 156 - 50  # every 20th image of small2, less those of small1's slice
     assert "report: " in capsys.readouterr().out
-
-
-def test_the_old_entry_points_say_the_new_command() -> None:
-    for module, new in (("attack", "python sim.py attack"), ("strategy.privacy", "python sim.py epsilon")):
-        done = subprocess.run([sys.executable, "-m", module, "--help"], cwd=REPO_ROOT, capture_output=True, text=True)
-        assert done.returncode == 0 and f"is now: {new}" in done.stderr, done.stderr
-        assert f"usage: sim.py {new.split()[-1]}" in done.stdout
 
 
 @pytest.mark.slow

@@ -1,4 +1,5 @@
-"""The study (study/grid.py, ``sim.py study``) and its report (report/study_page.py), opened in headless Chromium."""
+"""The study (study/grid.py, ``sim.py study``) and its report (report/study_*.py, report/headline.py), the page
+opened in headless Chromium."""
 
 from __future__ import annotations
 
@@ -23,20 +24,12 @@ from core.config import RunConfig
 from core.errors import UserError
 from core.rundir import RunDir
 from data.base import ImageSet
-from report import study_page as study_report
-from report.study_page import (
-    central_accuracy,
-    covers,
-    curves,
-    headline,
-    paired,
-    plot_epsilon,
-    plot_headline,
-    read_point,
-    summarise,
-    write_csv,
-    write_study_report,
-)
+from report import study_figures
+from report.headline import headline
+from report.study_csv import write_csv
+from report.study_figures import plot_epsilon, plot_headline
+from report.study_page import central_accuracy, covers, write_study_report
+from report.study_stats import StudyCell, curves, paired, read_point, summarise
 from sim import main as sim_main
 from study.grid import Cell, default_grid, read_grid, seed_runs, shard_of
 from study.runner import cell_state
@@ -93,8 +86,8 @@ def study(tmp_path: Path, evaluation: ImageSet) -> tuple[Path, list[Cell], dict[
 
 
 def test_headline_is_computed_from_the_cells(study) -> None:
-    out, cells, configs = study
-    points = [read_point(c, configs[c.name], out / c.name) for c in cells]
+    out, cells, _ = study
+    points = [read_point(c.for_report(), out / c.name) for c in cells]
     sentence = headline(points)
     assert sentence.startswith("At cut 4, going from epsilon inf to epsilon 8 moves the best attack's re-id")
     assert "from 0.300 [0.280, 0.320] to 0.050 [0.030, 0.070] at an accuracy cost of +0.150" in sentence
@@ -108,13 +101,12 @@ def test_headline_is_computed_from_the_cells(study) -> None:
 def test_a_control_is_a_point_of_its_own_and_the_strongest_epsilon_joins_the_headline(
     study, evaluation: ImageSet, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    out, cells, configs = study
+    out, cells, _ = study
     extra = [Cell("eps1", "dp", {"target_epsilon": 1.0}), Cell("frozen", "control", {"noise": 0.0, "lr": 1e-12})]
     _fake_cell(out / "eps1", evaluation, 0.28, 0.04, noise=2.0, epsilons=(0.9, 1.0))
     _fake_cell(out / "frozen", evaluation, 0.25, 0.02, noise=0.0, epsilons=(math.inf,) * 2, lr=1e-12)
     cells = cells + extra
-    configs |= {c.name: c.config(RunConfig(clients=2, rounds=2), out) for c in extra}
-    points = [read_point(c, configs[c.name], out / c.name) for c in cells]
+    points = [read_point(c.for_report(), out / c.name) for c in cells]
     assert all(p.cell.family != "control" for series in curves(points).values() for p in series)
     assert [p.cell.name for p in curves(points)[("dp", 4)]] == ["plain", "eps8", "eps1"]
     sentence = headline(points)
@@ -129,7 +121,7 @@ def test_a_control_is_a_point_of_its_own_and_the_strongest_epsilon_joins_the_hea
     assert alone.endswith("Control frozen (cut 4): re-id 0.020 [0.000, 0.040] at val acc 0.250.")
     assert Cell("frozen", "control", {}).label == "frozen"
     saved = []
-    monkeypatch.setattr(study_report, "_save", lambda fig, path: saved.append(fig))
+    monkeypatch.setattr(study_figures, "_save", lambda fig, path: saved.append(fig))
     plot_headline(points, tmp_path / "headline.png")
     legend = saved[0].axes[0].get_legend_handles_labels()[1]
     assert "control: frozen, cut 4" in legend and "DP-SGD (epsilon sweep), cut 4" in legend
@@ -140,15 +132,14 @@ def test_the_pretrained_arm_is_a_dp_curve_of_its_own(
 ) -> None:
     """dp-public cells form their own curve, ordered by epsilon from inf down, drawn against epsilon beside DP-SGD from
     scratch, with a sentence of their own in the headline; the no-defense cell stays the scratch one."""
-    out, cells, configs = study
+    out, cells, _ = study
     extra = [
         Cell("pre-eps8", "dp-public", {"target_epsilon": 8.0, "pretrain": "public"}),
         Cell("pre-plain", "dp-public", {"noise": 0.0, "pretrain": "public"}),
     ]
     _fake_cell(out / "pre-eps8", evaluation, 0.58, 0.06, noise=0.8, epsilons=(7.5, 8.0))
     _fake_cell(out / "pre-plain", evaluation, 0.66, 0.20, noise=0.0, epsilons=(math.inf,) * 2)
-    configs |= {c.name: c.config(RunConfig(clients=2, rounds=2), out) for c in extra}
-    points = [read_point(c, configs[c.name], out / c.name) for c in cells + extra]
+    points = [read_point(c.for_report(), out / c.name) for c in cells + extra]
     assert [p.cell.name for p in curves(points)[("dp-public", 4)]] == ["pre-plain", "pre-eps8"]
     assert curves(points)[("cut-noise", 4)][0].cell.name == "plain"  # a defense's curve starts from scratch's plain
     sentence = headline(points)
@@ -158,7 +149,7 @@ def test_the_pretrained_arm_is_a_dp_curve_of_its_own(
         "eps 7.75: val acc 0.580, re-id 0.060 [0.040, 0.080]." in sentence
     )
     saved = []
-    monkeypatch.setattr(study_report, "_save", lambda fig, path: saved.append(fig))
+    monkeypatch.setattr(study_figures, "_save", lambda fig, path: saved.append(fig))
     plot_epsilon(points, tmp_path / "epsilon.png")
     labels = saved[0].axes[2].get_legend_handles_labels()[1]
     assert labels == ["DP-SGD (epsilon sweep), cut 4", "DP-SGD from public pretraining, cut 4"]
@@ -204,7 +195,7 @@ def test_seeds_are_summarised_across_runs_and_compared_paired_by_seed(
         assert configs[run.name].training_seed == run.k and configs[run.name].seed == 0  # same shards
     points = {}
     for cell in cells:
-        series = [read_point(cell, configs[r.name], out / r.name) for r in runs if r.cell is cell]
+        series = [read_point(cell.for_report(), out / r.name) for r in runs if r.cell is cell]
         points[cell.name] = summarise(series)
     plain = points["plain"]
     half = T_975_2 * 0.01 / math.sqrt(3)  # plain's val accs 0.45, 0.47, 0.46: sd 0.01
@@ -228,16 +219,16 @@ def test_seeds_are_summarised_across_runs_and_compared_paired_by_seed(
     assert "eps 8 from the same start (against frozen, paired over 3 seeds: re-id not distinguishable (+0.000 [" in (
         control
     )
-    eps1 = dataclasses.replace(points["eps8"], cell=Cell("eps1", "dp", {}), epsilon_median=1.0)
+    eps1 = dataclasses.replace(points["eps8"], cell=StudyCell("eps1", "dp", {}), epsilon_median=1.0)
     control = headline([*points.values(), eps1])
     control = control[control.index("Control frozen (cut 4)") :]
     assert control.index("; eps 8 from the same start (against frozen") < control.index("; eps 1 from the same start")
-    cut2 = dataclasses.replace(points["plain"], cell=Cell("cut2", "dp", {"noise": 0.0, "cut": 2}), cut=2)
+    cut2 = dataclasses.replace(points["plain"], cell=StudyCell("cut2", "dp", {"noise": 0.0, "cut": 2}), cut=2)
     moved = headline([*points.values(), cut2])
     moved = moved[moved.index("Moving the cut from block 4 to block 2") :]
     assert "with val acc 0.460 and 0.460 (against cut 4, paired over 3 seeds: re-id not distinguishable (" in moved
     saved = []
-    monkeypatch.setattr(study_report, "_save", lambda fig, path: saved.append(fig))
+    monkeypatch.setattr(study_figures, "_save", lambda fig, path: saved.append(fig))
     plot_headline(list(points.values()), tmp_path / "headline.png")
     ax = saved[0].axes[0]
     faint = [c for c in ax.collections if c.get_alpha() == 0.25]
@@ -254,8 +245,9 @@ def test_seeds_are_summarised_across_runs_and_compared_paired_by_seed(
 
 
 def test_report_html_renders_every_image_and_the_headline_in_chromium(study, chromium: str, tmp_path: Path) -> None:
-    out, cells, configs = study
-    report = write_study_report(out, cells, configs, central=out / "plain")  # any run stands in for a central one
+    out, cells, _ = study
+    runs = [(c.for_report(), out / c.name) for c in cells]
+    report = write_study_report(out, runs, central=out / "plain")  # any run stands in for a central one
     assert central_accuracy(out / "plain") == 0.45 and central_accuracy(None) is None
     text = report.read_text()
     assert "http://" not in text and "https://" not in text  # self-contained: nothing fetched from a network
