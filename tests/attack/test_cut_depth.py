@@ -19,7 +19,7 @@ from data.base import ImageSet
 from split.model import build_split, cut_shape
 
 
-@pytest.mark.parametrize("cut", [1, 2, 3, 4])
+@pytest.mark.parametrize("cut", [pytest.param(c, marks=pytest.mark.slow) for c in (1, 2, 3)] + [4])
 def test_every_cut_trains_with_dp_sgd_and_is_attacked(
     cut: int, tmp_path: Path, evaluation: ImageSet, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -39,6 +39,7 @@ def test_chance_guessing_proves_nothing() -> None:
     assert audit(rng.normal(size=1000), included, 1e-5).epsilon_lower == 0.0
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("eps", [0.5, 1.0, 2.0])
 def test_randomized_response_is_audited_close_to_its_epsilon_and_rarely_above(eps: float) -> None:
     """Each canary's score is its membership bit kept with probability e^eps / (1 + e^eps): exactly eps-DP in each

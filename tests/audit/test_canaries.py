@@ -99,6 +99,7 @@ def test_a_drawn_canary_is_one_more_per_sample_gradient_of_exactly_the_clip_norm
     assert int((rows[5:] != 0).sum()) == mine  # one coordinate each
 
 
+@pytest.mark.slow
 def test_an_honest_run_audits_below_its_epsilon_and_a_run_without_noise_is_caught(
     shards, monkeypatch, tmp_path
 ) -> None:
@@ -127,6 +128,7 @@ def test_an_honest_run_audits_below_its_epsilon_and_a_run_without_noise_is_caugh
     print(f"honest {found['epsilon_lower']:.3f}, broken {caught['epsilon_lower']:.3f} vs eps {found['epsilon']:.3f}")
 
 
+@pytest.mark.slow
 def test_without_dp_the_canaries_are_found(shards) -> None:
     """No noise, no clipping: the bound comes near its ceiling for 400 canaries (about 4.4, all guessed right)."""
     cfg = settings(0.0)

@@ -83,6 +83,7 @@ def _ledger(tmp_path: Path, omniglot_root: Path, **settings) -> list[dict]:
         return list(csv.DictReader(fh))
 
 
+@pytest.mark.slow
 def test_ledger_is_the_same_for_every_head_mode_and_strategy(tmp_path, omniglot_root, monkeypatch) -> None:
     """The privacy ledger depends on sigma, q and steps only: not on how the server aggregates or fits its head."""
     set_task_identity(monkeypatch)

@@ -55,6 +55,7 @@ def run_sim(*args: str) -> subprocess.CompletedProcess[str]:
     ],
     ids=lambda v: " ".join(v) if isinstance(v, list) else None,
 )
+@pytest.mark.slow
 def test_a_bad_value_is_one_line_and_exit_status_2_in_a_real_process(args: list[str], mentions: str) -> None:
     """The policy tests/e2e/test_bad_input.py checks in-process for every input, here on the process itself."""
     result = run_sim(*args)

@@ -109,6 +109,7 @@ def test_distance_correlation_is_one_for_a_similarity_and_small_for_independent_
     assert float(distance_correlation(x[:1], x[:1])) == 0.0
 
 
+@pytest.mark.slow
 def test_nopeek_lowers_the_distance_correlation_as_its_weight_grows(batch: tuple[torch.Tensor, torch.Tensor]) -> None:
     """Same start, same batches (64 images, 8 steps): the more weight NoPeek gets, the less the activations say about
     the images. Measured: dCor 0.775 without, 0.639 at 0.3, 0.528 at 3."""

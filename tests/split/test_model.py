@@ -102,6 +102,7 @@ LEARN_PER_ALPHABET = 375  # 1,500 images
 LEARN_EPOCHS = 2
 
 
+@pytest.mark.slow
 def test_split_model_learns(evaluation: ImageSet) -> None:
     """Non-private Adam (lr 1e-3, batch 32) on 1,500 real images: the training loss falls well below what any
     predictor that ignores the pixels can reach, so gradients flow through head and device alike."""

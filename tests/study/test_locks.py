@@ -10,6 +10,8 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 from study import locks
 from study.locks import held, holder_of, is_stale, try_lock
 
@@ -61,6 +63,7 @@ def test_the_holder_s_heartbeat_keeps_its_lock_fresh(tmp_path: Path, monkeypatch
         assert time.time() - lock.stat().st_mtime < 5
 
 
+@pytest.mark.slow
 def test_two_processes_racing_for_one_lock_give_it_to_one(tmp_path: Path) -> None:
     lock = tmp_path / "cell.lock"
     code = (
