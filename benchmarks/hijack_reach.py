@@ -47,6 +47,10 @@ def score(models: HijackModels, encoder: torch.nn.Module, unseen: np.ndarray) ->
     return f"re-id {reidentification(unseen, rec):.4f}, MSE {mse(unseen, rec):.4f}"
 
 
+def copied(module: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.clone() for k, v in module.state_dict().items()}
+
+
 def averaged(states: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
     return {k: torch.stack([s[k].float() for s in states]).mean(0).to(states[0][k].dtype) for k in states[0]}
 
@@ -90,9 +94,7 @@ def main() -> None:
     histories: list[list] = [[] for _ in range(args.clients)]
     warnings.simplefilter("ignore")
     for rnd in range(1, args.rounds + 1):
-        start_device, start_head, start_critic = (
-            {k: v.clone() for k, v in m.state_dict().items()} for m in (device, head, models.critic)
-        )
+        start_device, start_head, start_critic = (copied(m) for m in (device, head, models.critic))
         devices, heads, critics, gaps = [], [], [], []
         for client in range(args.clients):
             for module, state in ((device, start_device), (head, start_head), (models.critic, start_critic)):
@@ -104,9 +106,9 @@ def main() -> None:
                 device, head, images, labels, cfg, histories[client], seed=rnd * 100 + client, server=server.gradient
             )
             histories[client] = result.history
-            devices.append({k: v.clone() for k, v in device.state_dict().items()})
-            heads.append({k: v.clone() for k, v in head.state_dict().items()})
-            critics.append({k: v.clone() for k, v in models.critic.state_dict().items()})
+            devices.append(copied(device))
+            heads.append(copied(head))
+            critics.append(copied(models.critic))
             gaps.append(server.last.get("wasserstein", float("nan")))
         for module, states in ((device, devices), (head, heads), (models.critic, critics)):
             module.load_state_dict(averaged(states))

@@ -6,13 +6,13 @@ import inspect
 import math
 import subprocess
 import sys
-from pathlib import Path
 
 import dp_accounting
 import pytest
 from opacus.accountants import PRVAccountant, RDPAccountant
 from opacus.accountants.analysis.rdp import compute_rdp
 from opacus.accountants.utils import get_noise_multiplier
+from runs import REPO_ROOT
 
 from core.privacy import (
     CLASSIC_ORDERS,
@@ -29,7 +29,6 @@ from core.privacy import (
 )
 
 Q, SIGMA, DELTA = 1 / 19, 0.5, 1e-5
-REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 def _dp_accounting_rdp(sigma: float, q: float, steps: int, delta: float) -> float:
