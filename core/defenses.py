@@ -68,5 +68,15 @@ FAMILIES: dict[str, Family] = {
         "shown (hundreds or more per release)",
     ),
     "nopeek": Family("NoPeek", "tab:green", "nopeek", "NoPeek", "no formal guarantee"),
+    "hijack": Family(
+        "DP-SGD under the hijacking server",
+        "tab:red",
+        "target_epsilon",
+        "eps",
+        "the same (epsilon, delta) per client and record as DP-SGD, whatever gradient the server sends down the cut "
+        "(--server hijack): the client clips and noises it as it would the task's, so the guarantee does not depend "
+        "on the server's honesty; it bounds what the device weights reveal, not what the hijacked activations do",
+        sweeps_epsilon=True,
+    ),
     "control": Family("control", "black", "", "", "a reference point, not a defense"),
 }
