@@ -18,7 +18,14 @@ class Family:
     """``label``: its name in the legend; ``colour``: a matplotlib colour (controls: black stars); ``strength``: the
     setting (field name) whose value orders its points, "" for none; ``point``: the prefix of a point's label before
     its strength ("" for a control: the cell's name); ``guarantee``: what it promises, in words; ``sweeps_epsilon``:
-    its curve is DP-SGD's, ordered by the ledger's epsilon (from inf down) and drawn against epsilon."""
+    its curve is DP-SGD's, ordered by the ledger's epsilon (from inf down) and drawn against epsilon.
+
+    How the study's headline (``report.headline``) speaks of it, ``compare``: "epsilon" (DP-SGD from scratch: epsilon
+    inf against the point nearest 8 and the smallest), "reaches" (an activation-side defense: the weakest strength
+    that reaches DP-SGD's re-id), "start" (DP-SGD from another start, each epsilon against that start's control,
+    ``intro`` opening its sentence), "" (a control: a sentence of its own). ``start``: the settings a control shares
+    with the family it controls (the most specific family whose ``start`` the control's settings hold). ``attack``:
+    the attack whose re-id is the family's own number ("" = the best attack), e.g. the hijack's decoder."""
 
     label: str
     colour: str
@@ -26,6 +33,10 @@ class Family:
     point: str
     guarantee: str
     sweeps_epsilon: bool = False
+    compare: str = ""
+    start: tuple[tuple[str, Any], ...] = ()
+    intro: str = ""
+    attack: str = ""
 
     def point_label(self, name: str, settings: dict[str, Any]) -> str:
         """How a cell of this family is labelled in the report: "eps 8", "noise 0.1", "NoPeek 3", a control's name."""
@@ -38,6 +49,10 @@ class Family:
     def strength_of(self, settings: dict[str, Any]) -> float:
         return float(settings.get(self.strength, 0.0)) if self.strength else 0.0
 
+    def starts(self, settings: dict[str, Any]) -> bool:
+        """Whether a cell of these ``settings`` starts where this family's cells do (``start``)."""
+        return all(settings.get(key) == value for key, value in self.start)
+
 
 FAMILIES: dict[str, Family] = {
     "dp": Family(
@@ -48,6 +63,7 @@ FAMILIES: dict[str, Family] = {
         "(epsilon, delta)-DP per client and record for the device weights it trains (the ledger's accountant); "
         "nothing for the activations and labels that cross the cut",
         sweeps_epsilon=True,
+        compare="epsilon",
     ),
     "dp-public": Family(
         "DP-SGD from public pretraining",
@@ -57,6 +73,9 @@ FAMILIES: dict[str, Family] = {
         "the same (epsilon, delta) per client and record as DP-SGD: the device starts from weights trained on public "
         "images only (--pretrain public), which the server knows, so they cost no privacy",
         sweeps_epsilon=True,
+        compare="start",
+        start=(("pretrain", "public"),),
+        intro="From the publicly pretrained device",
     ),
     "cut-noise": Family(
         "noise on clipped activations",
@@ -66,8 +85,9 @@ FAMILIES: dict[str, Family] = {
         "a separate, per-release guarantee on the activations: a Gaussian mechanism of noise multiplier "
         "cut-noise / 2 (sensitivity 2 x clip), composed over every release of an image; vacuous at the strengths "
         "shown (hundreds or more per release)",
+        compare="reaches",
     ),
-    "nopeek": Family("NoPeek", "tab:green", "nopeek", "NoPeek", "no formal guarantee"),
+    "nopeek": Family("NoPeek", "tab:green", "nopeek", "NoPeek", "no formal guarantee", compare="reaches"),
     "hijack": Family(
         "DP-SGD under the hijacking server",
         "tab:red",
@@ -77,6 +97,10 @@ FAMILIES: dict[str, Family] = {
         "(--server hijack): the client clips and noises it as it would the task's, so the guarantee does not depend "
         "on the server's honesty; it bounds what the device weights reveal, not what the hijacked activations do",
         sweeps_epsilon=True,
+        compare="start",
+        start=(("server", "hijack"),),
+        intro="Under the hijacking server, its own decoder's re-id",
+        attack="hijack",
     ),
     "control": Family("control", "black", "", "", "a reference point, not a defense"),
 }

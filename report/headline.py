@@ -6,19 +6,24 @@ are paired by training seed, and "not distinguishable" is written where the pair
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Sequence
 
 from core.defenses import FAMILIES
-from report.study_stats import Point, best_reid, by_epsilon, eps_label, paired, strength
+from report.study_stats import Point, by_epsilon, eps_label, paired, reid_by, strength
+
+_REACHES = [name for name, family in FAMILIES.items() if family.compare == "reaches"]
+_STARTS = [name for name, family in FAMILIES.items() if family.compare == "start"]
 
 
 def _acc(p: Point) -> float:
     return p.val_acc
 
 
-def versus(a: Point, b: Point, name: str) -> str:
-    """ " (against <name>, paired over N seeds: re-id d [lo, hi], val acc d [lo, hi])", "" for one run."""
-    reid, acc = paired(a, b, best_reid), paired(a, b, _acc)
+def versus(a: Point, b: Point, name: str, attack: str = "") -> str:
+    """ " (against <name>, paired over N seeds: re-id d [lo, hi], val acc d [lo, hi])", "" for one run; re-id is
+    ``attack``'s ("": the best attack's)."""
+    reid, acc = paired(a, b, reid_by(attack)), paired(a, b, _acc)
     if reid is None or acc is None:
         return ""
     return f" (against {name}, paired over {reid.n} seeds: {reid.text('re-id')}, {acc.text('val acc')})"
@@ -61,35 +66,23 @@ def headline(points: Sequence[Point]) -> str:
                 f"{ci(target.reid(), 'reid_top1')} at an accuracy cost of {plain.val_acc - target.val_acc:+.3f} "
                 f"(val acc {plain.val_acc:.3f} to {target.val_acc:.3f}){versus(target, plain, 'eps inf')}"
             )
-            reached = {}
-            for family in ("cut-noise", "nopeek"):
-                text, reached[family] = _compare(plain, target, [p for p in at_cut if p.cell.family == family], family)
+            reached = []
+            for family in _REACHES:
+                text, point = _compare(plain, target, [p for p in at_cut if p.cell.family == family], family)
                 s += text
+                reached += [point] if point else []
             sentences.append(s + ".")
-            if reached["cut-noise"] and reached["nopeek"]:
-                a, b = reached["nopeek"], reached["cut-noise"]
-                compared = versus(a, b, f"{FAMILIES['cut-noise'].label} {b.cell.label}")
+            for b, a in itertools.pairwise(reached):  # each defense that reaches it against the one before
+                compared = versus(a, b, f"{FAMILIES[b.cell.family].label} {b.cell.label}")
                 if compared:
-                    sentences.append(f"{FAMILIES['nopeek'].label} {a.cell.label} at cut {cut}{compared}.")
+                    sentences.append(f"{FAMILIES[a.cell.family].label} {a.cell.label} at cut {cut}{compared}.")
             sentences += _strongest(dp, cut)
         else:
             sentences.append(
                 f"At cut {cut} without DP the best attack re-identifies {ci(plain.reid(), 'reid_top1')} of unseen "
                 f"images at val acc {plain.val_acc:.3f}."
             )
-        public = [p for p in at_cut if p.cell.family == "dp-public"]
-        if public:
-            public.sort(key=by_epsilon)
-            frozen = next((p for p in at_cut if p.cell.family == "control" and _pretrained(p)), None)
-            sentences.append(
-                f"From the publicly pretrained device (cut {cut}): "
-                + "; ".join(
-                    f"{eps_label(p)}: val acc {p.val_acc:.3f}, re-id {ci(p.reid(), 'reid_top1')}"
-                    + (versus(p, frozen, frozen.cell.name) if frozen and p.noise > 0 else "")
-                    for p in public
-                )
-                + "."
-            )
+        sentences += [_from_start(name, cut, at_cut) for name in _STARTS if any(p.cell.family == name for p in at_cut)]
     plains = {p.cut: p for p in points if p.cell.family == "dp" and p.noise == 0}
     if 4 in plains and 2 in plains:
         a, b = plains[4], plains[2]
@@ -99,13 +92,14 @@ def headline(points: Sequence[Point]) -> str:
             f"{versus(b, a, 'cut 4')}."
         )
     for p in (p for p in points if p.cell.family == "control"):
-        family = "dp-public" if _pretrained(p) else "dp"
+        family = controlled(p)
+        attack = FAMILIES[family].attack
         same_start = sorted(
             (d for d in points if d.cut == p.cut and d.cell.family == family and d.noise > 0), key=by_epsilon
         )
-        compared = [(d, versus(d, p, p.cell.name)) for d in same_start]
+        compared = [(d, versus(d, p, p.cell.name, attack)) for d in same_start]
         sentences.append(
-            f"Control {p.cell.name} (cut {p.cut}): re-id {ci(p.reid(), 'reid_top1')} at val acc {p.val_acc:.3f}"
+            f"Control {p.cell.name} (cut {p.cut}): {_reid_text(p, attack)} at val acc {p.val_acc:.3f}"
             + "".join(f"; {eps_label(d)} from the same start{text}" for d, text in compared if text)
             + "."
         )
@@ -133,8 +127,40 @@ def _strongest(dp: list[Point], cut: int) -> list[str]:
     ]
 
 
-def _pretrained(p: Point) -> bool:
-    return p.cell.settings.get("pretrain", "none") != "none"
+def controlled(control: Point) -> str:
+    """The family a control is the frozen start of: the most specific DP-SGD family whose ``start`` its settings
+    hold (``core.defenses``), e.g. the publicly pretrained device's for a pretrained control; "dp" when none."""
+    fits = [
+        name
+        for name, family in FAMILIES.items()
+        if family.sweeps_epsilon and family.start and family.starts(control.cell.settings)
+    ]
+    return max(fits, key=lambda name: len(FAMILIES[name].start), default="dp")
+
+
+def _reid_text(p: Point, attack: str) -> str:
+    """ "re-id 0.300 [0.280, 0.320]" for the best attack, "hijack re-id ..." for a named one."""
+    return f"{attack + ' ' if attack else ''}re-id {ci(p.reid(attack=attack), 'reid_top1')}"
+
+
+def _from_start(name: str, cut: int, at_cut: Sequence[Point]) -> str:
+    """The sentence of a family that starts elsewhere (``compare`` "start"): each of its epsilons, against its
+    epsilon inf and its control, paired by seed; re-id is the family's own attack's (the best's if it names none),
+    with that attack's ceiling where the run measured one."""
+    family = FAMILIES[name]
+    series = sorted((p for p in at_cut if p.cell.family == name), key=by_epsilon)
+    frozen = next((p for p in at_cut if p.cell.family == "control" and controlled(p) == name), None)
+    plain = next((p for p in series if p.noise == 0), None)
+    ceiling = [p.ceilings[family.attack] for p in series if family.attack in p.ceilings]
+    parts = []
+    for p in series:
+        text = f"{eps_label(p)}: val acc {p.val_acc:.3f}, {_reid_text(p, family.attack)}"
+        if p.noise > 0:
+            text += versus(p, plain, "eps inf", family.attack) if plain else ""
+            text += versus(p, frozen, frozen.cell.name, family.attack) if frozen else ""
+        parts.append(text)
+    bound = f"; the {family.attack}'s own ceiling {ceiling[0]:.3f}" if ceiling else ""
+    return f"{family.intro} (cut {cut}{bound}): " + "; ".join(parts) + "."
 
 
 def _compare(plain: Point, target: Point, family: list[Point], name: str) -> tuple[str, Point | None]:

@@ -32,6 +32,9 @@ def _table(points: Sequence[Point]) -> tuple[list[str], list[list[str]]]:
     head = ["cell", "runs", "family", "cut", "sigma", "epsilon (median)", "val acc", "best attack",
             "re-id top-1 (unseen)", "highest SSIM (unseen)", "re-id clients, inference", "re-id clients, training",
             "activation-NN re-id"]  # fmt: skip
+    # A family read by an attack of its own (the hijack's decoder) adds that attack's column, "-" where not run.
+    own = sorted({FAMILIES[p.cell.family].attack for p in points} - {""})
+    head += [f"{attack} re-id (unseen)" for attack in own]
     rows = []
     for p in points:
         eps = "inf" if not math.isfinite(p.epsilon_median) else f"{p.epsilon_median:.3g}"
@@ -53,6 +56,7 @@ def _table(points: Sequence[Point]) -> tuple[list[str], list[list[str]]]:
                 ci(p.reid("clients_train"), "reid_top1"),
                 f"{p.activation_nn_reid:.3f}",
             ]  # fmt: skip
+            + [ci(p.reid(attack=a), "reid_top1") if a in p.sets["unseen"]["attacks"] else "-" for a in own]
         )
     return head, rows
 

@@ -60,7 +60,8 @@ class Point:
     epsilon_median: float
     epsilon_max: float
     val_acc: float
-    sets: dict[str, dict]  # set -> {"best": leakage row + "attack", "ssim": (attack, row), "baseline": row}
+    sets: dict[str, dict]  # set -> {"best": leakage row + "attack", "ssim": (attack, row), "baseline": row,
+    #                                 "attacks": {attack: its leakage row}}
     activation_nn_reid: float
     epsilon_rounds: list[float]  # median client epsilon after each round
     run_dir: Path
@@ -69,6 +70,8 @@ class Point:
     val_acc_lo: float | None = None  # across runs (None for one run: no interval over one value)
     val_acc_hi: float | None = None
     audit: dict | None = None  # this run's audit.json (--audit); a summary keeps its runs' in ``runs``
+    ceilings: dict[str, float] = dataclasses.field(default_factory=dict)  # attack -> its own model's re-id on unseen
+    #                                                                        images (attack.json: the hijack's pilot)
 
     @property
     def n_runs(self) -> int:
@@ -78,8 +81,9 @@ class Point:
     def title(self) -> str:
         return self.cell.name
 
-    def reid(self, set_name: str = "unseen") -> dict:
-        return self.sets[set_name]["best"]
+    def reid(self, set_name: str = "unseen", attack: str = "") -> dict:
+        """The leakage row of ``attack`` on ``set_name`` ("": the best attack's)."""
+        return self.sets[set_name]["attacks"][attack] if attack else self.sets[set_name]["best"]
 
     def ssim(self, set_name: str = "unseen") -> dict:
         return self.sets[set_name]["ssim"][1]
@@ -100,6 +104,7 @@ def read_point(cell: StudyCell, run_dir: Path) -> Point:
             "best": methods["best"],
             "ssim": (top_ssim, attacks[top_ssim]),
             "baseline": methods["baseline"],
+            "attacks": attacks,
         }
     return Point(
         cell=cell,
@@ -114,6 +119,11 @@ def read_point(cell: StudyCell, run_dir: Path) -> Point:
         run_dir=run_dir,
         train_seed=saved.training_seed,
         audit=read_audit(run_dir),
+        ceilings={
+            name.removesuffix("_pilot"): float(row["reid_top1"])
+            for name, row in attack["ceiling_unseen"].items()
+            if isinstance(row, dict)
+        },
     )
 
 
@@ -149,6 +159,11 @@ def summarise(points: Sequence[Point]) -> Point:
             "best": {**_mean_row(best, "reid_top1"), "attack": _most_common(r["attack"] for r in best)},
             "ssim": (_most_common(a for a, _ in tops), _mean_row([r for _, r in tops], "ssim")),
             "baseline": _mean_row([p.sets[set_name]["baseline"] for p in points], "ssim"),
+            "attacks": {
+                name: _mean_row([p.sets[set_name]["attacks"][name] for p in points], "reid_top1")
+                for name in first.sets[set_name]["attacks"]
+                if all(name in p.sets[set_name]["attacks"] for p in points)
+            },
         }
     acc, acc_lo, acc_hi = across_runs([p.val_acc for p in points])
     return dataclasses.replace(
@@ -161,6 +176,11 @@ def summarise(points: Sequence[Point]) -> Point:
         runs=tuple(points),
         val_acc_lo=acc_lo,
         val_acc_hi=acc_hi,
+        ceilings={
+            name: statistics.fmean(p.ceilings[name] for p in points)
+            for name in first.ceilings
+            if all(name in p.ceilings for p in points)
+        },
     )
 
 
@@ -201,6 +221,11 @@ def paired(a: Point, b: Point, value) -> Paired | None:
 def best_reid(p: Point) -> float:
     """The best attack's re-id top-1 on unseen images."""
     return p.reid()["reid_top1"]
+
+
+def reid_by(attack: str):
+    """``best_reid`` for ``attack`` "", else that attack's re-id top-1 on unseen images."""
+    return lambda p: p.reid(attack=attack)["reid_top1"]
 
 
 def curves(points: Sequence[Point]) -> dict[tuple[str, int], list[Point]]:

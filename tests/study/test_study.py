@@ -25,7 +25,7 @@ from core.errors import UserError
 from core.rundir import RunDir
 from data.base import ImageSet
 from report import study_figures
-from report.headline import headline
+from report.headline import controlled, headline
 from report.study_csv import write_csv
 from report.study_figures import plot_epsilon, plot_headline
 from report.study_page import central_accuracy, covers, write_study_report
@@ -46,15 +46,19 @@ def _row(reid: float, ssim: float) -> dict:
     }  # fmt: skip
 
 
-def _fake_cell(run_dir: Path, evaluation: ImageSet, val_acc: float, reid: float, **settings) -> Path:
-    """A finished cell without training: make_run's files, then val acc, leakage and real PNG reconstructions."""
+def _fake_cell(
+    run_dir: Path, evaluation: ImageSet, val_acc: float, reid: float, hijack: float | None = None, **settings
+) -> Path:
+    """A finished cell without training: make_run's files, then val acc, leakage and real PNG reconstructions;
+    ``hijack``: the hijack decoder's re-id (a row of its own; its pilot's ceiling 0.45)."""
     make_run(run_dir, evaluation, **settings)
     (run_dir / "metrics.csv").write_text(f"round,val_loss,val_acc\n1,3.0,0.05\n2,2.5,{val_acc}\n")
     leakage = {s: {"seed": _row(reid, 0.6), "cond": _row(reid / 2, 0.7), "baseline": _row(0.01, 0.65)} for s in SETS}
     for methods in leakage.values():
         methods["best"] = {**methods["seed"], "attack": "seed"}
+        methods |= {"hijack": _row(hijack, 0.5)} if hijack is not None else {}
     (run_dir / "leakage.json").write_text(json.dumps(leakage))
-    ceiling = {"activation_nn_reid_top1": 1.0}
+    ceiling = {"activation_nn_reid_top1": 1.0} | ({"hijack_pilot": _row(0.45, 0.6)} if hijack is not None else {})
     (run_dir / "attack.json").write_text(json.dumps({"attacks": ["seed", "cond"], "ceiling_unseen": ceiling}))
     for name in ("reconstructions_unseen.png", "reconstructions_client_0.png", "reconstructions_client_1.png"):
         fig, ax = plt.subplots(figsize=(2, 1))
@@ -242,6 +246,65 @@ def test_seeds_are_summarised_across_runs_and_compared_paired_by_seed(
     assert float(unseen[("eps8", "1")]["reid_top1"]) == 0.06 and unseen[("eps8", "1")]["runs"] == "1"
     summary = unseen[("plain", "all")]
     assert summary["runs"] == "3" and float(summary["val_acc_lo"]) == pytest.approx(0.46 - half)
+
+
+def test_the_hijack_family_is_read_by_its_own_decoder_against_eps_inf_and_its_frozen_device(
+    evaluation: ImageSet, tmp_path: Path
+) -> None:
+    """Cells under --server hijack: their sentence gives the hijack decoder's re-id (not the best attack's) beside
+    its ceiling, each epsilon paired by seed against the hijack's eps inf and its frozen device; the frozen device
+    under the hijack is that family's control, the honest frozen device stays DP-SGD's."""
+    hijack = {"server": "hijack"}
+    cells = [
+        Cell("plain", "dp", {"noise": 0.0}),
+        Cell("eps8", "dp", {"target_epsilon": 8.0}),
+        Cell("frozen", "control", {"noise": 0.0, "freeze_blocks": 4}),
+        Cell("h-plain", "hijack", {"noise": 0.0, **hijack}),
+        Cell("h-eps8", "hijack", {"target_epsilon": 8.0, **hijack}),
+        Cell("h-frozen", "control", {"noise": 0.0, "freeze_blocks": 4, **hijack}),
+    ]
+    # (val acc, best re-id, hijack re-id) per seed: under the hijack, eps 8 leaks 0.1 less than eps inf at every seed
+    # and 0.2 more than the frozen device.
+    numbers = {
+        "plain": [(0.45, 0.30, None)] * 3,
+        "eps8": [(0.30, 0.05, None)] * 3,
+        "frozen": [(0.25, 0.05, None)] * 3,
+        "h-plain": [(0.40, 0.9, 0.30), (0.41, 0.9, 0.32), (0.42, 0.9, 0.31)],
+        "h-eps8": [(0.30, 0.9, 0.20), (0.31, 0.9, 0.22), (0.32, 0.9, 0.21)],
+        "h-frozen": [(0.20, 0.9, 0.00), (0.21, 0.9, 0.02), (0.22, 0.9, 0.01)],
+    }
+    out, runs = tmp_path / "study", seed_runs(cells, 3)
+    for run in runs:
+        val_acc, reid, hijack_reid = numbers[run.cell.name][run.k]
+        noise = 0.5 if "eps8" in run.cell.name else 0.0
+        extra = {k: v for k, v in run.cell.settings.items() if k in ("server", "freeze_blocks")}
+        eps = (7.0, 9.0) if noise else (math.inf,) * 2
+        seed = {"train_seed": run.k} if run.k else {}
+        _fake_cell(out / run.name, evaluation, val_acc, reid, hijack_reid, noise=noise, epsilons=eps, **extra, **seed)
+    points = [summarise([read_point(c.for_report(), out / r.name) for r in runs if r.cell is c]) for c in cells]
+    by_name = {p.cell.name: p for p in points}
+    assert [controlled(by_name[n]) for n in ("frozen", "h-frozen")] == ["dp", "hijack"]
+    assert by_name["h-eps8"].reid(attack="hijack")["reid_top1"] == pytest.approx(0.21)
+    assert by_name["h-eps8"].reid()["reid_top1"] == pytest.approx(0.9) and by_name["h-plain"].ceilings == {
+        "hijack": 0.45
+    }
+    sentence = headline(points)
+    hijacked = sentence[sentence.index("Under the hijacking server") :]
+    assert hijacked.startswith(
+        "Under the hijacking server, its own decoder's re-id (cut 4; the hijack's own ceiling 0.450): eps inf: "
+        "val acc 0.410, hijack re-id 0.310 ["
+    )
+    assert "eps 8: val acc 0.310, hijack re-id 0.210 [" in hijacked
+    assert "(against eps inf, paired over 3 seeds: re-id -0.100 [" in hijacked
+    assert "(against h-frozen, paired over 3 seeds: re-id +0.200 [" in hijacked
+    assert "Control h-frozen (cut 4): hijack re-id 0.010 [" in sentence
+    honest = sentence[sentence.index("Control frozen (cut 4)") :]
+    assert honest.startswith("Control frozen (cut 4): re-id 0.050 [")
+    assert "eps 8 from the same start (against frozen" in honest[: honest.index("Control h-frozen")]
+    write_study_report(out, [(r.cell.for_report(), out / r.name) for r in runs])
+    table = [line for line in (out / "report.md").read_text().splitlines() if line.startswith("| ")]
+    assert table[0].endswith("| hijack re-id (unseen) |")
+    assert table[1].endswith("| - |") and table[4].startswith("| h-plain | 3 | hijack |") and "| 0.310 [" in table[4]
 
 
 def test_report_html_renders_every_image_and_the_headline_in_chromium(study, chromium: str, tmp_path: Path) -> None:
