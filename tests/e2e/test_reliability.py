@@ -197,6 +197,20 @@ def test_kill_9_then_resume_is_exact_with_a_server_optimiser_and_both_defenses_a
 
 
 @pytest.mark.slow
+def test_kill_9_then_resume_is_exact_under_the_hijacking_server(ray_cluster: str, tmp_path: Path) -> None:
+    """--server hijack: the pilot, decoder and critic are server state; the critic trains in every client's round
+    and is averaged, so the checkpoint must carry it and the resumed rounds must draw the same critic batches. The
+    resumed run ends with the same device, head and server models as the uninterrupted one."""
+    args = ["--clients", "3", "--rounds", "3", "--limit-per-client", "40", "--skip-attack", "--noise", "0.5"]
+    args += ["--server", "hijack", "--hijack-epochs", "1"]
+    whole, out = _resume_equals_whole(args, tmp_path)
+    a, b = (torch.load(d / "model.pt", weights_only=True)["server"] for d in (whole, out))
+    assert {key.split(".")[0] for key in a} == {"pilot", "decoder", "critic"} and a.keys() == b.keys()
+    for key, value in a.items():
+        assert torch.equal(b[key], value), f"server.{key}"
+
+
+@pytest.mark.slow
 def test_max_epsilon_caps_every_client_and_stops(ray_cluster: str, tmp_path: Path) -> None:
     # 2 steps per round: epsilon 14.25 after one round, 20.78 after two, 25.88 after three; so each client trains
     # twice. Seed 0 samples {1,2} {0,1} {1,2} {0,2} {1,2} {0,1}: all three have been refused by round 6.
