@@ -130,7 +130,7 @@ def study_command(argv: Sequence[str]) -> None:
 def attack_command(argv: Sequence[str]) -> None:
     from attack.registry import attack_names, parse_attacks
     from attack.run import run_attack
-    from attack.surrogate import SURROGATES
+    from data.base import SURROGATES
     from report.sweep import write_report
 
     p = _parser("sim.py attack", "Attack finished run directories again; writes each run's leakage files.")

@@ -13,6 +13,7 @@ from attack.decoder_attack import ConditionedDecoderAttack, SeedDecoderAttack, U
 from attack.hijack import HijackAttack
 from attack.whitebox import LatentWhiteBoxAttack, RMLEAttack
 from core.errors import UserError
+from core.registry import lookup, register
 
 # Insertion order is the order of the choices in --help.
 ATTACKS: dict[str, type[Attack]] = {
@@ -28,15 +29,12 @@ ATTACKS: dict[str, type[Attack]] = {
 def register_attack(name: str) -> Callable[[type[Attack]], type[Attack]]:
     """Class decorator: make ``cls`` available as attack ``name``. A name can be registered once."""
 
-    def register(cls: type[Attack]) -> type[Attack]:
-        if name in ATTACKS:
-            raise ValueError(f"attack {name!r} is already registered ({ATTACKS[name].__name__})")
+    def add(cls: type[Attack]) -> type[Attack]:
         if not (isinstance(cls, type) and issubclass(cls, Attack)):
             raise TypeError(f"attack {name!r} must be a subclass of attack.base.Attack, got {cls!r}")
-        ATTACKS[name] = cls
-        return cls
+        return register(ATTACKS, name)(cls)
 
-    return register
+    return add
 
 
 def attack_names() -> tuple[str, ...]:
@@ -46,10 +44,12 @@ def attack_names() -> tuple[str, ...]:
 
 def parse_attacks(value: str | Sequence[str]) -> tuple[str, ...]:
     """Attack names from ``"seed,up"`` or ``["seed", "up"]`` (items may hold commas too); UserError when a name is
-    unknown or given twice, or none is given, or every one refines another's output. Order is kept."""
+    unknown (the first, naming the choices) or given twice, or none is given, or every one refines another's output.
+    Order is kept."""
     items = [value] if isinstance(value, str) else list(value)
     names = tuple(name.strip() for item in items for name in item.split(",") if name.strip())
-    _refuse_unknown(names)
+    for name in names:
+        lookup(ATTACKS, name, "--attacks")
     if not names:
         raise UserError(f"no attack given; choose from {', '.join(ATTACKS)}")
     if all(ATTACKS[name].refines for name in names):
@@ -61,12 +61,5 @@ def parse_attacks(value: str | Sequence[str]) -> tuple[str, ...]:
 
 
 def build_attack(name: str) -> Attack:
-    """A fresh, unfitted attack by registered name; UserError when the name is unknown."""
-    _refuse_unknown([name])
-    return ATTACKS[name]()
-
-
-def _refuse_unknown(names: Sequence[str]) -> None:
-    unknown = [name for name in names if name not in ATTACKS]
-    if unknown:
-        raise UserError(f"unknown attack(s) {', '.join(map(repr, unknown))}; choose from {', '.join(ATTACKS)}")
+    """A fresh, unfitted attack by registered name; UserError naming the choices when the name is unknown."""
+    return lookup(ATTACKS, name, "--attacks")()

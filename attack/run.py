@@ -42,8 +42,7 @@ from core import files
 from core.config import RunConfig
 from core.errors import UserError
 from core.rundir import INCOMPLETE, RunDir, local_devices
-from data.base import geometry, get_dataset
-from data.omniglot import ImageSet
+from data.base import ImageSet, geometry, get_dataset
 from split.cut import Cut, build_cut
 from split.decoders import IMAGE_SIDE
 from split.hijack import HijackModels

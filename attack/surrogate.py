@@ -9,15 +9,15 @@ from __future__ import annotations
 
 import numpy as np
 
-from data.base import SURROGATES, get_dataset
+from data.base import get_dataset, surrogate_role
 
 
 def surrogate_images(name: str, dataset: str = "omniglot", data_dir: str | None = None) -> tuple[np.ndarray, str]:
     """The surrogate ``name`` as float32 [M,1,S,S] in [0,1], with a one-line description for attack.json.
 
-    Raises ValueError for an unknown name (and, for Omniglot's public set, if an image of it is a private one)."""
-    if name not in SURROGATES:
-        raise ValueError(f"unknown surrogate {name!r}; choose from {', '.join(SURROGATES)}")
+    Raises UserError naming the choices for an unknown name (and ValueError, for Omniglot's public set, if an image
+    of it is a private one)."""
+    role = surrogate_role(name)
     source = get_dataset(dataset, data_dir)
-    images = source.load(SURROGATES[name])
-    return images.as_float(), source.describe(SURROGATES[name])
+    images = source.load(role)
+    return images.as_float(), source.describe(role)

@@ -17,15 +17,18 @@ gradients is tested (tests/clients/test_grad_samplers.py).
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from opacus import GradSampleModule
 from torch import nn
+
+from core.registry import lookup, register
 
 # Below this many output positions a convolution's per-sample weight gradients come from one grouped convolution
 # (batch as groups); above it, from one weight-gradient kernel call per sample. Measured on this model, batch 32,
 # 2 cores, with core.runtime's setting: 9x9 outputs 2.0 ms grouped vs 3.2 ms per sample; 27x27 outputs 29.8 ms
 # vs 14.7 ms.
-SAMPLERS = ("fused", "fast", "opacus")  # --grad-sampler: how DP-SGD gets per-sample gradients
 _GROUPED_BELOW = 256
 
 
@@ -169,20 +172,39 @@ def _group_norm_per_sample_affine(layer: nn.GroupNorm, x: torch.Tensor) -> tuple
     return y, (weight, bias)
 
 
+def _fused(model: GradSampleModule) -> PerSampleDevice:
+    model.remove_hooks()
+    return PerSampleDevice(model.to_standard_module())
+
+
+def _fast(model: GradSampleModule) -> GradSampleModule:
+    model.GRAD_SAMPLERS = {**type(model).GRAD_SAMPLERS, nn.Conv2d: conv2d_per_sample}
+    return model
+
+
+def _opacus(model: GradSampleModule) -> GradSampleModule:
+    return model
+
+
+Installer = Callable[[GradSampleModule], GradSampleModule | PerSampleDevice]
+# --grad-sampler: how DP-SGD gets per-sample gradients, each from the Opacus-wrapped model (see ``install``).
+SAMPLERS: dict[str, Installer] = {"fused": _fused, "fast": _fast, "opacus": _opacus}
+
+
+def register_sampler(name: str) -> Callable[[Installer], Installer]:
+    """Decorator on an installer (Opacus-wrapped model -> what to train with): make it ``--grad-sampler name``. A
+    name can be registered once."""
+    return register(SAMPLERS, name)
+
+
 def install(model: nn.Module, sampler: str = "fused") -> GradSampleModule | PerSampleDevice:
     """What to train with under ``sampler`` (see the module docstring), given the Opacus-wrapped ``model``.
 
     "opacus"/"fast": ``model`` itself, its Conv2d sampler set on this one instance only (an instance attribute
     shadows Opacus's class-wide registry). "fused": ``model``'s hooks are removed and a ``PerSampleDevice`` over
-    the wrapped network is returned.
+    the wrapped network is returned. UserError naming the choices when ``sampler`` is not registered.
     """
-    if sampler not in SAMPLERS:
-        raise ValueError(f"unknown grad sampler {sampler!r}; choose from {', '.join(SAMPLERS)}")
+    installer = lookup(SAMPLERS, sampler, "--grad-sampler")
     if not isinstance(model, GradSampleModule):
         raise TypeError(f"install needs an Opacus GradSampleModule, got {type(model).__name__}")
-    if sampler == "fused":
-        model.remove_hooks()
-        return PerSampleDevice(model.to_standard_module())
-    if sampler == "fast":
-        model.GRAD_SAMPLERS = {**type(model).GRAD_SAMPLERS, nn.Conv2d: conv2d_per_sample}
-    return model
+    return installer(model)

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from core.errors import UserError
+from core.registry import check_choice
 
 PARTITIONS = ("shards", "alphabet", "dirichlet", "iid")
 OPTIMIZERS = ("adam", "sgd")
@@ -41,8 +42,9 @@ def setting(
 
     ``help`` and ``group`` become the flag's help text and section in ``sim.py --help``; ``choices`` are checked by
     ``validate`` and listed in the help. ``registry`` names the registry whose keys are the choices (a strategy,
-    an accountant, ...): they live in the room that owns the registry and are checked against it
-    (``simulation.registries``), never repeated here. ``cli`` holds extra argparse keywords (``nargs``).
+    an accountant, ...; ``attack``: a comma-separated list of its names): they live in the room that owns the
+    registry, are listed in the help and checked against it (``simulation.registries``), never repeated here.
+    ``cli`` holds extra argparse keywords (``nargs``).
     """
     meta = {"help": help, "group": group, "choices": choices, "registry": registry, "cli": cli}
     return field(default=default, metadata=meta)
@@ -223,6 +225,7 @@ class RunConfig:
         "seed,cond,whitebox",
         "attacks to run, comma-separated, from attack.registry (figures show the first beside the best)",
         ATTACK,
+        registry="attack",
     )
     whitebox_images: int = setting(
         64,
@@ -411,6 +414,4 @@ def _finite(cfg: RunConfig, *names: str) -> None:
 
 
 def _choice(cfg: RunConfig, name: str, allowed: tuple[str, ...]) -> None:
-    value = getattr(cfg, name)
-    if value not in allowed:
-        raise UserError(f"--{_flag(name)} must be one of {', '.join(allowed)}, got {value!r}")
+    check_choice(getattr(cfg, name), allowed, f"--{_flag(name)}")

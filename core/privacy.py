@@ -29,11 +29,13 @@ Two step rules, both for Poisson sampling of expected batch size B from n exampl
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 from opacus.accountants import IAccountant, PRVAccountant, RDPAccountant
 from opacus.accountants.analysis.rdp import compute_rdp
+
+from core.registry import lookup, register
 
 History = list[tuple[float, float, int]]
 
@@ -81,7 +83,8 @@ def classic_dp_sgd_epsilon(n: int, batch_size: int, noise: float, epochs: float,
     return epsilon(classic_dp_sgd_history(n, batch_size, noise, epochs), delta, "rdp-classic")
 
 
-# The accountant registry: ``--accountant`` names one of these (a new accountant is one more entry, an IAccountant).
+# The accountant registry: ``--accountant`` names one of these (a new accountant is one more entry, an IAccountant,
+# or ``@register_accountant("name")`` on the class).
 ACCOUNTANTS: dict[str, type[IAccountant]] = {
     "rdp": RDPAccountant,
     "prv": PRVAccountant,
@@ -89,9 +92,15 @@ ACCOUNTANTS: dict[str, type[IAccountant]] = {
 }
 
 
+def register_accountant(name: str) -> Callable[[type[IAccountant]], type[IAccountant]]:
+    """Class decorator: make an ``IAccountant`` available as ``--accountant name``. A name can be registered once."""
+    return register(ACCOUNTANTS, name)
+
+
 def make_accountant(name: str, history: History | None = None) -> IAccountant:
-    """A new accountant of a kind in ``ACCOUNTANTS`` holding ``history``."""
-    accountant = ACCOUNTANTS[name]()
+    """A new accountant of a kind in ``ACCOUNTANTS`` holding ``history``; UserError naming the choices when ``name``
+    is not one."""
+    accountant = lookup(ACCOUNTANTS, name, "--accountant")()
     accountant.history = [tuple(step) for step in history or []]
     return accountant
 

@@ -3,7 +3,8 @@
 
 A run names its dataset (``--dataset``); the model takes its image side and class count from it
 (``geometry``), the clients their private set, the attacker its surrogate and its unseen test set. A new dataset is
-one class with ``@register_dataset("name")``.
+one class with ``@register_dataset("name")``. A dataset resolves its own files' root (``Dataset.root``); decoded sets
+and everything trained on public images are cached in one place for every dataset (``resolve_cache_dir``).
 """
 
 from __future__ import annotations
@@ -12,11 +13,12 @@ import os
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import ClassVar
 
 import numpy as np
 
-from core.errors import UserError
+from core.registry import lookup, register
 
 # The sets a run reads: the clients' private images; the attacker's surrogate (its own images, to train an attack
 # on); its unseen test set (images no client and no surrogate holds); and a larger public set (``--surrogate public``).
@@ -24,6 +26,26 @@ ROLES = ("private", "surrogate", "unseen", "public")
 # --surrogate: the attacker's own images by name -> the role that holds them (the curious server's attacks, and the
 # hijacking server's public images, ``split.hijack``).
 SURROGATES = {"small1": "surrogate", "public": "public"}
+# The tool's cache (decoded sets, pretrained devices, hijack pilots), for every dataset; the name is historical.
+ENV_CACHE = "OMNIGLOT_CACHE"
+
+
+def surrogate_role(name: str) -> str:
+    """The role (``ROLES``) holding the surrogate ``name``; UserError naming the choices when it is not one."""
+    return lookup(SURROGATES, name, "--surrogate")
+
+
+def resolve_cache_dir(cache_dir: str | os.PathLike | None = None) -> Path:
+    """Where decoded sets and what is trained on public images live: ``cache_dir``, else ``$OMNIGLOT_CACHE``, else
+    ``~/.cache/omniglot-splitfed``.
+
+    Not inside a dataset's root, which may be read-only (a shared copy).
+    """
+    if cache_dir:
+        return Path(cache_dir).expanduser()
+    if os.environ.get(ENV_CACHE):
+        return Path(os.environ[ENV_CACHE]).expanduser()
+    return Path.home() / ".cache" / "omniglot-splitfed"
 
 
 @dataclass(frozen=True)
@@ -80,6 +102,11 @@ class Dataset(ABC):
     def load(self, role: str, download: bool = False) -> ImageSet:
         """The set of ``role``; UserError (one line) when its data is missing."""
 
+    def root(self) -> str:
+        """``data_dir`` as every process must read it (simulation workers may start in another directory); this
+        base, for a dataset that reads no files: ``data_dir`` unchanged ("" for none)."""
+        return os.fspath(self.data_dir) if self.data_dir else ""
+
     def describe(self, role: str) -> str:
         """One line naming the set of ``role`` (for attack.json)."""
         return f"{self.name} {role}"
@@ -96,20 +123,17 @@ DATASETS: dict[str, type[Dataset]] = {}
 def register_dataset(name: str) -> Callable[[type[Dataset]], type[Dataset]]:
     """Class decorator: make ``cls`` available as ``--dataset name``."""
 
-    def register(cls: type[Dataset]) -> type[Dataset]:
-        assert name not in DATASETS, f"dataset {name!r} is registered twice"
+    def add(cls: type[Dataset]) -> type[Dataset]:
+        register(DATASETS, name)(cls)
         cls.name = name
-        DATASETS[name] = cls
         return cls
 
-    return register
+    return add
 
 
 def get_dataset(name: str, data_dir: str | os.PathLike | None = None) -> Dataset:
-    """The dataset ``name`` reading from ``data_dir``; UserError when it is not registered."""
-    if name not in DATASETS:
-        raise UserError(f"--dataset must be one of {', '.join(DATASETS)}, got {name!r}")
-    return DATASETS[name](data_dir)
+    """The dataset ``name`` reading from ``data_dir``; UserError naming the choices when it is not registered."""
+    return lookup(DATASETS, name, "--dataset")(data_dir)
 
 
 def geometry(name: str) -> dict[str, int]:

@@ -24,11 +24,11 @@ from PIL import Image, UnidentifiedImageError
 
 from core import files
 from core.errors import UserError
-from data.base import Dataset, ImageSet, register_dataset
+from core.registry import lookup
+from data.base import ENV_CACHE, Dataset, ImageSet, register_dataset, resolve_cache_dir
 
 SIDE = 105
 ENV_ROOT = "OMNIGLOT_ROOT"
-ENV_CACHE = "OMNIGLOT_CACHE"
 DEFAULT_ROOT = Path("data/omniglot")
 CACHE_FORMAT = 1
 
@@ -70,18 +70,6 @@ def resolve_root(data_dir: str | os.PathLike | None) -> Path:
     return DEFAULT_ROOT
 
 
-def resolve_cache_dir(cache_dir: str | os.PathLike | None = None) -> Path:
-    """Where decoded sets live: ``cache_dir``, else ``$OMNIGLOT_CACHE``, else ``~/.cache/omniglot-splitfed``.
-
-    Not inside the data root, which may be read-only (a shared copy).
-    """
-    if cache_dir:
-        return Path(cache_dir).expanduser()
-    if os.environ.get(ENV_CACHE):
-        return Path(os.environ[ENV_CACHE]).expanduser()
-    return Path.home() / ".cache" / "omniglot-splitfed"
-
-
 def load_set(
     name: str,
     data_dir: str | os.PathLike | None = None,
@@ -92,9 +80,7 @@ def load_set(
 
     Raises UserError (one line naming the file and where it belongs) when the data is missing or corrupt.
     """
-    if name not in SETS:
-        raise UserError(f"unknown Omniglot set {name!r}; choose from {', '.join(SETS)}")
-    spec = SETS[name]
+    spec = lookup(SETS, name, "Omniglot set")
     root = resolve_root(data_dir)
     source = _find_source(spec, root, download)
     fingerprint = _fingerprint(source)
@@ -280,6 +266,10 @@ class Omniglot(Dataset):
         if role == "public":
             return self._public()
         return load_set(self.ROLE_SETS[role], self.data_dir, download=download)
+
+    def root(self) -> str:
+        """The absolute data root (``resolve_root``)."""
+        return str(resolve_root(self.data_dir).resolve())
 
     def describe(self, role: str) -> str:
         if role == "public":

@@ -1,20 +1,25 @@
 """The registries behind the settings whose choices are names (``setting(registry=...)`` in ``core.config``): each
-lives in the room that owns it, and the command line and ``validate`` read the choices from it, never a copy."""
+lives in the room that owns it (``core.registry``'s idiom), and the command line and ``validate`` read the choices
+from it, never a copy."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
+from attack.registry import ATTACKS
 from audit.canaries import plan_canaries
 from clients.grad_samplers import SAMPLERS
 from core.config import RunConfig, flag_name, settings
 from core.errors import UserError
 from core.privacy import ACCOUNTANTS
+from core.registry import lookup
 from data.base import DATASETS, SURROGATES
 from split.server import SERVERS, check_server
 from strategy.registry import REGISTRY as STRATEGIES
 
 
-def choices(registry: str) -> tuple[str, ...]:
-    """The names registered under ``registry`` (a ``setting``'s ``registry`` key)."""
+def registry(name: str) -> Mapping[str, object]:
+    """The registry a ``setting``'s ``registry`` key names."""
     registries = {
         "strategy": STRATEGIES,
         "accountant": ACCOUNTANTS,
@@ -22,17 +27,22 @@ def choices(registry: str) -> tuple[str, ...]:
         "surrogate": SURROGATES,
         "dataset": DATASETS,
         "server": SERVERS,
+        "attack": ATTACKS,
     }
-    return tuple(registries[registry])
+    return registries[name]
+
+
+def choices(name: str) -> tuple[str, ...]:
+    """The names registered under ``name`` (a ``setting``'s ``registry`` key)."""
+    return tuple(registry(name))
 
 
 def check_registered(cfg: RunConfig) -> RunConfig:
     """UserError (one line) for the first setting whose value is not a name in its registry; returns ``cfg``."""
     for f in settings():
-        registry = f.metadata["registry"]
-        if registry and getattr(cfg, f.name) not in choices(registry):
-            allowed = ", ".join(choices(registry))
-            raise UserError(f"--{flag_name(f.name)} must be one of {allowed}, got {getattr(cfg, f.name)!r}")
+        kind = f.metadata["registry"]
+        if kind and kind != "attack":  # --attacks is a comma-separated list: attack.registry.parse_attacks reads it
+            lookup(registry(kind), getattr(cfg, f.name), f"--{flag_name(f.name)}")
     if cfg.proximal_mu and not STRATEGIES[cfg.strategy].proximal:
         proximal = ", ".join(name for name, e in STRATEGIES.items() if e.proximal)
         raise UserError(f"--proximal-mu is the weight of a proximal term only {proximal} sends; not {cfg.strategy}")

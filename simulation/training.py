@@ -169,7 +169,7 @@ def run(
 ) -> Path:
     """Train (and attack) one run per noise value, or continue ``resume``; write the reports. Returns the directory
     holding the report (the run's own, or the sweep's)."""
-    from data.omniglot import resolve_root
+    from data.base import get_dataset
 
     checkpoint = None
     if resume is not None:
@@ -193,8 +193,7 @@ def run(
         if len(configs) > 1:
             report_dir.mkdir(parents=True, exist_ok=True)  # holds the report; each s<sigma>/ run has its marker
     for run_cfg in configs:
-        if run_cfg.dataset == "omniglot":
-            run_cfg.data_dir = str(resolve_root(run_cfg.data_dir).resolve())  # workers may start elsewhere
+        run_cfg.data_dir = get_dataset(run_cfg.dataset, run_cfg.data_dir).root()  # workers may start elsewhere
     for run_cfg, run_dir, plan in zip(configs, run_dirs, chosen, strict=True):
         train(run_cfg, run_dir, plan, checkpoint)
         if not skip_attack:

@@ -3,7 +3,7 @@
 Every path that produces what the server receives goes through a ``Cut``: the training step
 (``clients.train.split_step``), the inference query (``device_activations`` with the run's cut), the attacker's
 own queries of the device model, and the benchmarks. A defense at the cut (noise on clipped activations, ...) is
-one new ``Cut`` subclass plus one entry in ``DEFENSES``; nothing else changes.
+one new ``Cut`` subclass plus one entry in ``DEFENSES`` (or ``@register_defense("name")``); nothing else changes.
 
 ``Cut.forward(activations) -> sent``: device activations float32 [B,C,H,W] -> what crosses the network (same
 shape). In training the device back-propagates the server's gradient through it (``device_gradient``), where a
@@ -13,8 +13,12 @@ adds the gradient of ``nopeek`` x the distance correlation between the batch's i
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import nn
+
+from core.registry import lookup, register
 
 
 def distance_correlation(x: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
@@ -111,8 +115,12 @@ class NoisyCut(Cut):
 DEFENSES: dict[str, type[Cut]] = {"identity": Cut, "noise": NoisyCut}
 
 
+def register_defense(name: str) -> Callable[[type[Cut]], type[Cut]]:
+    """Class decorator: make a ``Cut`` subclass available as ``build_cut(name)``. A name can be registered once."""
+    return register(DEFENSES, name)
+
+
 def build_cut(name: str = "identity", **options) -> Cut:
-    """A cut by registry name; ``options`` are its constructor's keywords."""
-    if name not in DEFENSES:
-        raise ValueError(f"unknown defense {name!r}; choose from {', '.join(DEFENSES)}")
-    return DEFENSES[name](**options)
+    """A cut by registry name; ``options`` are its constructor's keywords. UserError naming the choices when
+    ``name`` is not registered."""
+    return lookup(DEFENSES, name, "defense")(**options)

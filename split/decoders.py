@@ -15,10 +15,12 @@ equivalent of its first transposed convolution (what that layer is on a 1x1 inpu
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 from torch import nn
 
+from core.registry import lookup, register
 from split.model import CUT_CHANNELS
 
 # The decoders draw images of the original experiment's side: ``seed``'s transposed convolutions end at 105 by
@@ -146,9 +148,12 @@ def _map_stem(c_in: int, c_out: int) -> nn.Sequential:
 DECODERS: dict[str, type[nn.Module]] = {"seed": SeedDecoder, "up": UpDecoder}
 
 
+def register_decoder(name: str) -> Callable[[type[nn.Module]], type[nn.Module]]:
+    """Class decorator: make a decoder available as ``build_decoder(name)``. A name can be registered once."""
+    return register(DECODERS, name)
+
+
 def build_decoder(name: str, **options) -> nn.Module:
     """A fresh decoder by registry name ("seed" or "up"; ``options`` go to its constructor, e.g. ``in_shape``);
-    seed torch beforehand for reproducible weights."""
-    if name not in DECODERS:
-        raise ValueError(f"unknown decoder {name!r}; choose from {', '.join(DECODERS)}")
-    return DECODERS[name](**options)
+    seed torch beforehand for reproducible weights. UserError naming the choices when ``name`` is not registered."""
+    return lookup(DECODERS, name, "decoder")(**options)

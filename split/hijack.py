@@ -40,7 +40,7 @@ from torch import nn
 from core import files
 from core.config import RunConfig
 from core.errors import UserError
-from data.base import SURROGATES, ImageSet, get_dataset, shared_files
+from data.base import ImageSet, get_dataset, shared_files, surrogate_role
 from split.decoders import UpDecoder
 from split.model import DeviceNet
 from split.pretrain import recipe_path
@@ -122,7 +122,7 @@ def has_hijack(arrays: Mapping) -> bool:
 
 def public_images(cfg: RunConfig) -> ImageSet:
     """The hijacking server's public images: the run's ``--surrogate`` set (the attacker's own), never a client's."""
-    return get_dataset(cfg.dataset, cfg.data_dir or None).load(SURROGATES[cfg.surrogate])
+    return get_dataset(cfg.dataset, cfg.data_dir or None).load(surrogate_role(cfg.surrogate))
 
 
 class HijackRound:

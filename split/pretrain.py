@@ -25,8 +25,7 @@ from rich.console import Console
 
 from core import files
 from core.config import RunConfig
-from data.base import get_dataset, shared_files
-from data.omniglot import resolve_cache_dir
+from data.base import get_dataset, resolve_cache_dir, shared_files
 from split.model import ServerHead, build_split
 
 FORMAT = 1  # bump when the recipe below changes: cached devices of another format are not reused

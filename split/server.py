@@ -23,6 +23,7 @@ from rich.console import Console
 
 from core.config import RunConfig
 from core.errors import UserError
+from core.registry import lookup, register
 from split.hijack import HijackModels, HijackRound, initial_models, pilot_features, public_images
 
 
@@ -92,21 +93,12 @@ SERVERS: dict[str, type[ServerBehaviour]] = {"honest": ServerBehaviour, "hijack"
 
 def register_server(name: str) -> Callable[[type[ServerBehaviour]], type[ServerBehaviour]]:
     """Class decorator: make ``cls`` available as ``--server name``. A name can be registered once."""
-
-    def register(cls: type[ServerBehaviour]) -> type[ServerBehaviour]:
-        if name in SERVERS:
-            raise ValueError(f"server behaviour {name!r} is already registered ({SERVERS[name].__name__})")
-        SERVERS[name] = cls
-        return cls
-
-    return register
+    return register(SERVERS, name)
 
 
 def build_server(name: str) -> ServerBehaviour:
     """The server behaviour ``name``; UserError naming the choices when it is unknown."""
-    if name not in SERVERS:
-        raise UserError(f"--server must be one of {', '.join(SERVERS)}, got {name!r}")
-    return SERVERS[name]()
+    return lookup(SERVERS, name, "--server")()
 
 
 def check_server(cfg: RunConfig) -> None:

@@ -9,8 +9,9 @@ Server optimisers keep state between rounds (FedAvgM its momentum, FedAdam / Fed
 ``m_t``, ``v_t`` and the arrays of the round in flight): a ``StateAdapter`` reads and restores it, so a resumed run
 aggregates exactly as the uninterrupted one (``strategy/driver.py`` stores it in ``checkpoint.pt``).
 
-Adding a strategy: one builder here, one ``REGISTRY`` entry (with a ``StateAdapter`` if it keeps state), and its
-name in ``REGISTRY`` (the ``--strategy`` choices).
+Adding a strategy: one builder here and one ``REGISTRY`` entry under its name (with a ``StateAdapter`` if it keeps
+state), or ``register_strategy("name")(Entry(builder, ...))`` from elsewhere; ``REGISTRY``'s keys are the
+``--strategy`` choices.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from flwr.serverapp.strategy import FedAdam, FedAvg, FedAvgM, FedProx, FedYogi, 
 from flwr.serverapp.strategy.fedopt import FedOpt
 
 from core.config import RunConfig
+from core.registry import lookup, register
 
 
 class StateAdapter:
@@ -136,10 +138,15 @@ REGISTRY: dict[str, Entry] = {
 }
 
 
+def register_strategy(name: str) -> Callable[[Entry], Entry]:
+    """Decorator-style: ``register_strategy(name)(entry)`` makes ``entry`` available as ``--strategy name``. A name
+    can be registered once."""
+    return register(REGISTRY, name)
+
+
 def entry(name: str) -> Entry:
-    if name not in REGISTRY:
-        raise ValueError(f"unknown strategy {name!r}; known: {', '.join(REGISTRY)}")
-    return REGISTRY[name]
+    """The registry entry of strategy ``name``; UserError naming the choices when it is not registered."""
+    return lookup(REGISTRY, name, "--strategy")
 
 
 def build_strategy(cfg: RunConfig) -> Strategy:

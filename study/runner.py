@@ -89,7 +89,7 @@ def run_study(
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
     from rich.table import Table
 
-    from data.omniglot import resolve_root
+    from data.base import get_dataset
 
     if shard is not None:
         parse_shard(shard)  # before anything else, --list included
@@ -102,7 +102,8 @@ def run_study(
     runs = seed_runs(cells, seeds)
     mine = shard_of(runs, shard) if shard else runs
     mine = [] if report_only else mine
-    base = RunConfig(**{**base_settings, "data_dir": str(resolve_root(data_dir or None).resolve())})
+    dataset = base_settings.get("dataset", RunConfig.dataset)
+    base = RunConfig(**{**base_settings, "data_dir": get_dataset(dataset, data_dir or None).root()})
     configs = {run.name: run.config(base, out) for run in runs}
     states = {run.name: cell_state(configs[run.name], out / run.name) for run in runs}
     console = Console()

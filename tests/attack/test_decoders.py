@@ -12,6 +12,7 @@ from attack.base import AttackerKnowledge, Payload
 from attack.decoder_attack import ConditionedDecoderAttack, SeedDecoderAttack, UpDecoderAttack
 from attack.decoders import reconstruct, train_decoder
 from attack.metrics import mean_image_baseline, mse
+from core.errors import UserError
 from data.base import ImageSet, shared_files
 from split.decoders import DECODERS, SeedDecoder, UpDecoder, build_decoder
 from split.model import DeviceNet, device_activations
@@ -50,7 +51,7 @@ def test_decoder_maps_activations_to_images(name: str) -> None:
 def test_registry() -> None:
     assert {"seed": SeedDecoder, "up": UpDecoder} == DECODERS
     assert isinstance(build_decoder("up"), UpDecoder)
-    with pytest.raises(ValueError, match="unknown decoder 'nope'; choose from seed, up"):
+    with pytest.raises(UserError, match="^decoder must be one of seed, up, got 'nope'$"):
         build_decoder("nope")
 
 

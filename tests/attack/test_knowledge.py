@@ -15,6 +15,7 @@ from attack.base import AttackerKnowledge, Payload
 from attack.decoder_attack import ConditionedDecoderAttack
 from attack.surrogate import surrogate_images
 from attack.whitebox import LatentWhiteBoxAttack, RMLEAttack, activation_distance, total_variation
+from core.errors import UserError
 from data.base import get_dataset
 from data.omniglot import BACKGROUND, ImageSet, load_set
 from split.model import DeviceNet, device_activations
@@ -49,7 +50,7 @@ def test_public_surrogate_is_disjoint_from_small2_and_the_clients(
     assert images.shape == (16_160, 1, 105, 105) and images.dtype == np.float32
     assert described == "images_background minus small2's alphabets and files"
     np.testing.assert_array_equal(images[:3], background.as_float(rows[:3]))
-    with pytest.raises(ValueError, match="unknown surrogate 'nope'"):
+    with pytest.raises(UserError, match="^--surrogate must be one of small1, public, got 'nope'$"):
         surrogate_images("nope", "omniglot", str(omniglot_root))
 
 

@@ -61,9 +61,9 @@ def test_registry_names_and_refusals() -> None:
     assert parse_attacks("seed,up") == ("seed", "up") == parse_attacks(["seed", "up"])
     assert parse_attacks(["up, seed"]) == ("up", "seed")  # order kept: the first fills the figures
     assert isinstance(build_attack("seed"), SeedDecoderAttack)
-    with pytest.raises(UserError, match=rf"^unknown attack\(s\) 'nope'; choose from {CHOICES}$"):
+    with pytest.raises(UserError, match=rf"^--attacks must be one of {CHOICES}, got 'nope'$"):
         parse_attacks("seed,nope")
-    with pytest.raises(UserError, match=rf"^unknown attack\(s\) 'nope'; choose from {CHOICES}$"):
+    with pytest.raises(UserError, match=rf"^--attacks must be one of {CHOICES}, got 'nope'$"):
         build_attack("nope")
     with pytest.raises(UserError, match="refine a decoder's output; add a decoder"):
         parse_attacks("whitebox")
@@ -82,7 +82,7 @@ def test_registry_names_and_refusals() -> None:
 def test_cli_refuses_unknown_attack_in_one_line(tmp_path: Path, capsys) -> None:
     assert sim_main(["attack", str(tmp_path / "run"), "--attacks", "seed", "nope"]) == 2
     err = capsys.readouterr().err
-    assert err == f"error: unknown attack(s) 'nope'; choose from {CHOICES}\n"
+    assert err == f"error: --attacks must be one of {CHOICES}, got 'nope'\n"
     assert not (tmp_path / "run").exists()
 
 

@@ -17,6 +17,7 @@ from torch import nn
 from clients import grad_samplers
 from clients.train import augmented_views, split_step, train_local
 from core.config import RunConfig
+from core.errors import UserError
 from core.privacy import History
 from data.omniglot import EVALUATION, load_set
 from split.model import build_split
@@ -178,7 +179,7 @@ def test_install_is_local_to_one_model() -> None:
     assert fast.GRAD_SAMPLERS[nn.Conv2d] is grad_samplers.conv2d_per_sample
     assert other.GRAD_SAMPLERS[nn.Conv2d] is compute_conv_grad_sample
     assert grad_samplers.install(other, "opacus").GRAD_SAMPLERS[nn.Conv2d] is compute_conv_grad_sample
-    with pytest.raises(ValueError, match="unknown grad sampler"):
+    with pytest.raises(UserError, match="^--grad-sampler must be one of fused, fast, opacus, got 'slow'$"):
         grad_samplers.install(other, "slow")
     with pytest.raises(TypeError):
         grad_samplers.install(build_split(**OMNIGLOT)[0])

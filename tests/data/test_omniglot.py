@@ -284,7 +284,7 @@ def test_missing_root(tmp_path: Path) -> None:
 
 
 def test_unknown_set() -> None:
-    with pytest.raises(UserError, match="unknown Omniglot set 'bogus'"):
+    with pytest.raises(UserError, match="^Omniglot set must be one of images_evaluation, .*, got 'bogus'$"):
         load_set("bogus")
 
 

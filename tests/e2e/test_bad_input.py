@@ -97,7 +97,7 @@ CASES = [
     (["--audit", "100", "--physical-batch", "8"], "--audit needs at least 2 canaries, a trained device"),
     (["--audit", "9000000"], "--audit 9000000: the trainable device has only 86944 weights"),
     (["--aug-mult", "2", "--grad-sampler", "opacus"], "--aug-mult needs --grad-sampler fused under DP"),
-    (["--attacks", "seed,bogus"], "unknown attack(s) 'bogus'"),
+    (["--attacks", "seed,bogus"], "--attacks must be one of seed, up, cond, rmle, whitebox, hijack, got 'bogus'"),
     (["--server", "evil"], "--server must be one of honest, hijack, got 'evil'"),
     (["--server", "hijack", "--noise", "0", "--nopeek", "0.3"], "--server hijack cannot run with --nopeek"),
     (["--server", "hijack", "--strategy", "fedadam"], "--server hijack cannot run with --strategy"),

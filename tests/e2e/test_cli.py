@@ -93,8 +93,15 @@ def test_help_mentions_every_flag() -> None:
     for flag in FLAGS:
         assert flag in result.stdout, flag
     assert "--fail-rate" not in result.stdout  # the test seam's failures are no user's setting
-    # Registry-backed choices are listed from the registries themselves.
-    assert "(fedavg, fedavgm, fedadam, fedyogi, fedprox)" in " ".join(result.stdout.split())
+    # Registry-backed choices are listed from the registries themselves, the attacks' too.
+    from core.config import settings
+    from simulation.registries import choices
+
+    text = " ".join(result.stdout.split())
+    assert "(fedavg, fedavgm, fedadam, fedyogi, fedprox)" in text
+    assert "(seed, up, cond, rmle, whitebox, hijack)" in text
+    for kind in {f.metadata["registry"] for f in settings()} - {None}:
+        assert f"({', '.join(choices(kind))})" in text, kind
 
 
 def test_flwr_app_config_mirrors_run_config() -> None:
