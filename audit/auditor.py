@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from audit.bound import audit
+from audit.bound import EPS_MAX, audit, ideal_bound
 from audit.canaries import CanaryPlan
 from core.privacy import History, epsilon
 
@@ -60,11 +60,13 @@ class Auditor:
 
     def result(self, histories: dict[int, History], delta: float, accountant: str) -> dict[str, Any]:
         """What ``audit.json`` holds: the canaries, the best guess count and its lower bound at 95 %, every count
-        tried, and the ledger's epsilon (the largest over the clients holding canaries, at the run's delta)."""
+        tried, the ledger's epsilon (the largest over the clients holding canaries, at the run's delta) and the
+        ideal one-run bound at that epsilon (``audit.bound.ideal_bound``) with the fraction of it reached."""
         found = audit(self.scores, self.plan.included, delta)
         holders = sorted({int(c) for c in self.plan.client})
         per_client = {pid: epsilon(histories.get(pid, []), delta, accountant) for pid in holders}
         claimed = max(per_client.values())
+        ideal = ideal_bound(claimed, delta, found.m) if claimed <= EPS_MAX else None  # beyond: no bound searched
         return {
             "m": found.m,
             "included": int(self.plan.included.sum()),
@@ -78,6 +80,10 @@ class Auditor:
             "table": [{"guesses": g, "correct": c, "epsilon_lower": e} for g, c, e in found.table],
             "epsilon_lower": found.epsilon_lower,
             "epsilon": claimed if np.isfinite(claimed) else None,  # null: no noise, epsilon infinite
+            # What an ideal audit of m canaries reaches against exactly the ledger's (epsilon, delta), and the
+            # fraction of it this one reached (null without DP or above EPS_MAX): the audit's power, not a verdict.
+            "ideal_epsilon_lower": ideal,
+            "fraction_of_ideal": found.epsilon_lower / ideal if ideal else None,
             "delta": delta,
             "accountant": accountant,
             "epsilon_per_client": {str(pid): e if np.isfinite(e) else None for pid, e in per_client.items()},

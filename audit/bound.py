@@ -82,3 +82,40 @@ def audit(scores: np.ndarray, included: np.ndarray, delta: float, confidence: fl
         table.append((2 * k, right, epsilon_lower(m, 2 * k, right, delta, split)))
     guesses, correct, best = max(table, key=lambda row: row[2])
     return Audit(m, guesses, correct, best, confidence, len(counts), tuple(table))
+
+
+def bound_ceiling(m: int, delta: float, confidence: float = 0.95) -> float:
+    """The most ``audit`` can show with ``m`` canaries: every canary guessed right (k = m / 2 a side), at the
+    confidence split over the guess counts it tries."""
+    return epsilon_lower(m, m, m, delta, 1 - (1 - confidence) / len(GUESS_FRACTIONS))
+
+
+IDEAL_DRAWS = 20  # seeded draws of the ideal mechanism's scores: the ceiling is their median bound
+
+
+def gaussian_mu(eps: float, delta: float) -> float:
+    """The mu of the Gaussian mechanism (mu-GDP) whose privacy curve has delta(eps) = ``delta``."""
+
+    def curve(mu: float) -> float:
+        return stats.norm.cdf(-eps / mu + mu / 2) - np.exp(eps) * stats.norm.cdf(-eps / mu - mu / 2) - delta
+
+    return float(optimize.brentq(curve, 1e-3, 100.0))
+
+
+def ideal_bounds(eps: float, delta: float, m: int, draws: int = IDEAL_DRAWS) -> list[float]:
+    """What this audit can reach with ``m`` canaries against a mechanism that is exactly (eps, delta)-DP and no more:
+    each canary's score drawn from the Gaussian mechanism of that curve (N(mu, 1) included, N(0, 1) not, scored by
+    its own likelihood ratio), the bound (``audit``) on each of ``draws`` seeded draws."""
+    mu = gaussian_mu(eps, delta)
+    found = []
+    for seed in range(draws):
+        rng = np.random.default_rng(seed)
+        included = rng.random(m) < 0.5
+        found.append(audit(rng.normal(size=m) + mu * included, included, delta).epsilon_lower)
+    return found
+
+
+def ideal_bound(eps: float, delta: float, m: int) -> float:
+    """The ideal audit's median bound (``ideal_bounds``): an audit's epsilon_lower over it is how close it comes to
+    what one run of this size can show."""
+    return float(np.median(ideal_bounds(eps, delta, m)))

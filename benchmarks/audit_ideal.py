@@ -1,32 +1,50 @@
 """What the one-run audit can reach at best: an ideal Gaussian mechanism of exactly the ledger's (epsilon, delta),
-scored by its own likelihood ratio, audited with M canaries as the product audits a run.
+scored by its own likelihood ratio, audited with M canaries as the product audits a run; and, for audited runs,
+how close their bound comes to it.
 
     python benchmarks/audit_ideal.py [--m 1000] [--epsilons 1 8 30] [--draws 20]
+    python benchmarks/audit_ideal.py --runs RUN_OR_STUDY_DIR ...
 
 For each epsilon: the Gaussian mechanism's mu with delta(epsilon) = 1e-5 (the mechanism is mu-GDP: each canary's
 score is N(mu, 1) when included, N(0, 1) when not), then the product's bound (audit.bound.audit) on ``--draws``
-seeded draws; prints the median and range, and the bound's ceiling at M (every guess right).
+seeded draws; prints the median and range, and the bound's ceiling at M (every guess right). With ``--runs``: every
+audit.json at or below each directory, its epsilon_lower, the ideal bound at its own (epsilon, delta, m)
+(``audit.bound.ideal_bound``, what the run's audit.json stores) and the fraction of it the audit reached.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+from pathlib import Path
 
 import numpy as np
-from scipy import optimize, stats
 
-from audit.bound import GUESS_FRACTIONS, audit, epsilon_lower
+from audit.bound import bound_ceiling, gaussian_mu, ideal_bound, ideal_bounds
 
 DELTA = 1e-5
 
 
-def gaussian_mu(eps: float, delta: float = DELTA) -> float:
-    """The mu of the Gaussian mechanism whose privacy curve has delta(eps) = delta."""
+def ideal_table(m: int, epsilons: list[float], draws: int) -> None:
+    ceiling = bound_ceiling(m, DELTA)
+    print(f"M {m}: the bound's ceiling (every guess right) {ceiling:.3f}")
+    for eps in epsilons:
+        found = ideal_bounds(eps, DELTA, m, draws)
+        print(f"epsilon {eps:g}: mu {gaussian_mu(eps, DELTA):.3f}, ideal audit median {np.median(found):.3f} "
+              f"(range {min(found):.3f}-{max(found):.3f})")  # fmt: skip
 
-    def curve(mu: float) -> float:
-        return stats.norm.cdf(-eps / mu + mu / 2) - np.exp(eps) * stats.norm.cdf(-eps / mu - mu / 2) - delta
 
-    return float(optimize.brentq(curve, 1e-3, 100.0))
+def run_fractions(dirs: list[Path]) -> None:
+    for path in sorted(p for d in dirs for p in d.rglob("audit.json")):
+        found = json.loads(path.read_text())
+        if found["epsilon"] is None:
+            print(f"{path.parent}: no DP, epsilon_lower {found['epsilon_lower']:.3f} (no ideal: epsilon infinite)")
+            continue
+        ideal = found.get("ideal_epsilon_lower")
+        ideal = ideal if ideal is not None else ideal_bound(found["epsilon"], found["delta"], found["m"])
+        lower = found["epsilon_lower"]
+        print(f"{path.parent}: epsilon {found['epsilon']:.3g}, m {found['m']}: epsilon_lower {lower:.3f} of an "
+              f"ideal {ideal:.3f} = {lower / ideal:.2f}")  # fmt: skip
 
 
 def main() -> None:
@@ -34,18 +52,12 @@ def main() -> None:
     parser.add_argument("--m", type=int, default=1000)
     parser.add_argument("--epsilons", type=float, nargs="+", default=[1.0, 8.0, 30.0])
     parser.add_argument("--draws", type=int, default=20)
+    parser.add_argument("--runs", type=Path, nargs="+", help="audited run or study directories")
     args = parser.parse_args()
-    ceiling = epsilon_lower(args.m, args.m, args.m, DELTA, 1 - 0.05 / len(GUESS_FRACTIONS))
-    print(f"M {args.m}: the bound's ceiling (every guess right) {ceiling:.3f}")
-    for eps in args.epsilons:
-        mu = gaussian_mu(eps)
-        found = []
-        for seed in range(args.draws):
-            rng = np.random.default_rng(seed)
-            included = rng.random(args.m) < 0.5
-            found.append(audit(rng.normal(size=args.m) + mu * included, included, DELTA).epsilon_lower)
-        print(f"epsilon {eps:g}: mu {mu:.3f}, ideal audit median {np.median(found):.3f} "
-              f"(range {min(found):.3f}-{max(found):.3f})")  # fmt: skip
+    if args.runs:
+        run_fractions(args.runs)
+    else:
+        ideal_table(args.m, args.epsilons, args.draws)
 
 
 if __name__ == "__main__":

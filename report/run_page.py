@@ -30,6 +30,7 @@ from core.config import RunConfig
 from core.errors import UserError
 from core.privacy import EPSILON_COVERS
 from core.rundir import ATTACKED, RunDir
+from report.study_audit import ideal_text, read_audit
 
 NO_DP = "This run had no DP (noise multiplier 0): epsilon is infinite, so there is no privacy budget to show."
 HIJACK_EPSILON = (
@@ -211,14 +212,14 @@ def _audit_section(run: RunDir) -> str:
     """``--audit``: the one-run lower bound beside the ledger's epsilon, and every guess count tried ('' without)."""
     if not run.audit.exists():
         return ""
-    found = run.read_json(run.audit.name)
+    found = read_audit(run.path)
     claimed = "infinite (no DP)" if found["epsilon"] is None else f"{found['epsilon']:.3g}"
     verdict = "VIOLATION: the bound passes the ledger's epsilon." if found["violation"] else "Below the ledger's."
     text = (
         f"{found['m']} gradient-space canaries ({found['included']} included), scored from the device weights each "
         f"client returned: {found['correct']} of {found['guesses']} membership guesses right, so epsilon is at "
         f"least {found['epsilon_lower']:.3g} at {found['confidence']:.0%} confidence (delta {found['delta']:g}); "
-        f"the ledger's epsilon for these clients is {claimed}. {verdict}"
+        f"the ledger's epsilon for these clients is {claimed}{ideal_text(found)}. {verdict}"
     )
     rows = [[str(r["guesses"]), str(r["correct"]), f"{r['epsilon_lower']:.3g}"] for r in found["table"]]
     table = _table(["guesses", "right", "epsilon lower bound"], rows)

@@ -17,6 +17,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+from audit.bound import EPS_MAX, ideal_bound  # noqa: E402
 from core import files  # noqa: E402
 from core.rundir import RunDir  # noqa: E402
 
@@ -24,9 +25,31 @@ FIGURE = "audit_vs_epsilon_study.png"
 
 
 def read_audit(run_dir: Path) -> dict[str, Any] | None:
-    """A run's ``audit.json`` (None when the run had no --audit)."""
+    """A run's ``audit.json`` (None when the run had no --audit); one written before audit.json stored the ideal
+    bound gets it here, from its own (epsilon, delta, m)."""
     run = RunDir(run_dir)
-    return run.read_json(run.audit.name) if run.audit.exists() else None
+    if not run.audit.exists():
+        return None
+    found = run.read_json(run.audit.name)
+    if "ideal_epsilon_lower" not in found:
+        claimed = _claimed(found)
+        ideal = ideal_bound(claimed, found["delta"], found["m"]) if claimed <= EPS_MAX else None
+        found |= {"ideal_epsilon_lower": ideal, "fraction_of_ideal": found["epsilon_lower"] / ideal if ideal else None}
+    return found
+
+
+def ideal_text(found: dict) -> str:
+    """ "; an ideal audit of 1000 canaries reaches 2.61 at this epsilon (...): this one reached 36% of it", or ""
+    without DP."""
+    if found["ideal_epsilon_lower"] is None:
+        return ""
+    if not found["ideal_epsilon_lower"]:
+        return f"; an ideal audit of {found['m']} canaries shows nothing at this epsilon (its median bound is 0)"
+    return (
+        f"; an ideal audit of {found['m']} canaries reaches {found['ideal_epsilon_lower']:.3g} at this epsilon "
+        f"(a Gaussian mechanism of exactly it, scored by its likelihood ratio): this one reached "
+        f"{found['fraction_of_ideal']:.0%} of it"
+    )
 
 
 def audited(points: Sequence) -> list[tuple[Any, dict]]:
@@ -92,7 +115,9 @@ def audit_sentence(points: Sequence) -> str:
         parts.append(
             f"Across {len(dp)} audited DP run(s) the one-run lower bound stays below the ledger's epsilon"
             + ("" if not broken else " elsewhere")
-            + f"; the closest is {p.cell.name} (epsilon >= {a['epsilon_lower']:.3g} against {_claimed(a):.3g})."
+            + f"; the closest is {p.cell.name} (epsilon >= {a['epsilon_lower']:.3g} against {_claimed(a):.3g}"
+            + ideal_text(a)
+            + ")."
         )
     free = [(p, a) for p, a in runs if not math.isfinite(_claimed(a))]
     if free:
@@ -106,10 +131,12 @@ def audit_sentence(points: Sequence) -> str:
 def audit_rows(points: Sequence) -> tuple[list[str], list[list[str]]]:
     """The table: one row per audited run."""
     head = ["cell", "training seed", "cut", "canaries", "guesses right", "epsilon lower bound (95 %)",
-            "ledger's epsilon"]  # fmt: skip
+            "ledger's epsilon", "ideal one-run bound", "fraction of ideal"]  # fmt: skip
     rows = []
     for p, a in audited(points):
         claimed = "inf" if a["epsilon"] is None else f"{a['epsilon']:.3g}"
+        ideal = "-" if a["ideal_epsilon_lower"] is None else f"{a['ideal_epsilon_lower']:.3g}"
+        fraction = "-" if a["fraction_of_ideal"] is None else f"{a['fraction_of_ideal']:.2f}"
         rows.append([p.cell.name, str(p.train_seed), str(p.cut), str(a["m"]), f"{a['correct']} of {a['guesses']}",
-                     f"{a['epsilon_lower']:.3g}", claimed])  # fmt: skip
+                     f"{a['epsilon_lower']:.3g}", claimed, ideal, fraction])  # fmt: skip
     return head, rows

@@ -8,7 +8,17 @@ import math
 import numpy as np
 import pytest
 
-from audit.bound import GUESS_FRACTIONS, audit, epsilon_lower, p_value
+from audit.bound import (
+    GUESS_FRACTIONS,
+    audit,
+    bound_ceiling,
+    epsilon_lower,
+    gaussian_mu,
+    ideal_bound,
+    ideal_bounds,
+    p_value,
+)
+from core.privacy import epsilon, noise_for_target
 
 
 @pytest.mark.parametrize("guesses", [10, 100, 1000])
@@ -73,3 +83,29 @@ def test_bad_input_is_refused() -> None:
         p_value(10, 5, 6, 1.0, 0.0)
     with pytest.raises(ValueError):
         audit(np.array([1.0, np.nan]), np.array([True, False]), 1e-5)
+
+
+def test_the_ideal_bound_grows_with_epsilon_and_canaries_and_stays_below_epsilon() -> None:
+    """The ideal one-run audit (a Gaussian mechanism of exactly (eps, 1e-5), scored by its likelihood ratio): at
+    1000 canaries about 2.6 at eps 8 and 0.16 at eps 1 (docs/audit.md), more with 5000, never above eps."""
+    assert ideal_bound(8.0, 1e-5, 1000) == pytest.approx(2.614, abs=0.01)
+    assert ideal_bound(1.0, 1e-5, 1000) == pytest.approx(0.163, abs=0.01)
+    assert ideal_bound(8.0, 1e-5, 1000) < ideal_bound(8.0, 1e-5, 5000) < 8.0
+    draws = ideal_bounds(4.0, 1e-5, 1000, draws=5)
+    assert len(draws) == 5 and len(set(draws)) > 1 and max(draws) < 4.0
+    assert gaussian_mu(8.0, 1e-5) == pytest.approx(1.666, abs=1e-3)
+    assert bound_ceiling(1000, 1e-5) == pytest.approx(5.269, abs=1e-3)  # every guess right
+
+
+def test_the_subtle_planted_bugs_at_eps_1_are_beyond_one_run_of_1000_canaries() -> None:
+    """A client of the default run (q 1/19, 190 steps) at a claimed epsilon 1: with the noise halved behind the
+    ledger's back the true epsilon is about 2.5, with the accountant given half the sample rate about 2.1; an ideal
+    one-run audit of 1000 canaries at those true epsilons stays below the claimed 1 (benchmarks/audit_planted.py),
+    so no audit of one such run can catch them. Switching the noise off is within reach (the bound's ceiling)."""
+    q, steps = 1 / 19, 190
+    sigma = noise_for_target(1.0, 1e-5, q, steps)
+    halved = epsilon([(sigma / 2, q, steps)], 1e-5)
+    half_rate = epsilon([(noise_for_target(1.0, 1e-5, q / 2, steps), q, steps)], 1e-5)
+    assert 2.0 < half_rate < halved < 3.0
+    assert ideal_bound(halved, 1e-5, 1000) < 1.0 and ideal_bound(half_rate, 1e-5, 1000) < 1.0
+    assert bound_ceiling(1000, 1e-5) > 1.0

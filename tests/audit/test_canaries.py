@@ -113,6 +113,9 @@ def test_an_honest_run_audits_below_its_epsilon_and_a_run_without_noise_is_caugh
     assert 1.5 < found["epsilon"] < 2.5
     print(f"honest: {found['correct']}/{found['guesses']}, eps_lower {found['epsilon_lower']:.3f}")
     assert found["epsilon_lower"] <= found["epsilon"] and not found["violation"]
+    # Beside it, what an ideal audit of the same m canaries reaches at the ledger's epsilon, and the fraction.
+    assert 0 < found["ideal_epsilon_lower"] < found["epsilon"]
+    assert found["fraction_of_ideal"] == pytest.approx(found["epsilon_lower"] / found["ideal_epsilon_lower"])
 
     monkeypatch.setattr(dp_optimizer, "_generate_noise", lambda std, reference, **_: torch.zeros_like(reference))
     broken, histories = federate(cfg, shards, cfg.rounds)
@@ -135,5 +138,6 @@ def test_without_dp_the_canaries_are_found(shards) -> None:
     auditor, histories = federate(cfg, shards, cfg.rounds)
     found = auditor.result(histories, cfg.delta, cfg.accountant)
     assert found["epsilon"] is None and not found["violation"]
+    assert found["ideal_epsilon_lower"] is None and found["fraction_of_ideal"] is None
     assert found["epsilon_lower"] > 3.0
     print(f"no DP: {found['correct']}/{found['guesses']}, eps_lower {found['epsilon_lower']:.3f}")

@@ -16,10 +16,12 @@ import pytest
 from PIL import Image
 from runs import IMAGES_DECODED, rendered_dom
 
+from audit.bound import ideal_bound
 from core.errors import UserError
 from core.privacy import EPSILON_COVERS
 from core.rundir import RunDir
 from report.run_page import NO_DP, SUMMARY_SETS, client_ids, write_run_page
+from report.study_audit import ideal_text
 
 ROOT = Path(__file__).resolve().parents[2]
 CLIENTS = 3
@@ -87,6 +89,9 @@ def test_page_shows_settings_budget_accuracy_leakage_and_every_client(run: Path,
     assert 0 <= audit["epsilon_lower"] < audit["epsilon"] and not audit["violation"]
     said = f"so epsilon is at least {audit['epsilon_lower']:.3g} at 95% confidence"
     assert html.escape(said) in text and html.escape("Below the ledger's.") in text
+    # beside it, what an ideal audit of 30 canaries reaches at the ledger's epsilon (little: about 0 below eps 5)
+    assert audit["ideal_epsilon_lower"] == pytest.approx(ideal_bound(audit["epsilon"], audit["delta"], 30))
+    assert audit["ideal_epsilon_lower"] < audit["epsilon"] and html.escape(ideal_text(audit).lstrip("; ")) in text
 
     leakage = json.loads((run / "leakage.json").read_text())
     for set_name in SUMMARY_SETS:
