@@ -59,11 +59,14 @@ class CanaryPlan:
         return out
 
 
-def trainable_sizes(model: dict, dataset: str, frozen: int) -> dict[str, int]:
+def trainable_sizes(model: dict, dataset: str, frozen: int, only_norm: bool = False) -> dict[str, int]:
     """The trainable parameters of the device ``build_split(**model)`` builds for ``dataset`` with ``frozen`` blocks
-    frozen, and their element counts."""
+    frozen (and, ``only_norm``, only its GroupNorm parameters trained: ``--train-params norm``), and their element
+    counts."""
     device, _ = build_split(**model, **geometry(dataset))
     device.freeze(frozen)
+    if only_norm:
+        device.train_only_norm()
     return {name: p.numel() for name, p in device.named_parameters() if p.requires_grad}
 
 
@@ -72,12 +75,13 @@ def plan_canaries(cfg: RunConfig) -> CanaryPlan:
     over the clients in a shuffled order, each included with probability 1/2. The server and every client draw the
     same plan from the settings."""
     model = tuple(sorted(cfg.model_options().items()))
-    return _plan(cfg.audit, cfg.clients, cfg.training_seed, cfg.dataset, model, cfg.freeze_blocks)
+    norm = cfg.train_params == "norm"
+    return _plan(cfg.audit, cfg.clients, cfg.training_seed, cfg.dataset, model, cfg.freeze_blocks, norm)
 
 
 @functools.lru_cache(maxsize=4)  # a simulation worker serves many clients and rounds of one run
-def _plan(m: int, clients: int, seed: int, dataset: str, model: tuple, frozen: int) -> CanaryPlan:
-    sizes = trainable_sizes(dict(model), dataset, frozen)
+def _plan(m: int, clients: int, seed: int, dataset: str, model: tuple, frozen: int, norm: bool) -> CanaryPlan:
+    sizes = trainable_sizes(dict(model), dataset, frozen, norm)
     total = sum(sizes.values())
     if m > total:
         raise UserError(f"--audit {m}: the trainable device has only {total} weights, one per canary")

@@ -136,6 +136,7 @@ def train_local(
     images: float32 [N,1,105,105] in [0,1]; labels: int64 [N] alphabet ids. ``history`` is this client's accountant
     history before the round; the result's history includes this round's steps. ``cfg.noise == 0`` trains without
     clipping or noise (shuffled batches) and records the steps with noise 0, i.e. epsilon = inf.
+    ``cfg.train_params`` "norm" trains only the GroupNorm scales and shifts (``DeviceNet.train_only_norm``).
     ``cfg.freeze_blocks`` leaves the device's first blocks untrained (``DeviceNet.freeze``); with every block frozen
     nothing is clipped or noised, and the ledger records the planned steps at ``cfg.noise`` (a conservative bound
     for a device that releases nothing new).
@@ -159,6 +160,8 @@ def train_local(
         generator=torch.Generator().manual_seed(seed),
     )
     device.freeze(cfg.freeze_blocks)
+    if cfg.train_params == "norm":
+        device.train_only_norm()
     trainable = [p for p in device.parameters() if p.requires_grad]
     # A wholly frozen device (the control) still runs its steps, with an optimizer over one empty tensor.
     device_opt = make_optimizer(cfg.optimizer, trainable or [torch.zeros(0, requires_grad=True)], cfg.lr)

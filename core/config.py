@@ -17,6 +17,7 @@ from core.registry import check_choice
 
 PARTITIONS = ("shards", "alphabet", "dirichlet", "iid")
 OPTIMIZERS = ("adam", "sgd")
+TRAIN_PARAMS = ("all", "norm")  # --train-params: every device parameter, or the GroupNorm affine ones only
 DEVICES = ("auto", "cpu", "cuda")
 HEAD_MODES = ("copies", "refit")
 INPUT_NORMS = ("none", "invert")
@@ -157,6 +158,13 @@ class RunConfig:
         "the first N device blocks keep their starting weights (not trained, no per-sample gradients); N = --cut "
         "freezes the whole device (a control)",
         DP_TRAINING,
+    )
+    train_params: str = setting(
+        "all",
+        "which device parameters DP-SGD trains: all, or norm = only the GroupNorm scales and shifts (256 numbers at "
+        "cut 4; Tramer & Boneh 2021: fewer parameters, less noise in total; meant with --pretrain public)",
+        DP_TRAINING,
+        TRAIN_PARAMS,
     )
     aug_mult: int = setting(
         0,

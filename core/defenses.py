@@ -23,8 +23,9 @@ class Family:
     How the study's headline (``report.headline``) speaks of it, ``compare``: "epsilon" (DP-SGD from scratch: epsilon
     inf against the point nearest 8 and the smallest), "reaches" (an activation-side defense: the weakest strength
     that reaches DP-SGD's re-id), "start" (DP-SGD from another start, each epsilon against that start's control,
-    ``intro`` opening its sentence), "" (a control: a sentence of its own). ``start``: the settings a control shares
-    with the family it controls (the most specific family whose ``start`` the control's settings hold). ``attack``:
+    ``intro`` opening its sentence), "" (a control: a sentence of its own). ``start``: the settings its control holds
+    (the family's sentence pairs each epsilon with a control holding them; a control's own sentence speaks of the
+    most specific family whose ``start`` it holds, the first of equals). ``attack``:
     the attack whose re-id is the family's own number ("" = the best attack), e.g. the hijack's decoder."""
 
     label: str
@@ -76,6 +77,19 @@ FAMILIES: dict[str, Family] = {
         compare="start",
         start=(("pretrain", "public"),),
         intro="From the publicly pretrained device",
+    ),
+    "dp-norm": Family(
+        "DP-SGD on the norm layers only, from public pretraining",
+        "tab:brown",
+        "target_epsilon",
+        "eps",
+        "the same (epsilon, delta) per client and record as DP-SGD, spent on the device's GroupNorm scales and "
+        "shifts only (--train-params norm: 256 numbers at cut 4, so far less noise in total than on all 86,944), "
+        "from the publicly pretrained device",
+        sweeps_epsilon=True,
+        compare="start",
+        start=(("pretrain", "public"),),
+        intro="DP-SGD on the GroupNorm scales and shifts only, from the publicly pretrained device",
     ),
     "cut-noise": Family(
         "noise on clipped activations",

@@ -149,7 +149,7 @@ def _from_start(name: str, cut: int, at_cut: Sequence[Point]) -> str:
     with that attack's ceiling where the run measured one."""
     family = FAMILIES[name]
     series = sorted((p for p in at_cut if p.cell.family == name), key=by_epsilon)
-    frozen = next((p for p in at_cut if p.cell.family == "control" and controlled(p) == name), None)
+    frozen = next((p for p in at_cut if p.cell.family == "control" and family.starts(p.cell.settings)), None)
     plain = next((p for p in series if p.noise == 0), None)
     ceiling = [p.ceilings[family.attack] for p in series if family.attack in p.ceilings]
     parts = []

@@ -85,6 +85,14 @@ class DeviceNet(nn.Sequential):
                 layer.requires_grad_(False)
         return self
 
+    def train_only_norm(self) -> DeviceNet:
+        """Stop training every parameter but the GroupNorm scales and shifts (``--train-params norm``: 2 x 32 a
+        block, 256 of the device's 86,944 at cut 4); returns self."""
+        for layer in self:
+            if not isinstance(layer, nn.GroupNorm):
+                layer.requires_grad_(False)
+        return self
+
 
 class ServerHead(nn.Sequential):
     """Server-side part: blocks ``cut+1``..4 (none at the default cut 4), then the dense head.

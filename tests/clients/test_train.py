@@ -7,6 +7,7 @@ import pytest
 import torch
 from opacus import PrivacyEngine
 from runs import OMNIGLOT
+from torch.nn import GroupNorm
 from torch.utils.data import DataLoader, TensorDataset
 
 from clients.train import _proximal_step, label_skew_bias, split_step, train_local
@@ -171,6 +172,21 @@ def test_frozen_blocks_keep_their_weights_and_the_rest_train(batch, sampler):
         moved = [not torch.equal(c.weight, b) for c, b in zip(convs, before[::4], strict=True)]  # conv w, b, GN w, b
         assert moved == [block > frozen for block in (1, 2, 3, 4)]
         assert all(p.requires_grad is False for c in convs[:frozen] for p in c.parameters())
+
+
+@pytest.mark.parametrize("sampler", ["fused", "opacus"])
+def test_train_params_norm_moves_only_the_group_norms_at_the_same_dp_steps(batch, sampler):
+    """--train-params norm: DP-SGD trains the GroupNorm scales and shifts (256 numbers at cut 4) and nothing else,
+    with the ledger's steps those of training every parameter; both per-sample samplers agree on what moves."""
+    images, labels = batch[0].repeat(4, 1, 1, 1), batch[1].repeat(4)  # 32 images
+    device, head = _models()
+    before = {name: p.detach().clone() for name, p in device.named_parameters()}
+    cfg = RunConfig(noise=0.8, batch_size=16, train_params="norm", grad_sampler=sampler, lr=0.01)
+    result = train_local(device, head, images, labels, cfg, [], seed=5)
+    assert result.history == [(0.8, 0.5, 2)]
+    norms = {name for name, _ in device.named_parameters() if isinstance(device[int(name.split(".")[0])], GroupNorm)}
+    moved = {name for name, p in device.named_parameters() if not torch.equal(p, before[name])}
+    assert moved == norms and sum(before[n].numel() for n in norms) == 256
 
 
 def test_augmentation_multiplicity_keeps_the_steps_and_sends_every_view(batch):

@@ -21,6 +21,7 @@ import torch
 from runs import IMAGES_DECODED, SIM_SMALL, every_20th, flat, make_run, rendered_dom
 
 from core.config import RunConfig
+from core.defenses import FAMILIES
 from core.errors import UserError
 from core.rundir import RunDir
 from data.base import ImageSet
@@ -333,7 +334,7 @@ def test_grid_files_and_shards(tmp_path: Path) -> None:
     assert base == {"clients": 4} and cells == [Cell("a", "dp", {"target_epsilon": 8.0})]
     for text, says in (
         ('[[cells]]\nname = "a"\nfamily = "dp"\nlr = "fast"\n', "lr must be a float"),
-        ('[[cells]]\nname = "a"\nfamily = "other"\n', "family must be one of dp, dp-public, cut-noise, nopeek"),
+        ('[[cells]]\nname = "a"\nfamily = "other"\n', f"family must be one of {', '.join(FAMILIES)}, got 'other'"),
         ('[[cells]]\nname = "../a"\nfamily = "dp"\n', "needs a name"),
         ('[[cells]]\nname = "a"\nfamily = "dp"\nbogus = 1\n', "unknown setting 'bogus'"),
         ('[[cells]]\nname = "a"\nfamily = "dp"\n[[cells]]\nname = "a"\nfamily = "dp"\n', "more than once"),
@@ -354,6 +355,15 @@ def test_grid_files_and_shards(tmp_path: Path) -> None:
     assert sorted((s["cut"], s["freeze_blocks"], s.get("pretrain", "none")) for s in controls) == [
         (2, 2, "none"), (2, 2, "public"), (4, 4, "none"), (4, 4, "public")
     ]  # fmt: skip
+    # The grids of issues 34 and 36: each shares its honest and pretrained cells with the default grid's, by name and
+    # settings (their study3 records are copied in), and adds cells of its own (the hijack's: cut2-random-frozen too,
+    # from study-recipe).
+    for name, size, new in (("hijack", 16, 9), ("few-params", 5, 2), ("seed", 5, 5), ("data", 12, 12)):
+        grid_base, grid = read_grid(ROOT / "docs" / f"study-{name}.toml")
+        shared = [c for c in grid if c.name in {d.name for d in cells}]
+        assert len(grid) == size and len(grid) - len(shared) == new and all(c in cells for c in shared), name
+    _, hijack = read_grid(ROOT / "docs" / "study-hijack.toml")
+    assert all(c.settings["server"] == "hijack" for c in hijack if "hijack" in c.name)
     # The default grid's cut-4 cells in three steps (docs/results.md): together, exactly those, none of them twice.
     steps = [read_grid(ROOT / "docs" / f"study-cut4-{part}.toml") for part in ("random", "defenses", "public")]
     assert all(base == {} for base, _ in steps)
