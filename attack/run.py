@@ -43,7 +43,7 @@ from core.config import RunConfig
 from core.errors import UserError
 from core.rundir import INCOMPLETE, RunDir, local_devices
 from data.base import ImageSet, geometry, get_dataset
-from split.cut import Cut, build_cut
+from split.cut import Cut, cut_for
 from split.decoders import IMAGE_SIDE
 from split.hijack import HijackModels
 from split.model import batched_eval, build_split, device_activations
@@ -111,7 +111,7 @@ def load_run(run_dir: Path) -> FinishedRun:
         client_devices[pid] = own.eval()
     # The one place the attacker's cut is built: from the run's settings, so its own queries send through the same
     # cut (the same defense) as the clients did.
-    cut = build_cut(**cfg.cut_options())
+    cut = cut_for(cfg)
     return FinishedRun(cfg, device.eval(), head.eval(), cut, intercepted, client_devices, hijack)
 
 

@@ -46,7 +46,7 @@ from core.protocol import (
     read_history,
 )
 from data.base import ImageSet, geometry, get_dataset
-from split.cut import Cut, build_cut
+from split.cut import Cut, cut_for
 from split.head import head_fit_sample
 from split.model import build_split, device_activations, joined_state, load_joined
 from split.server import build_server
@@ -84,7 +84,7 @@ def query_cut(cfg: RunConfig, partition_id: int, server_round: int) -> Cut:
     query and its rerun after a resume send the same activations."""
     seed = np.random.SeedSequence([cfg.training_seed, partition_id, server_round, 2]).generate_state(1)[0]
     torch.manual_seed(int(seed))
-    return build_cut(**cfg.cut_options())
+    return cut_for(cfg)
 
 
 def _setup(msg: Message, context: Context) -> tuple[RunConfig, int, torch.nn.Module, torch.nn.Module, torch.device]:

@@ -28,7 +28,7 @@ from clients.grad_samplers import PerSampleDevice
 from core.config import RunConfig
 from core.privacy import History, make_accountant, sample_rate, total_steps
 from core.runtime import keep_freed_memory
-from split.cut import Cut, build_cut
+from split.cut import Cut, cut_for
 from split.model import activation_shape
 
 
@@ -169,7 +169,7 @@ def train_local(
     head_opt = make_optimizer(cfg.optimizer, head.parameters(), cfg.lr)
     bias = label_skew_bias(cfg.skew_loss, labels, head[-1].out_features)
     bias = bias.to(torch_device) if bias is not None else None
-    sender = build_cut(**cfg.cut_options()).to(torch_device)  # the same cut as the client's queries (split.cut)
+    sender = cut_for(cfg).to(torch_device)  # the same cut as the client's queries (split.cut)
     # FedProx's train config carries its weight; no other strategy sends one (simulation.registries checks it).
     anchor = [p.detach().clone() for p in device.parameters()] if cfg.proximal_mu > 0 else None
     engine, wrapped = None, None

@@ -353,14 +353,6 @@ class RunConfig:
                 _choice(self, f.name, f.metadata["choices"])
         return self
 
-    def cut_options(self) -> dict:
-        """Keywords of ``split.cut.build_cut`` for this run's cut: the identity or noise on clipped activations,
-        with NoPeek's weight when it is on."""
-        nopeek = {"nopeek": self.nopeek} if self.nopeek else {}
-        if self.cut_clip > 0:
-            return {"name": "noise", "clip": self.cut_clip, "sigma": self.cut_noise, **nopeek}
-        return nopeek
-
     def model_options(self) -> dict:
         """Keywords of ``split.model.build_split`` for this run's model."""
         invert = self.input_norm == "invert"

@@ -3,7 +3,8 @@
 Every path that produces what the server receives goes through a ``Cut``: the training step
 (``clients.train.split_step``), the inference query (``device_activations`` with the run's cut), the attacker's
 own queries of the device model, and the benchmarks. A defense at the cut (noise on clipped activations, ...) is
-one new ``Cut`` subclass plus one entry in ``DEFENSES`` (or ``@register_defense("name")``); nothing else changes.
+one new ``Cut`` subclass, which says which settings turn it on (``options_for``), plus one entry in ``DEFENSES`` (or
+``@register_defense("name")``); ``cut_for`` builds every run's cut from them, so nothing else changes.
 
 ``Cut.forward(activations) -> sent``: device activations float32 [B,C,H,W] -> what crosses the network (same
 shape). In training the device back-propagates the server's gradient through it (``device_gradient``), where a
@@ -18,6 +19,8 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
+from core.config import RunConfig
+from core.errors import UserError
 from core.registry import lookup, register
 
 
@@ -55,6 +58,12 @@ class Cut(nn.Module):
         if nopeek < 0:
             raise ValueError(f"NoPeek's weight must be >= 0, got {nopeek}")
         self.nopeek = float(nopeek)
+
+    @classmethod
+    def options_for(cls, cfg: RunConfig) -> dict | None:
+        """This defense's constructor keywords (NoPeek's aside) from the run's settings; None when the run does not
+        use it. The identity is what a run uses when no other defense is on (``cut_for``)."""
+        return None
 
     def forward(self, activations: torch.Tensor) -> torch.Tensor:
         return activations
@@ -103,6 +112,10 @@ class NoisyCut(Cut):
             raise ValueError(f"a noisy cut needs clip > 0 and sigma >= 0, got clip={clip}, sigma={sigma}")
         self.clip, self.sigma = float(clip), float(sigma)
 
+    @classmethod
+    def options_for(cls, cfg: RunConfig) -> dict | None:
+        return {"clip": cfg.cut_clip, "sigma": cfg.cut_noise} if cfg.cut_clip > 0 else None  # --cut-clip turns it on
+
     def forward(self, activations: torch.Tensor) -> torch.Tensor:
         norms = activations.flatten(1).norm(dim=1).clamp_min(1e-12)
         scale = (self.clip / norms).clamp(max=1.0).view(-1, *([1] * (activations.dim() - 1)))
@@ -124,3 +137,17 @@ def build_cut(name: str = "identity", **options) -> Cut:
     """A cut by registry name; ``options`` are its constructor's keywords. UserError naming the choices when
     ``name`` is not registered."""
     return lookup(DEFENSES, name, "defense")(**options)
+
+
+def cut_for(cfg: RunConfig) -> Cut:
+    """The run's cut, built from its settings: the registered defense they turn on (``Cut.options_for``; the
+    identity when none does), with NoPeek's weight (``--nopeek``), which any cut carries."""
+    nopeek = {"nopeek": cfg.nopeek} if cfg.nopeek else {}
+    chosen = [(cls, options) for cls in DEFENSES.values() if (options := cls.options_for(cfg)) is not None]
+    if len(chosen) > 1:
+        raise UserError(
+            f"the settings turn on {len(chosen)} defenses at the cut ({', '.join(c.name for c, _ in chosen)}): one "
+            "at a time"
+        )
+    cls, options = chosen[0] if chosen else (Cut, {})
+    return cls(**options, **nopeek)

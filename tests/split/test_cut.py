@@ -19,7 +19,7 @@ from core.defenses import FAMILIES
 from core.errors import UserError
 from core.privacy import epsilon
 from data.base import ImageSet
-from split.cut import Cut, NoisyCut, build_cut, distance_correlation
+from split.cut import Cut, NoisyCut, cut_for, distance_correlation
 from split.model import build_split, device_activations
 from study.grid import read_grid
 
@@ -50,9 +50,10 @@ def test_noisy_cut_passes_the_servers_gradient_back_through_the_clipping() -> No
 
 
 def test_settings_choose_the_cut_and_refuse_noise_without_a_clip() -> None:
-    assert RunConfig().cut_options() == {} and type(build_cut(**RunConfig().cut_options())) is Cut
-    cfg = RunConfig(cut_clip=3.0, cut_noise=0.7)
-    cut = build_cut(**cfg.cut_options())
+    assert type(cut_for(RunConfig())) is Cut and cut_for(RunConfig()).nopeek == 0
+    cfg = RunConfig(cut_clip=3.0, cut_noise=0.7, nopeek=0.5)
+    cut = cut_for(cfg)
+    assert cut.nopeek == 0.5
     assert isinstance(cut, NoisyCut) and (cut.clip, cut.sigma) == (3.0, 0.7)
     with pytest.raises(UserError, match="--cut-noise needs --cut-clip > 0"):
         RunConfig(cut_noise=0.5).validate()
@@ -117,7 +118,7 @@ def test_nopeek_lowers_the_distance_correlation_as_its_weight_grows(batch: tuple
     measured = []
     for weight in (0.0, 0.3, 3.0):
         cfg = RunConfig(noise=0.0, nopeek=weight, local_epochs=4).validate()
-        assert build_cut(**cfg.cut_options()).nopeek == weight
+        assert cut_for(cfg).nopeek == weight
         torch.manual_seed(0)
         device, head = build_split(**cfg.model_options(), **OMNIGLOT)
         train_local(device, head, images, labels, cfg, [], seed=0)
