@@ -55,6 +55,13 @@ class Family:
         return all(settings.get(key) == value for key, value in self.start)
 
 
+def _dp_from(label: str, colour: str, how: str, start: tuple[str, Any], intro: str, attack: str = "") -> Family:
+    """A DP-SGD curve from another start than DP-SGD from scratch's (``compare`` "start"): the same guarantee,
+    ``how`` it differs, the one setting (key, value) its cells and its control share."""
+    guarantee = f"the same (epsilon, delta) per client and record as DP-SGD: {how}"
+    return Family(label, colour, "target_epsilon", "eps", guarantee, True, "start", (start,), intro, attack)
+
+
 FAMILIES: dict[str, Family] = {
     "dp": Family(
         "DP-SGD (epsilon sweep)",
@@ -66,30 +73,21 @@ FAMILIES: dict[str, Family] = {
         sweeps_epsilon=True,
         compare="epsilon",
     ),
-    "dp-public": Family(
+    "dp-public": _dp_from(
         "DP-SGD from public pretraining",
         "tab:purple",
-        "target_epsilon",
-        "eps",
-        "the same (epsilon, delta) per client and record as DP-SGD: the device starts from weights trained on public "
-        "images only (--pretrain public), which the server knows, so they cost no privacy",
-        sweeps_epsilon=True,
-        compare="start",
-        start=(("pretrain", "public"),),
-        intro="From the publicly pretrained device",
+        "the device starts from weights trained on public images only (--pretrain public), which the server knows, "
+        "so they cost no privacy",
+        ("pretrain", "public"),
+        "From the publicly pretrained device",
     ),
-    "dp-norm": Family(
+    "dp-norm": _dp_from(
         "DP-SGD on the norm layers only, from public pretraining",
         "tab:brown",
-        "target_epsilon",
-        "eps",
-        "the same (epsilon, delta) per client and record as DP-SGD, spent on the device's GroupNorm scales and "
-        "shifts only (--train-params norm: 256 numbers at cut 4, so far less noise in total than on all 86,944), "
-        "from the publicly pretrained device",
-        sweeps_epsilon=True,
-        compare="start",
-        start=(("pretrain", "public"),),
-        intro="DP-SGD on the GroupNorm scales and shifts only, from the publicly pretrained device",
+        "spent on the device's GroupNorm scales and shifts only (--train-params norm: 256 numbers at cut 4, so far "
+        "less noise in total than on all 86,944), from the publicly pretrained device",
+        ("pretrain", "public"),
+        "DP-SGD on the GroupNorm scales and shifts only, from the publicly pretrained device",
     ),
     "cut-noise": Family(
         "noise on clipped activations",
@@ -102,18 +100,14 @@ FAMILIES: dict[str, Family] = {
         compare="reaches",
     ),
     "nopeek": Family("NoPeek", "tab:green", "nopeek", "NoPeek", "no formal guarantee", compare="reaches"),
-    "hijack": Family(
+    "hijack": _dp_from(
         "DP-SGD under the hijacking server",
         "tab:red",
-        "target_epsilon",
-        "eps",
-        "the same (epsilon, delta) per client and record as DP-SGD, whatever gradient the server sends down the cut "
-        "(--server hijack): the client clips and noises it as it would the task's, so the guarantee does not depend "
-        "on the server's honesty; it bounds what the device weights reveal, not what the hijacked activations do",
-        sweeps_epsilon=True,
-        compare="start",
-        start=(("server", "hijack"),),
-        intro="Under the hijacking server, its own decoder's re-id",
+        "whatever gradient the server sends down the cut (--server hijack): the client clips and noises it as it "
+        "would the task's, so the guarantee does not depend on the server's honesty; it bounds what the device "
+        "weights reveal, not what the hijacked activations do",
+        ("server", "hijack"),
+        "Under the hijacking server, its own decoder's re-id",
         attack="hijack",
     ),
     "control": Family("control", "black", "", "", "a reference point, not a defense"),
