@@ -72,3 +72,10 @@ def test_relative_imports_are_not_used() -> None:
         if isinstance(node, ast.ImportFrom) and node.level > 0
     ]
     assert not relative, relative
+
+
+def test_test_files_have_unique_names() -> None:
+    """pytest imports test files by basename (no __init__.py in tests/): two of one name stop the whole run at
+    collection on a fresh clone (this happened once: tests/core/ and tests/data/ both held a test_registry.py)."""
+    names = [p.name for p in (ROOT / "tests").rglob("test_*.py")]
+    assert sorted({n for n in names if names.count(n) > 1}) == []
