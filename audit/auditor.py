@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from audit.bound import EPS_MAX, audit, ideal_bound
+from audit.bound import audit, ideal_fields
 from audit.canaries import CanaryPlan
 from core.privacy import History, epsilon
 
@@ -66,7 +66,6 @@ class Auditor:
         holders = sorted({int(c) for c in self.plan.client})
         per_client = {pid: epsilon(histories.get(pid, []), delta, accountant) for pid in holders}
         claimed = max(per_client.values())
-        ideal = ideal_bound(claimed, delta, found.m) if claimed <= EPS_MAX else None  # beyond: no bound searched
         return {
             "m": found.m,
             "included": int(self.plan.included.sum()),
@@ -82,8 +81,7 @@ class Auditor:
             "epsilon": claimed if np.isfinite(claimed) else None,  # null: no noise, epsilon infinite
             # What an ideal audit of m canaries reaches against exactly the ledger's (epsilon, delta), and the
             # fraction of it this one reached (null without DP or above EPS_MAX): the audit's power, not a verdict.
-            "ideal_epsilon_lower": ideal,
-            "fraction_of_ideal": found.epsilon_lower / ideal if ideal else None,
+            **ideal_fields(found.epsilon_lower, claimed, delta, found.m),
             "delta": delta,
             "accountant": accountant,
             "epsilon_per_client": {str(pid): e if np.isfinite(e) else None for pid, e in per_client.items()},

@@ -119,3 +119,11 @@ def ideal_bound(eps: float, delta: float, m: int) -> float:
     """The ideal audit's median bound (``ideal_bounds``): an audit's epsilon_lower over it is how close it comes to
     what one run of this size can show."""
     return float(np.median(ideal_bounds(eps, delta, m)))
+
+
+def ideal_fields(epsilon_lower: float, claimed: float, delta: float, m: int) -> dict[str, float | None]:
+    """What audit.json says beside a bound: ``ideal_epsilon_lower``, the ideal bound at the ledger's epsilon
+    (``ideal_bound``; None when that epsilon is infinite or above EPS_MAX, where no bound is searched), and
+    ``fraction_of_ideal``, the audit's epsilon_lower over it (None when the ideal is None or 0)."""
+    ideal = ideal_bound(claimed, delta, m) if claimed <= EPS_MAX else None
+    return {"ideal_epsilon_lower": ideal, "fraction_of_ideal": epsilon_lower / ideal if ideal else None}

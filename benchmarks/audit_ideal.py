@@ -9,18 +9,19 @@ For each epsilon: the Gaussian mechanism's mu with delta(epsilon) = 1e-5 (the me
 score is N(mu, 1) when included, N(0, 1) when not), then the product's bound (audit.bound.audit) on ``--draws``
 seeded draws; prints the median and range, and the bound's ceiling at M (every guess right). With ``--runs``: every
 audit.json at or below each directory, its epsilon_lower, the ideal bound at its own (epsilon, delta, m)
-(``audit.bound.ideal_bound``, what the run's audit.json stores) and the fraction of it the audit reached.
+(``audit.bound.ideal_fields``, what the run's audit.json stores) and the fraction of it the audit reached, as the
+run page says them.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 import numpy as np
 
-from audit.bound import bound_ceiling, gaussian_mu, ideal_bound, ideal_bounds
+from audit.bound import bound_ceiling, gaussian_mu, ideal_bounds
+from report.study_audit import ideal_text, read_audit
 
 DELTA = 1e-5
 
@@ -36,15 +37,10 @@ def ideal_table(m: int, epsilons: list[float], draws: int) -> None:
 
 def run_fractions(dirs: list[Path]) -> None:
     for path in sorted(p for d in dirs for p in d.rglob("audit.json")):
-        found = json.loads(path.read_text())
-        if found["epsilon"] is None:
-            print(f"{path.parent}: no DP, epsilon_lower {found['epsilon_lower']:.3f} (no ideal: epsilon infinite)")
-            continue
-        ideal = found.get("ideal_epsilon_lower")
-        ideal = ideal if ideal is not None else ideal_bound(found["epsilon"], found["delta"], found["m"])
-        lower = found["epsilon_lower"]
-        print(f"{path.parent}: epsilon {found['epsilon']:.3g}, m {found['m']}: epsilon_lower {lower:.3f} of an "
-              f"ideal {ideal:.3f} = {lower / ideal:.2f}")  # fmt: skip
+        found = read_audit(path.parent)  # with the ideal bound, computed for an audit.json written before it held one
+        claimed = "inf (no DP)" if found["epsilon"] is None else f"{found['epsilon']:.3g}"
+        print(f"{path.parent}: epsilon {claimed}, m {found['m']}: epsilon_lower {found['epsilon_lower']:.3f}"
+              f"{ideal_text(found)}")  # fmt: skip
 
 
 def main() -> None:

@@ -210,9 +210,9 @@ def _privacy_section(ledger: list[dict], dp: bool, server: str = "honest") -> st
 
 def _audit_section(run: RunDir) -> str:
     """``--audit``: the one-run lower bound beside the ledger's epsilon, and every guess count tried ('' without)."""
-    if not run.audit.exists():
-        return ""
     found = read_audit(run.path)
+    if found is None:
+        return ""
     claimed = "infinite (no DP)" if found["epsilon"] is None else f"{found['epsilon']:.3g}"
     verdict = "VIOLATION: the bound passes the ledger's epsilon." if found["violation"] else "Below the ledger's."
     text = (

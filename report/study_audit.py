@@ -17,7 +17,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from audit.bound import EPS_MAX, ideal_bound  # noqa: E402
+from audit.bound import ideal_fields  # noqa: E402
 from core import files  # noqa: E402
 from core.rundir import RunDir  # noqa: E402
 
@@ -32,9 +32,7 @@ def read_audit(run_dir: Path) -> dict[str, Any] | None:
         return None
     found = run.read_json(run.audit.name)
     if "ideal_epsilon_lower" not in found:
-        claimed = _claimed(found)
-        ideal = ideal_bound(claimed, found["delta"], found["m"]) if claimed <= EPS_MAX else None
-        found |= {"ideal_epsilon_lower": ideal, "fraction_of_ideal": found["epsilon_lower"] / ideal if ideal else None}
+        found |= ideal_fields(found["epsilon_lower"], _claimed(found), found["delta"], found["m"])
     return found
 
 

@@ -142,7 +142,6 @@ def build_cut(name: str = "identity", **options) -> Cut:
 def cut_for(cfg: RunConfig) -> Cut:
     """The run's cut, built from its settings: the registered defense they turn on (``Cut.options_for``; the
     identity when none does), with NoPeek's weight (``--nopeek``), which any cut carries."""
-    nopeek = {"nopeek": cfg.nopeek} if cfg.nopeek else {}
     chosen = [(cls, options) for cls in DEFENSES.values() if (options := cls.options_for(cfg)) is not None]
     if len(chosen) > 1:
         raise UserError(
@@ -150,4 +149,4 @@ def cut_for(cfg: RunConfig) -> Cut:
             "at a time"
         )
     cls, options = chosen[0] if chosen else (Cut, {})
-    return cls(**options, **nopeek)
+    return cls(**options, nopeek=cfg.nopeek)
