@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import functools
 import math
+import statistics
 import time
 import warnings
 
@@ -24,6 +25,7 @@ from flwr.clientapp import ClientApp
 from flwr.clientapp.typing import Mod
 
 from audit.canaries import plan_canaries
+from clients.detector import alarm
 from clients.shards import ClientShard, build_shards
 from clients.train import LocalResult, evaluate, train_local
 from core.config import RunConfig
@@ -190,6 +192,7 @@ def _train_reply(
 ) -> TrainReply:
     """A train reply without arrays: the privacy figures after the round, the status and the whole history."""
     sigma = history[-1][0] if history else cfg.noise
+    score = statistics.fmean(result.probe_scores) if result and result.probe_scores else math.nan
     return TrainReply(
         {
             "num-examples": n_train,
@@ -204,6 +207,9 @@ def _train_reply(
             "steps-round": steps,
             "steps-total": total_steps(history),
             "seconds": time.perf_counter() - started,
+            "detect-probes": len(result.probe_scores) if result else 0,
+            "detect-score": score,
+            "detect-alarm": int(alarm(score, cfg.detect_threshold)),
         },
         history,
         status,

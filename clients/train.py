@@ -9,6 +9,7 @@ halves run in the client's worker: the tensors that cross the cut are exactly th
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import math
 from collections.abc import Callable
@@ -24,6 +25,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from audit.canaries import CanaryInjector, CanaryPlan
 from clients import grad_samplers
+from clients.detector import LabelProbe
 from clients.grad_samplers import PerSampleDevice
 from core.config import RunConfig
 from core.privacy import History, make_accountant, sample_rate, total_steps
@@ -43,6 +45,7 @@ class LocalResult:
     n_train: int
     cut_activations: torch.Tensor | None = None  # float32 [M,C,H,W]: every activation sent this round
     cut_positions: torch.Tensor | None = None  # int64 [M]: which training image (row of ``images``) each came from
+    probe_scores: list[float] = dataclasses.field(default_factory=list)  # --detect: each probe's cosine
 
 
 def label_skew_bias(kind: str, labels: torch.Tensor, n_classes: int) -> torch.Tensor | None:
@@ -77,6 +80,7 @@ def split_step(
     views: int = 1,
     before_step: Callable[[], None] | None = None,
     server: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    probe: LabelProbe | None = None,
 ) -> tuple[float, int, torch.Tensor]:
     """One split-learning step. images float32 [B,1,105,105], labels int64 [B].
 
@@ -90,20 +94,18 @@ def split_step(
     fused sampler averages each image's view gradients before clipping. ``before_step`` runs between the device's
     backward pass and its optimizer step (the audit's canaries join the batch there). ``server``: what the server
     sends down the cut instead of the task's gradient, from what it received (``split.server``; the hijack's
-    ``gradient``); None: the task's gradient. The head trains on what it received either way.
+    ``gradient``); None: the task's gradient. The head trains on what it received either way. ``probe``
+    (``--detect``): after the server's answer, maybe asks it again with wrong labels (``clients.detector``); what
+    it answers is never applied to the device.
     """
     cut = cut or Cut()
     activations = device(images)
     sent = cut(activations)
-    received = sent.detach().requires_grad_(True)  # what the server receives
-    logits = head(received)
-    loss = F.cross_entropy(logits if logit_bias is None else logits + logit_bias, labels)
     device_opt.zero_grad(set_to_none=True)
-    head.zero_grad(set_to_none=True)
-    loss.backward()  # server side: head gradients and the cut-layer gradient received.grad
-    if head_opt is not None:
-        head_opt.step()
-    grad_sent = received.grad if server is None else server(received.detach())
+    serve = functools.partial(serve_step, head, head_opt, sent, logit_bias=logit_bias, server=server)
+    loss, logits, grad_sent = serve(labels)
+    if probe is not None:  # --detect: maybe the same activations again, with wrong labels (clients.detector)
+        probe.after_step(labels, grad_sent, lambda wrong: serve(wrong)[2])
     grad = cut.device_gradient(images, activations, sent, grad_sent)  # device side: what came back down the cut
     if isinstance(device, PerSampleDevice):
         device.backward(grad, views=views)
@@ -112,8 +114,30 @@ def split_step(
     if before_step is not None:
         before_step()
     device_opt.step()
-    summed = float(loss.detach()) * len(labels) if len(labels) else 0.0  # an empty Poisson batch's mean is NaN
-    return summed, int((logits.argmax(1) == labels).sum()), received.detach()
+    summed = float(loss) * len(labels) if len(labels) else 0.0  # an empty Poisson batch's mean is NaN
+    return summed, int((logits.argmax(1) == labels).sum()), sent.detach()
+
+
+def serve_step(
+    head: nn.Module,
+    head_opt: torch.optim.Optimizer | None,
+    sent: torch.Tensor,
+    labels: torch.Tensor,
+    logit_bias: torch.Tensor | None = None,
+    server: Callable[[torch.Tensor], torch.Tensor] | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The server's side of a step, for what the device ``sent`` [B,C,H,W] with ``labels`` int64 [B]: its head copy
+    takes a step (unless ``head_opt`` is None) and it answers the gradient it sends down the cut, the task's or
+    ``server(received)``'s (``split_step``). Returns (mean loss, logits [B,K], that gradient [B,C,H,W]), detached."""
+    received = sent.detach().requires_grad_(True)  # what the server receives
+    logits = head(received)
+    loss = F.cross_entropy(logits if logit_bias is None else logits + logit_bias, labels)
+    head.zero_grad(set_to_none=True)
+    loss.backward()  # head gradients and the cut-layer gradient received.grad
+    if head_opt is not None:
+        head_opt.step()
+    grad = received.grad if server is None else server(received.detach())
+    return loss.detach(), logits.detach(), grad
 
 
 def train_local(
@@ -148,6 +172,8 @@ def train_local(
     ``canaries`` (``--audit``): the run's canary plan; this client's (``partition``) included canaries join each
     step with the client's sample rate (``audit.canaries``), their draws seeded by ``seed + 3``.
     ``server``: see ``split_step`` (``--server hijack``); the client's DP-SGD is the same either way.
+    ``cfg.detect`` > 0: that share of steps is probed with wrong labels (``clients.detector``); the cosines are in
+    the result's ``probe_scores``.
     Sets this process's allocator to keep freed memory (``core.runtime``): about 2x faster steps on the CPU.
     """
     keep_freed_memory()
@@ -196,6 +222,8 @@ def train_local(
             before_step = functools.partial(injector.into_grad_samples, trainable)
         else:
             before_step = functools.partial(injector.into_grads, cfg.batch_size)
+    # --detect: the label probe's own draws (seed + 4), so sampling and noise draw what they would without it.
+    probe = LabelProbe(cfg.detect, labels, seed + 4) if cfg.detect > 0 else None
     loss_sum, correct, seen, steps = 0.0, 0, 0, 0
     sent, positions = [], []
     views_rng = torch.Generator().manual_seed(seed + 2)  # the augmentations' draws (noise uses seed + 1)
@@ -220,6 +248,7 @@ def train_local(
                     views=max(cfg.aug_mult, 1),
                     before_step=before_step,
                     server=server,
+                    probe=probe,
                 )
                 stepped = not getattr(device_opt, "_is_last_step_skipped", False)  # False inside a logical batch
                 if anchor is not None and stepped:
@@ -236,6 +265,7 @@ def train_local(
         new_history = list(history) + [(cfg.noise, sample_rate(len(labels), cfg.batch_size), steps)]
     assert total_steps(new_history) == total_steps(history) + steps
     result = LocalResult(new_history, steps, loss_sum / max(seen, 1), correct / max(seen, 1), len(labels))
+    result.probe_scores = probe.scores if probe is not None else []
     if record_cut:
         result.cut_activations = torch.cat(sent) if sent else torch.empty(0, *activation_shape(device))
         result.cut_positions = torch.cat(positions) if positions else torch.empty(0, dtype=torch.int64)

@@ -209,6 +209,17 @@ class RunConfig:
         "their activations to its loss (0 = off; needs --noise 0: the term couples a batch's samples)",
         SPLIT,
     )
+    detect: float = setting(
+        0.0,
+        "the client's hijack detector: the share of steps it re-sends with wrong labels, alarming when the gradient "
+        "that comes back ignores them (clients/detector.py; 0 = off; never applied to the device)",
+        SPLIT,
+    )
+    detect_threshold: float = setting(
+        0.8,
+        "--detect: a client round alarms when its probes' mean cosine (real vs wrong labels) is at least this",
+        SPLIT,
+    )
     # --- run
     dataset: str = setting(
         "omniglot", "the images (data/ registry): clients' private set, attacker's sets", RUN, registry="dataset"
@@ -329,7 +340,9 @@ class RunConfig:
             raise UserError(f"--freeze-blocks must be an integer, got {self.freeze_blocks}")
         if not 0 <= self.freeze_blocks <= self.cut:
             raise UserError(f"--freeze-blocks must be in 0..--cut ({self.cut}), got {self.freeze_blocks}")
-        _finite(self, "cut_clip", "cut_noise", "nopeek")
+        _finite(self, "cut_clip", "cut_noise", "nopeek", "detect", "detect_threshold")
+        if not 0 <= self.detect <= 1 or not -1 <= self.detect_threshold <= 1:
+            raise UserError("--detect must be in [0, 1] (0 = off) and --detect-threshold in [-1, 1] (a cosine)")
         if self.nopeek < 0:
             raise UserError(f"--nopeek must be >= 0 (0 = off), got {self.nopeek}")
         if self.nopeek > 0 and self.noise > 0:

@@ -2,7 +2,8 @@
 is its strength, and what it guarantees.
 
 A family is a curve of the study's report (``control`` a point of its own). The mechanism behind each lives where it
-acts: DP-SGD in ``clients/train.py``, the noisy cut and NoPeek in ``split/cut.py``. A new family is one entry here
+acts: DP-SGD in ``clients/train.py``, the noisy cut and NoPeek in ``split/cut.py``, the hijack detector in
+``clients/detector.py``. A new family is one entry here
 plus its settings; ``study.grid`` and the study's report (``report.study_stats``, ``report.study_figures``,
 ``report.headline``) read everything else from the entry.
 """
@@ -25,8 +26,10 @@ class Family:
     that reaches DP-SGD's re-id), "start" (DP-SGD from another start, each epsilon against that start's control,
     ``intro`` opening its sentence), "" (a control: a sentence of its own). ``start``: the settings its control holds
     (the family's sentence pairs each epsilon with a control holding them; a control's own sentence speaks of the
-    most specific family whose ``start`` it holds, the first of equals). ``attack``:
-    the attack whose re-id is the family's own number ("" = the best attack), e.g. the hijack's decoder."""
+    most specific family whose ``start`` it holds, the first of equals), "alarms" (a detector: how often its clients
+    alarmed, from detector.csv, and its cost against the same cell without it). ``attack``: the attack whose re-id
+    is the family's own number ("" = the best attack), e.g. the hijack's decoder. ``drawn``: a curve of the
+    headline figure (a detector is not: its cells differ in the server, not in a strength)."""
 
     label: str
     colour: str
@@ -38,6 +41,7 @@ class Family:
     start: tuple[tuple[str, Any], ...] = ()
     intro: str = ""
     attack: str = ""
+    drawn: bool = True
 
     def point_label(self, name: str, settings: dict[str, Any]) -> str:
         """How a cell of this family is labelled in the report: "eps 8", "noise 0.1", "NoPeek 3", a control's name."""
@@ -109,6 +113,17 @@ FAMILIES: dict[str, Family] = {
         ("server", "hijack"),
         "Under the hijacking server, its own decoder's re-id",
         attack="hijack",
+    ),
+    "detect": Family(
+        "the client's label probe (a hijack detector)",
+        "tab:cyan",
+        "detect",
+        "probe",
+        "no guarantee: it tells the published hijack from an honest server by whether the gradient that comes down "
+        "the cut reads the labels (clients/detector.py); a server that spots its probes, or mixes the task's "
+        "gradient into its own, could evade it",
+        compare="alarms",
+        drawn=False,
     ),
     "control": Family("control", "black", "", "", "a reference point, not a defense"),
 }

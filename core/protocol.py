@@ -60,6 +60,9 @@ TRAIN_METRICS = (
     "steps-round",  # DP-SGD steps taken this round
     "steps-total",  # every step the client ever took
     "seconds",  # wall time of the round on the client
+    "detect-probes",  # --detect: label probes sent this round (clients.detector)
+    "detect-score",  # their mean cosine (nan when none)
+    "detect-alarm",  # 1 when the client's detector alarmed this round (score >= --detect-threshold), else 0
 )
 EVALUATE_METRICS = ("num-examples", "partition-id", "val-loss", "val-acc")
 

@@ -52,6 +52,7 @@ class RunDir:
     ledger = property(lambda self: self.path / "ledger.csv")
     metrics = property(lambda self: self.path / "metrics.csv")
     client_metrics = property(lambda self: self.path / "client_metrics.csv")
+    detector = property(lambda self: self.path / "detector.csv")  # --detect only
     leakage = property(lambda self: self.path / "leakage.json")
     attack = property(lambda self: self.path / "attack.json")
     audit = property(lambda self: self.path / "audit.json")

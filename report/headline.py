@@ -83,6 +83,7 @@ def headline(points: Sequence[Point]) -> str:
                 f"images at val acc {plain.val_acc:.3f}."
             )
         sentences += [_from_start(name, cut, at_cut) for name in _STARTS if any(p.cell.family == name for p in at_cut)]
+        sentences += [_detected(p, at_cut) for p in at_cut if FAMILIES[p.cell.family].compare == "alarms"]
     plains = {p.cut: p for p in points if p.cell.family == "dp" and p.noise == 0}
     if 4 in plains and 2 in plains:
         a, b = plains[4], plains[2]
@@ -180,3 +181,28 @@ def _compare(plain: Point, target: Point, family: list[Point], name: str) -> tup
         f"{plain.val_acc - p.val_acc:+.3f}{versus(p, plain, 'no defense')}"
     )
     return text, p
+
+
+def _detected(p: Point, at_cut: Sequence[Point]) -> str:
+    """The sentence of a detector's cell (``compare`` "alarms"): how often its clients alarmed under its server
+    (false alarms under an honest one), and its cost against the same cell without the detector, paired by seed
+    (re-id: the hijack's decoder's under the hijacking server)."""
+    family = FAMILIES[p.cell.family]
+    server = p.cell.settings.get("server", "honest")
+    head = f"{family.label} ({p.cell.label}, cut {p.cut}) under the {server} server"
+    found = p.detector
+    if found is None:
+        return f"{head}: the run holds no detector.csv."
+    what = "alarms" if server == "hijack" else "false alarms"
+    first = f", the first in round {found['first_alarm']:g} (median)" if found["clients_alarmed"] else ""
+    text = (
+        f"{head}: {what} in {found['alarms']} of {found['client_rounds']} client rounds, from "
+        f"{found['clients_alarmed']} of {found['clients']} clients{first}, at val acc {p.val_acc:.3f}"
+    )
+    without = {key: value for key, value in p.cell.settings.items() if key != family.strength}
+    plain = next((q for q in at_cut if q is not p and q.cell.settings == without), None)
+    if plain is not None:
+        attack = "hijack" if server == "hijack" and "hijack" in p.sets["unseen"]["attacks"] else ""
+        text += f" ({plain.cell.name} without it: val acc {plain.val_acc:.3f})"
+        text += versus(p, plain, plain.cell.name, attack)
+    return text + "."

@@ -35,6 +35,8 @@ def _table(points: Sequence[Point]) -> tuple[list[str], list[list[str]]]:
     # A family read by an attack of its own (the hijack's decoder) adds that attack's column, "-" where not run.
     own = sorted({FAMILIES[p.cell.family].attack for p in points} - {""})
     head += [f"{attack} re-id (unseen)" for attack in own]
+    detected = any(p.detector is not None for p in points)  # --detect cells add their alarms, "-" elsewhere
+    head += ["detector alarms (client rounds)"] if detected else []
     rows = []
     for p in points:
         eps = "inf" if not math.isfinite(p.epsilon_median) else f"{p.epsilon_median:.3g}"
@@ -57,8 +59,13 @@ def _table(points: Sequence[Point]) -> tuple[list[str], list[list[str]]]:
                 f"{p.activation_nn_reid:.3f}",
             ]  # fmt: skip
             + [ci(p.reid(attack=a), "reid_top1") if a in p.sets["unseen"]["attacks"] else "-" for a in own]
+            + ([_alarms(p.detector)] if detected else [])
         )
     return head, rows
+
+
+def _alarms(found: dict | None) -> str:
+    return "-" if found is None else f"{found['alarms']} of {found['client_rounds']}"
 
 
 def covers(families: Sequence[str]) -> str:

@@ -72,6 +72,7 @@ class Point:
     audit: dict | None = None  # this run's audit.json (--audit); a summary keeps its runs' in ``runs``
     ceilings: dict[str, float] = dataclasses.field(default_factory=dict)  # attack -> its own model's re-id on unseen
     #                                                                        images (attack.json: the hijack's pilot)
+    detector: dict | None = None  # --detect: ``read_detector``'s totals (a summary: over its runs)
 
     @property
     def n_runs(self) -> int:
@@ -124,7 +125,39 @@ def read_point(cell: StudyCell, run_dir: Path) -> Point:
             for name, row in attack["ceiling_unseen"].items()
             if isinstance(row, dict)
         },
+        detector=read_detector(run_dir),
     )
+
+
+def read_detector(run_dir: Path) -> dict | None:
+    """A run's hijack detector (``--detect``, detector.csv) in totals: its client rounds and those that alarmed, its
+    clients and those that ever alarmed, and the median round of their first alarm (nan: none did); None without
+    one."""
+    run = RunDir(run_dir)
+    if not run.detector.is_file():
+        return None
+    rows = run.read_csv(run.detector.name)
+    first: dict[str, int] = {}
+    for row in sorted(rows, key=lambda r: int(r["round"])):
+        if int(row["alarm"]):
+            first.setdefault(row["partition_id"], int(row["round"]))
+    return {
+        "client_rounds": len(rows),
+        "alarms": sum(int(row["alarm"]) for row in rows),
+        "clients": len({row["partition_id"] for row in rows}),
+        "clients_alarmed": len(first),
+        "first_alarm": statistics.median(first.values()) if first else math.nan,
+    }
+
+
+def _detectors(points: Sequence[Point]) -> dict | None:
+    """``read_detector``'s totals over a cell's runs: counts summed, the median of the runs' first-alarm rounds."""
+    found = [p.detector for p in points if p.detector is not None]
+    if not found:
+        return None
+    firsts = [d["first_alarm"] for d in found if not math.isnan(d["first_alarm"])]
+    total = {key: sum(d[key] for d in found) for key in ("client_rounds", "alarms", "clients", "clients_alarmed")}
+    return {**total, "first_alarm": statistics.median(firsts) if firsts else math.nan}
 
 
 def across_runs(values: Sequence[float]) -> tuple[float, float, float]:
@@ -181,6 +214,7 @@ def summarise(points: Sequence[Point]) -> Point:
             for name in first.ceilings
             if all(name in p.ceilings for p in points)
         },
+        detector=_detectors(points),
     )
 
 
@@ -230,11 +264,12 @@ def reid_by(attack: str):
 
 def curves(points: Sequence[Point]) -> dict[tuple[str, int], list[Point]]:
     """(family, cut) -> its points in order of strength, each non-DP curve starting from the no-defense cell at that
-    cut (the DP cell without noise), DP from epsilon inf down. Controls are no curve: ``plot_headline`` draws them."""
+    cut (the DP cell without noise), DP from epsilon inf down. Controls are no curve (``plot_headline`` draws them),
+    nor is a family not ``drawn``."""
     plain = {p.cut: p for p in points if p.cell.family == "dp" and p.noise == 0}
     out: dict[tuple[str, int], list[Point]] = {}
     for p in points:
-        if p.cell.family != "control":
+        if p.cell.family != "control" and FAMILIES[p.cell.family].drawn:
             out.setdefault((p.cell.family, p.cut), []).append(p)
     for (family, cut), series in out.items():
         if FAMILIES[family].sweeps_epsilon:

@@ -7,6 +7,8 @@ completed rounds; ``--resume`` drops the rows after the checkpointed round and a
   (``--max-epsilon``; it did not train).
 - ``metrics.csv``: one row per round: weighted train / validation loss and accuracy, epsilon spread, wall time.
 - ``client_metrics.csv``: one row per (round, client): validation loss and accuracy of the global model.
+- ``detector.csv`` (``--detect``): one row per (round, client that trained): its label probes, their mean cosine
+  and whether it alarmed (``clients.detector``).
 """
 
 from __future__ import annotations
@@ -52,6 +54,7 @@ METRICS_COLUMNS = (
     "elapsed_seconds",
 )
 CLIENT_COLUMNS = ("round", "client", "partition_id", "n_val", "val_loss", "val_acc")
+DETECTOR_COLUMNS = ("round", "client", "partition_id", "probes", "score", "alarm")  # --detect only
 
 
 def _weighted(rows: list[dict], key: str, weight: str = "num-examples") -> float:
@@ -110,6 +113,11 @@ class RunRecorder:
         self.ledger = _CsvAppender(run_dir / "ledger.csv", LEDGER_COLUMNS, resume_after)
         self.metrics = _CsvAppender(run_dir / "metrics.csv", METRICS_COLUMNS, resume_after)
         self.client_metrics = _CsvAppender(run_dir / "client_metrics.csv", CLIENT_COLUMNS, resume_after)
+        self.appenders = [self.ledger, self.metrics, self.client_metrics]
+        self.detector = None
+        if cfg.detect > 0:
+            self.detector = _CsvAppender(run_dir / "detector.csv", DETECTOR_COLUMNS, resume_after)
+            self.appenders.append(self.detector)
         self.started = self._round_started = time.perf_counter() - elapsed_before
         self._train: list[dict] = []
         self._asked: list[dict] = []
@@ -151,6 +159,21 @@ class RunRecorder:
                 for node, m in sorted(replies, key=lambda r: r[1]["partition-id"])
             ]
         )
+
+        if self.detector is not None:
+            self.detector.write(
+                [
+                    {
+                        "round": server_round,
+                        "client": m["node"],
+                        "partition_id": int(m["partition-id"]),
+                        "probes": int(m["detect-probes"]),
+                        "score": m["detect-score"],
+                        "alarm": int(m["detect-alarm"]),
+                    }
+                    for m in sorted(self._train, key=lambda m: m["partition-id"])
+                ]
+            )
 
     def record_evaluate(self, server_round: int, replies: list[tuple[int, dict]]) -> dict:
         """replies: (node id, evaluate MetricRecord as dict). Completes the round: writes metrics, prints the table."""
@@ -220,5 +243,5 @@ class RunRecorder:
         return table
 
     def close(self) -> None:
-        for appender in (self.ledger, self.metrics, self.client_metrics):
+        for appender in self.appenders:
             appender.close()

@@ -113,5 +113,8 @@ class FakeClients:
             "steps-round": steps,
             "steps-total": total_steps(history),
             "seconds": 0.0,
+            "detect-probes": 0,
+            "detect-score": float("nan"),
+            "detect-alarm": 0,
         }
         return TrainReply(metrics, history, status, message)

@@ -308,6 +308,62 @@ def test_the_hijack_family_is_read_by_its_own_decoder_against_eps_inf_and_its_fr
     assert table[1].endswith("| - |") and table[4].startswith("| h-plain | 3 | hijack |") and "| 0.310 [" in table[4]
 
 
+def test_the_detector_family_counts_alarms_under_each_server_against_the_same_cell_without_it(
+    evaluation: ImageSet, tmp_path: Path
+) -> None:
+    """Cells with --detect: their sentence counts the client rounds that alarmed (false alarms under the honest
+    server) from each run's detector.csv, summed over seeds, with the first alarm's round, and pairs the cell with
+    the one of the same settings without the detector; they are no curve of the figure, and the page gains a
+    column of alarms."""
+    hijack = {"server": "hijack"}
+    cells = [
+        Cell("plain", "dp", {"noise": 0.0}),
+        Cell("h-plain", "hijack", {"noise": 0.0, **hijack}),
+        Cell("probe", "detect", {"noise": 0.0, "detect": 0.2}),
+        Cell("h-probe", "detect", {"noise": 0.0, "detect": 0.2, **hijack}),
+    ]
+    numbers = {"plain": 0.45, "h-plain": 0.40, "probe": 0.43, "h-probe": 0.40}
+    out, runs = tmp_path / "study", seed_runs(cells, 3)
+    for run in runs:
+        extra = {k: v for k, v in run.cell.settings.items() if k in ("server", "detect")}
+        seed = {"train_seed": run.k} if run.k else {}
+        acc = numbers[run.cell.name] + 0.01 * run.k
+        run_dir = _fake_cell(
+            out / run.name, evaluation, acc, 0.3, 0.2, noise=0.0, epsilons=(math.inf,) * 2, **extra, **seed
+        )
+        if "detect" in extra:  # 2 clients x 2 rounds; under the hijack both alarm from round 1, honest: seed 2 once
+            alarms = [(1, 0, 1), (1, 1, 1), (2, 0, 1), (2, 1, 1)] if "server" in extra else [(1, 0, 0), (1, 1, 0)]
+            if "server" not in extra:
+                alarms += [(2, 0, 0), (2, 1, int(run.k == 2))]
+            rows = ["round,client,partition_id,probes,score,alarm"]
+            rows += [f"{r},{9 + c},{c},4,{0.97 if a else 0.02},{a}" for r, c, a in alarms]
+            (run_dir / "detector.csv").write_text("\n".join(rows) + "\n")
+    points = [summarise([read_point(c.for_report(), out / r.name) for r in runs if r.cell is c]) for c in cells]
+    by_name = {p.cell.name: p for p in points}
+    assert by_name["plain"].detector is None
+    assert by_name["h-probe"].detector == {
+        "client_rounds": 12, "alarms": 12, "clients": 6, "clients_alarmed": 6, "first_alarm": 1
+    }  # fmt: skip
+    assert by_name["probe"].detector["alarms"] == 1 and by_name["probe"].detector["first_alarm"] == 2
+    assert set(curves(points)) == {("dp", 4), ("hijack", 4)}
+    sentence = headline(points)
+    assert (
+        "the client's label probe (a hijack detector) (probe 0.2, cut 4) under the hijack server: alarms in 12 of 12 "
+        "client rounds, from 6 of 6 clients, the first in round 1 (median), at val acc 0.410 (h-plain without it: "
+        "val acc 0.410) (against h-plain, paired over 3 seeds: re-id not distinguishable"
+    ) in sentence
+    assert (
+        "(probe 0.2, cut 4) under the honest server: false alarms in 1 of 12 client rounds, from 1 of 6 clients, the "
+        "first in round 2 (median), at val acc 0.440 (plain without it: val acc 0.460) (against plain, paired over "
+        "3 seeds: re-id not distinguishable (+0.000 [+0.000, +0.000]), val acc -0.020 ["
+    ) in sentence
+    write_study_report(out, [(r.cell.for_report(), out / r.name) for r in runs])
+    table = [line for line in (out / "report.md").read_text().splitlines() if line.startswith("| ")]
+    assert table[0].endswith("| detector alarms (client rounds) |")
+    assert table[1].startswith("| plain |") and table[1].endswith("| - |")
+    assert table[3].startswith("| probe |") and table[3].endswith("| 1 of 12 |")
+
+
 def test_report_html_renders_every_image_and_the_headline_in_chromium(study, chromium: str, tmp_path: Path) -> None:
     out, cells, _ = study
     runs = [(c.for_report(), out / c.name) for c in cells]
@@ -357,13 +413,17 @@ def test_grid_files_and_shards(tmp_path: Path) -> None:
     ]  # fmt: skip
     # The grids of issues 34 and 36: each shares its honest and pretrained cells with the default grid's, by name and
     # settings (their study3 records are copied in), and adds cells of its own (the hijack's: cut2-random-frozen too,
-    # from study-recipe).
-    for name, size, new in (("hijack", 16, 9), ("few-params", 5, 2), ("seed", 5, 5), ("data", 12, 12)):
+    # from study-recipe; and the detector's two cells).
+    for name, size, new in (("hijack", 18, 11), ("few-params", 5, 2), ("seed", 5, 5), ("data", 12, 12)):
         grid_base, grid = read_grid(ROOT / "docs" / f"study-{name}.toml")
         shared = [c for c in grid if c.name in {d.name for d in cells}]
         assert len(grid) == size and len(grid) - len(shared) == new and all(c in cells for c in shared), name
     _, hijack = read_grid(ROOT / "docs" / "study-hijack.toml")
     assert all(c.settings["server"] == "hijack" for c in hijack if "hijack" in c.name)
+    # Each detector cell is another cell of the grid plus --detect (what its sentence pairs it with).
+    for probe in (c for c in hijack if c.family == "detect"):
+        without = {k: v for k, v in probe.settings.items() if k != "detect"}
+        assert sum(c.settings == without for c in hijack) == 1, probe.name
     # The default grid's cut-4 cells in three steps (docs/results.md): together, exactly those, none of them twice.
     steps = [read_grid(ROOT / "docs" / f"study-cut4-{part}.toml") for part in ("random", "defenses", "public")]
     assert all(base == {} for base, _ in steps)
