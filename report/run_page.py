@@ -16,6 +16,7 @@ import html
 import io
 import math
 import re
+import statistics
 from collections import defaultdict
 from pathlib import Path
 
@@ -31,6 +32,7 @@ from core.errors import UserError
 from core.privacy import EPSILON_COVERS
 from core.rundir import ATTACKED, RunDir
 from report.study_audit import ideal_text, read_audit
+from report.study_stats import read_detector
 
 NO_DP = "This run had no DP (noise multiplier 0): epsilon is infinite, so there is no privacy budget to show."
 HIJACK_EPSILON = (
@@ -75,6 +77,7 @@ def write_run_page(run_dir: Path) -> Path:
         _accuracy_section(metrics),
         _leakage_section(leakage),
         _hijack_section(run, leakage, metrics),
+        _detector_section(run, cfg),
         _small2_grids(run.path, leakage),
         _clients_section(run.path, ledger, leakage),
         _run_figures(run.path, dp),
@@ -319,6 +322,33 @@ def _hijack_section(run: RunDir, leakage: dict, metrics: list[dict]) -> str:
         f"{float(metrics[-1]['val_acc']):.3f} after round {metrics[-1]['round']}. {HIJACK_EPSILON}"
     )
     return f"<h2 id='hijack'>The hijacking server</h2>{_p(text)}"
+
+
+def _detector_section(run: RunDir, cfg: RunConfig) -> str:
+    """``--detect``: how often the clients' label probe alarmed, in all and per round ('' without a detector)."""
+    found = read_detector(run.path)
+    if found is None:
+        return ""
+    server = "hijacking" if cfg.server == "hijack" else "honest"
+    first = f", the first in round {found['first_alarm']:g} (median over them)" if found["clients_alarmed"] else ""
+    text = (
+        f"Each client re-sent {cfg.detect:g} of its steps with wrong labels of its own classes and compared the "
+        "gradient that came back with the step's (clients/detector.py): an honest server's reads the labels, the "
+        f"hijack's does not. A client round alarms when its probes' mean cosine is at least {cfg.detect_threshold:g}. "
+        f"Under this run's {server} server: alarms in {found['alarms']} of {found['client_rounds']} client rounds, "
+        f"from {found['clients_alarmed']} of {found['clients']} clients{first}."
+    )
+    by_round: dict[str, list[dict]] = defaultdict(list)
+    for row in run.read_csv(run.detector.name):
+        by_round[row["round"]].append(row)
+    rows = []
+    for rnd, got in by_round.items():
+        scores = [float(r["score"]) for r in got if not math.isnan(float(r["score"]))]
+        median = f"{statistics.median(scores):.3f}" if scores else "–"
+        probes = sum(int(r["probes"]) for r in got)
+        rows.append([rnd, str(len(got)), str(probes), median, str(sum(int(r["alarm"]) for r in got))])
+    table = _table(["round", "clients", "probes", "median score", "alarms"], rows)
+    return f"<h2 id='detector'>The clients' hijack detector</h2>{_p(text)}{table}"
 
 
 def _best_line(by_method: dict) -> str:

@@ -14,13 +14,13 @@ from pathlib import Path
 
 import pytest
 from PIL import Image
-from runs import IMAGES_DECODED, rendered_dom
+from runs import IMAGES_DECODED, make_run, rendered_dom
 
 from audit.bound import ideal_bound
 from core.errors import UserError
 from core.privacy import EPSILON_COVERS
 from core.rundir import RunDir
-from report.run_page import NO_DP, SUMMARY_SETS, client_ids, write_run_page
+from report.run_page import NO_DP, SUMMARY_SETS, _detector_section, client_ids, write_run_page
 from report.study_audit import ideal_text
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -153,3 +153,20 @@ def test_every_image_decodes_in_chromium(run: Path, chromium: str, tmp_path: Pat
     dom = rendered_dom(chromium, text, tmp_path, IMAGES_DECODED + ");")
     assert f'data-probe="{n_images}/{n_images}"' in dom, dom[-500:]
     assert len(re.findall(r'<details class="client" id="client-\d+">', dom)) == CLIENTS
+
+
+def test_the_detector_section_counts_alarms_per_round(tmp_path: Path, evaluation) -> None:
+    """--detect: the page says how often the clients' label probe alarmed, in all and per round; nothing without."""
+    run_dir = make_run(tmp_path / "run", evaluation, noise=0.0, server="hijack", detect=0.2)
+    run = RunDir(run_dir)
+    assert _detector_section(run, run.read_config()) == ""
+    rows = ["round,client,partition_id,probes,score,alarm", "1,7,0,3,0.95,1", "1,8,1,0,nan,0", "2,7,0,4,0.97,1"]
+    rows += ["2,8,1,2,0.91,1"]
+    (run_dir / "detector.csv").write_text("\n".join(rows) + "\n")
+    text = html.unescape(_detector_section(run, run.read_config()))
+    assert "Under this run's hijacking server: alarms in 3 of 4 client rounds, from 2 of 2 clients, the first in " in (
+        text
+    )
+    assert "round 1.5 (median over them)" in text and "at least 0.8" in text
+    cells = re.findall(r"<td[^>]*>([^<]*)</td>", text)
+    assert cells == ["1", "2", "3", "0.950", "1", "2", "2", "6", "0.940", "2"]
