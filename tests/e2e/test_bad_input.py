@@ -79,6 +79,8 @@ CASES = [
     (["--clients", "21", "--partition", "alphabet"], "needs --clients <= 20 (the alphabets)"),
     # the budget cap; the test seam's failure rate is not a flag
     (["--max-epsilon=-1"], "--max-epsilon must be > 0"),
+    (["--detect", "1.5"], "--detect must be in [0, 1] (0 = off)"),
+    (["--detect", "0.2", "--detect-threshold", "2"], "--detect-threshold in [-1, 1]"),
     (["--max-epsilon", "2", "--noise", "0"], "--max-epsilon needs --noise > 0"),
     (["--fail-rate", "0.4"], "unrecognized arguments: --fail-rate"),
     (["--proximal-mu", "0.1"], "--proximal-mu is the weight of a proximal term only fedprox sends; not fedavg"),
