@@ -115,6 +115,9 @@ def study_command(argv: Sequence[str]) -> None:
         type=int,
         help="training runs per cell (other --train-seed, same shards): default 3 for the built-in grid, 1 with --grid",
     )
+    p.add_argument(
+        "--cells", help="comma-separated globs: run only the cells they match, e.g. 'cut2-*' (the report waits for all)"
+    )
     p.add_argument("--list", action="store_true", help="print the runs and their state; run nothing")
     p.add_argument("--report-only", action="store_true", help="write the report from the finished cells; run nothing")
     p.add_argument(
@@ -124,7 +127,7 @@ def study_command(argv: Sequence[str]) -> None:
         "accuracy ceiling",
     )
     a = p.parse_args(argv)
-    run_study(a.out, a.grid, a.data_dir, a.shard, a.list, report_only=a.report_only, central=a.central, seeds=a.seeds)
+    run_study(a.out, a.grid, a.data_dir, a.shard, a.list, a.report_only, a.central, seeds=a.seeds, cells_glob=a.cells)
 
 
 def attack_command(argv: Sequence[str]) -> None:

@@ -28,6 +28,7 @@ A grid file is TOML: an optional ``[base]`` table of settings (kebab-case keys, 
 from __future__ import annotations
 
 import dataclasses
+import fnmatch
 import re
 import tomllib
 from dataclasses import dataclass
@@ -224,3 +225,14 @@ def shard_of(runs: list, shard: str) -> list:
     can each run ``--shard K/N``; UserError when the form is wrong."""
     k, n = parse_shard(shard)
     return runs[k - 1 :: n]
+
+
+def matching(runs: list, patterns: str) -> list:
+    """The runs (or cells) whose cell name matches one of ``patterns`` (comma-separated shell globs, ``--cells``,
+    e.g. "cut2-*"); UserError naming the pattern when one matches no cell."""
+    globs = [glob.strip() for glob in patterns.split(",") if glob.strip()] or [patterns]
+    names = [run.cell.name if isinstance(run, SeedRun) else run.name for run in runs]
+    for glob in globs:
+        if not fnmatch.filter(names, glob):
+            raise UserError(f"--cells {glob!r} matches no cell of the grid")
+    return [run for run, name in zip(runs, names, strict=True) if any(fnmatch.fnmatchcase(name, g) for g in globs)]

@@ -25,6 +25,7 @@ from study.grid import (
     SeedRun,
     check_seeds,
     default_grid,
+    matching,
     parse_shard,
     read_grid,
     seed_runs,
@@ -81,10 +82,13 @@ def run_study(
     report_only: bool = False,
     central: Path | None = None,
     seeds: int | None = None,
+    cells_glob: str | None = None,
 ) -> None:
     """Print the runs and their state, then run this shard's unfinished runs (each under its lock, skipping one
     that another live shard holds), then (once every run is done) write the study's report into ``out``, once.
-    ``seeds``: training runs per cell (default: ``DEFAULT_SEEDS`` for the built-in grid, 1 for a --grid file)."""
+    ``seeds``: training runs per cell (default: ``DEFAULT_SEEDS`` for the built-in grid, 1 for a --grid file).
+    ``cells_glob`` (``--cells``): run only the cells it matches (``study.grid.matching``); the report still waits
+    for every cell."""
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
     from rich.table import Table
@@ -101,6 +105,7 @@ def run_study(
     base_settings, cells = read_grid(grid) if grid else ({}, default_grid())  # read_grid checks its cells
     runs = seed_runs(cells, seeds)
     mine = shard_of(runs, shard) if shard else runs
+    mine = matching(mine, cells_glob) if cells_glob else mine
     mine = [] if report_only else mine
     dataset = base_settings.get("dataset", RunConfig.dataset)
     base = RunConfig(**{**base_settings, "data_dir": get_dataset(dataset, data_dir or None).root()})

@@ -32,7 +32,7 @@ from report.study_figures import plot_epsilon, plot_headline
 from report.study_page import central_accuracy, covers, write_study_report
 from report.study_stats import StudyCell, curves, paired, read_point, summarise
 from sim import main as sim_main
-from study.grid import Cell, default_grid, read_grid, seed_runs, shard_of
+from study.grid import Cell, default_grid, matching, read_grid, seed_runs, shard_of
 from study.runner import cell_state
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -431,6 +431,14 @@ def test_grid_files_and_shards(tmp_path: Path) -> None:
     assert in_steps == sorted(c.name for c in cells if c.settings.get("cut", 4) == 4) and len(in_steps) == 9
     assert all(c in cells for _, part in steps for c in part)
     assert [c.name for c in shard_of(cells, "2/3")] == [c.name for c in cells[1::3]]
+    # --cells: the runs of the cells a glob matches, seed by seed as ever
+    picked = matching(seed_runs(hijack, 2), "cut2-hijack-eps*, cut2-detect")
+    assert [r.name for r in picked] == [
+        "cut2-hijack-eps-inf", "cut2-hijack-eps1", "cut2-hijack-eps8", "cut2-detect",
+        "cut2-hijack-eps-inf.seed1", "cut2-hijack-eps1.seed1", "cut2-hijack-eps8.seed1", "cut2-detect.seed1",
+    ]  # fmt: skip
+    with pytest.raises(UserError, match="--cells 'cut3-\\*' matches no cell of the grid"):
+        matching(hijack, "cut2-*,cut3-*")
     with pytest.raises(UserError, match="--shard must be K/N"):
         shard_of(cells, "4/3")
     with pytest.raises(UserError, match="study cell 'x': --nopeek needs --noise 0"):
