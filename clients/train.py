@@ -265,7 +265,8 @@ def train_local(
         new_history = list(history) + [(cfg.noise, sample_rate(len(labels), cfg.batch_size), steps)]
     assert total_steps(new_history) == total_steps(history) + steps
     result = LocalResult(new_history, steps, loss_sum / max(seen, 1), correct / max(seen, 1), len(labels))
-    result.probe_scores = probe.scores if probe is not None else []
+    if probe is not None:
+        result.probe_scores = probe.scores
     if record_cut:
         result.cut_activations = torch.cat(sent) if sent else torch.empty(0, *activation_shape(device))
         result.cut_positions = torch.cat(positions) if positions else torch.empty(0, dtype=torch.int64)

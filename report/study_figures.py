@@ -1,5 +1,6 @@
-"""The study's three figures, from its points (``report.study_stats.Point``): leakage against accuracy (the
-headline figure), leakage and accuracy against epsilon (DP cells), and epsilon per round."""
+"""The study's figures, from its points (``report.study_stats.Point``): leakage against accuracy (the headline
+figure), leakage and accuracy against epsilon (DP cells), epsilon per round, and, for a study whose DP cells differ
+in the images a client holds (docs/study-data.toml), accuracy and leakage against images per client."""
 
 from __future__ import annotations
 
@@ -15,10 +16,11 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 from core import files  # noqa: E402
 from core.defenses import FAMILIES  # noqa: E402
-from report.study_stats import Point, best_reid, curves, eps_label  # noqa: E402
+from report.study_stats import Point, best_reid, by_epsilon, curves, eps_label  # noqa: E402
 
 CUT_MARKERS = {1: "^", 2: "s", 3: "D", 4: "o"}
 FIGURES = ("leakage_vs_accuracy.png", "leakage_vs_epsilon_study.png", "epsilon_per_round_study.png")
+DATA_FIGURE = "data_per_client.png"  # only for a study of several sizes (``plot_data_per_client``)
 
 
 def _interval(row: dict, key: str) -> tuple[float, float]:
@@ -78,11 +80,15 @@ def plot_headline(points: Sequence[Point], path: Path, central: float | None = N
     axes[1].legend(fontsize=7)
     for ax, xs, ys, texts in labels:
         _annotate_merged(ax, xs, ys, texts)
-    runs = max(p.n_runs for p in points)
-    bars = f"95 % t-intervals across {runs} training runs" if runs > 1 else "bootstrap 95 % intervals over images"
-    fig.suptitle(f"Leakage on unseen images against task accuracy (bars: {bars})")
+    fig.suptitle(f"Leakage on unseen images against task accuracy (bars: {_bars(points)})")
     fig.tight_layout()
     _save(fig, path)
+
+
+def _bars(points: Sequence[Point]) -> str:
+    """What a figure's re-id bars are: t-intervals across runs when a cell was trained more than once."""
+    runs = max(p.n_runs for p in points)
+    return f"95 % t-intervals across {runs} training runs" if runs > 1 else "bootstrap 95 % intervals over images"
 
 
 def _acc_interval(series: Sequence[Point]) -> list[list[float]] | None:
@@ -171,6 +177,59 @@ def plot_rounds(points: Sequence[Point], path: Path) -> None:
         ax.text(0.5, 0.5, "no cell ran DP-SGD with noise: epsilon is infinite", ha="center", transform=ax.transAxes)
     fig.tight_layout()
     _save(fig, path)
+
+
+def plot_data_per_client(points: Sequence[Point], path: Path) -> bool:
+    """Val acc and the best attack's re-id top-1 on unseen images against the images a client trains on (median over
+    clients, log scale): one line per DP-SGD point label of the ``dp`` cells ("eps inf", "eps 8", from epsilon inf
+    down), each across the sizes it was run at, and the controls (the device frozen) as one line of black stars.
+    Bars: val acc's t-interval across runs where a point has several, re-id's interval (across runs, or over images
+    for one run). False (no file) unless the ``dp`` cells hold at least two sizes: only a study of how much data a
+    client needs (docs/study-data.toml) draws it."""
+    dp = [p for p in points if p.cell.family == "dp"]
+    if len({p.images_per_client for p in dp}) < 2:
+        return False
+    lines: dict[str, list[Point]] = {}
+    for p in sorted(dp, key=by_epsilon):
+        lines.setdefault(p.cell.label, []).append(p)
+    controls = [p for p in points if p.cell.family == "control"]
+    fig, axes = plt.subplots(1, 2, figsize=(13, 5.2))
+    styles = (("-", "o"), ("--", "s"), (":", "D"), ("-.", "^"))  # (line, marker): DP lines share the family's colour
+    for n, (label, series) in enumerate(lines.items()):
+        dash, marker = styles[n % len(styles)]
+        style = {"color": FAMILIES["dp"].colour, "linestyle": dash, "marker": marker, "capsize": 3}
+        _against_size(axes, series, label, style)
+    if controls:
+        star = {"color": FAMILIES["control"].colour, "marker": "*", "markersize": 11, "capsize": 3}
+        _against_size(axes, controls, "frozen control", star)
+    chance = statistics.mean(p.reid()["reid_chance"] for p in points)
+    axes[1].axhline(chance, color="grey", linestyle=":", linewidth=1, label="chance")
+    axes[0].set_ylabel("validation accuracy (20 alphabets)")
+    axes[1].set(yscale="log", ylabel="re-id top-1 (best attack, unseen)", ylim=(chance / 2, 1.5))
+    ticks = sorted({p.images_per_client for p in dp + controls})
+    for ax in axes:
+        ax.set_xscale("log")
+        ax.set_xticks(ticks, [f"{t:,.0f}" for t in ticks])
+        ax.minorticks_off()
+        ax.set_xlabel("images per client (median over clients)")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.suptitle(f"Accuracy and leakage against the images a client trains on (bars: {_bars(points)})")
+    fig.tight_layout()
+    _save(fig, path)
+    return True
+
+
+def _against_size(axes, series: Sequence[Point], label: str, style: dict) -> None:
+    """One line of ``plot_data_per_client`` on both its axes, its points in order of images per client."""
+    series = sorted(series, key=lambda p: p.images_per_client)
+    xs = [p.images_per_client for p in series]
+    low = [p.val_acc - p.val_acc_lo if p.val_acc_lo is not None else 0.0 for p in series]
+    high = [p.val_acc_hi - p.val_acc if p.val_acc_hi is not None else 0.0 for p in series]
+    axes[0].errorbar(xs, [p.val_acc for p in series], yerr=[low, high], label=label, **style)
+    rows = [p.reid() for p in series]
+    err = list(zip(*(_interval(r, "reid_top1") for r in rows), strict=True))
+    axes[1].errorbar(xs, [r["reid_top1"] for r in rows], yerr=err, label=label, **style)
 
 
 def _save(fig: plt.Figure, path: Path) -> None:

@@ -23,7 +23,15 @@ from report.headline import ci, headline
 from report.study_audit import FIGURE as AUDIT_FIGURE
 from report.study_audit import audit_rows, audit_sentence, plot_audit
 from report.study_csv import write_csv
-from report.study_figures import CUT_MARKERS, FIGURES, plot_epsilon, plot_headline, plot_rounds
+from report.study_figures import (
+    CUT_MARKERS,
+    DATA_FIGURE,
+    FIGURES,
+    plot_data_per_client,
+    plot_epsilon,
+    plot_headline,
+    plot_rounds,
+)
 from report.study_stats import Point, StudyCell, read_point, summarise
 from report.sweep import final_val_acc
 
@@ -107,10 +115,13 @@ def write_study_report(
     plot_rounds(points, out_dir / FIGURES[2])
     if not plot_audit(points, out_dir / AUDIT_FIGURE, CUT_MARKERS):
         (out_dir / AUDIT_FIGURE).unlink(missing_ok=True)  # a figure left by an earlier report with audits
+    per_client = plot_data_per_client(points, out_dir / DATA_FIGURE)
+    if not per_client:
+        (out_dir / DATA_FIGURE).unlink(missing_ok=True)  # a figure left by an earlier report of several sizes
     sentence = headline(points)
     if markdown:
-        files.write_text(out_dir / "report.md", _markdown(points, sentence))
-    return files.write_text(out_dir / "report.html", _html(out_dir, points, sentence))
+        files.write_text(out_dir / "report.md", _markdown(points, sentence, per_client))
+    return files.write_text(out_dir / "report.html", _html(out_dir, points, sentence, per_client))
 
 
 def write_sweep_page(out_dir: Path, run_dirs: Sequence[Path]) -> Path:
@@ -124,10 +135,11 @@ def write_sweep_page(out_dir: Path, run_dirs: Sequence[Path]) -> Path:
     return write_study_report(out_dir, cells, markdown=False)
 
 
-def _markdown(points: Sequence[Point], sentence: str) -> str:
+def _markdown(points: Sequence[Point], sentence: str, per_client: bool) -> str:
+    """report.md; ``per_client``: whether ``DATA_FIGURE`` was drawn."""
     head, rows = _table(points)
     lines = ["# Leakage against accuracy: the study", "", f"**{sentence}**", "", covers(_families(points)), ""]
-    lines += [f"![{name}]({name})" for name in FIGURES]
+    lines += [f"![{name}]({name})" for name in ((*FIGURES, DATA_FIGURE) if per_client else FIGURES)]
     lines += ["", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     lines += ["| " + " | ".join(r) + " |" for r in rows]
     lines += ["", "Every number: [study.csv](study.csv). Each cell's run directory holds its reconstructions:"]
@@ -153,9 +165,15 @@ def _img(path: Path, alt: str) -> str:
 INLINE_CLIENTS = 4
 
 
-def _html(out_dir: Path, points: Sequence[Point], sentence: str) -> str:
+def _html(out_dir: Path, points: Sequence[Point], sentence: str, per_client: bool) -> str:
+    """report.html, every image inline; ``per_client``: whether ``DATA_FIGURE`` was drawn."""
     head, rows = _table(points)
     esc = html.escape
+    sizes = (
+        ["<h2>Accuracy and leakage against images per client</h2>", _img(out_dir / DATA_FIGURE, "images per client")]
+        if per_client
+        else []
+    )
     parts = [
         "<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>Split learning leakage study</title>",
         "<style>body{font-family:sans-serif;max-width:1400px;margin:auto;padding:1em}img{max-width:100%}"
@@ -170,6 +188,7 @@ def _html(out_dir: Path, points: Sequence[Point], sentence: str) -> str:
         _img(out_dir / FIGURES[1], "leakage against epsilon"),
         "<h2>Privacy budget per round</h2>",
         _img(out_dir / FIGURES[2], "epsilon per round"),
+        *sizes,
         "<h2>Every cell</h2><table><tr>" + "".join(f"<th>{esc(h)}</th>" for h in head) + "</tr>",
         *("<tr>" + "".join(f"<td>{esc(c)}</td>" for c in r) + "</tr>" for r in rows),
         "</table><p>Every number: <a href='study.csv'>study.csv</a>.</p>",

@@ -73,6 +73,7 @@ class Point:
     ceilings: dict[str, float] = dataclasses.field(default_factory=dict)  # attack -> its own model's re-id on unseen
     #                                                                        images (attack.json: the hijack's pilot)
     detector: dict | None = None  # --detect: ``read_detector``'s totals (a summary: over its runs)
+    images_per_client: float = math.nan  # images a client trains on, median over clients (``read_images_per_client``)
 
     @property
     def n_runs(self) -> int:
@@ -126,7 +127,17 @@ def read_point(cell: StudyCell, run_dir: Path) -> Point:
             if isinstance(row, dict)
         },
         detector=read_detector(run_dir),
+        images_per_client=read_images_per_client(run_dir),
     )
+
+
+def read_images_per_client(run_dir: Path) -> float:
+    """The median over a run's clients of the images each trains on: ``n_train`` of its last row in ledger.csv (its
+    shard's training images, the same every round); nan for an empty ledger."""
+    last: dict[str, int] = {}
+    for row in RunDir(run_dir).read_csv("ledger.csv"):  # in round order: the last row per client is its latest
+        last[row["partition_id"]] = int(row["n_train"])
+    return float(statistics.median(last.values())) if last else math.nan
 
 
 def read_detector(run_dir: Path) -> dict | None:
@@ -180,7 +191,8 @@ def _mean_row(rows: Sequence[dict], key: str) -> dict:
 
 def summarise(points: Sequence[Point]) -> Point:
     """One cell's runs (same cell, other training seeds) as one point: one run is itself; several give their means
-    with t-intervals across runs (``across_runs``), the attack named that won most often."""
+    with t-intervals across runs (``across_runs``), the attack named that won most often. Images per client are the
+    first run's: a cell's training seeds share its shards (the same data seed), so every run holds the same."""
     first = points[0]
     if len(points) == 1:
         return dataclasses.replace(first, runs=(first,))

@@ -3,6 +3,7 @@ opened in headless Chromium."""
 
 from __future__ import annotations
 
+import base64
 import csv
 import dataclasses
 import json
@@ -18,6 +19,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 from runs import IMAGES_DECODED, SIM_SMALL, every_20th, flat, make_run, rendered_dom
 
 from core.config import RunConfig
@@ -28,7 +30,7 @@ from data.base import ImageSet
 from report import study_figures
 from report.headline import controlled, headline
 from report.study_csv import write_csv
-from report.study_figures import plot_epsilon, plot_headline
+from report.study_figures import DATA_FIGURE, plot_data_per_client, plot_epsilon, plot_headline
 from report.study_page import central_accuracy, covers, write_study_report
 from report.study_stats import StudyCell, curves, paired, read_point, summarise
 from sim import main as sim_main
@@ -362,6 +364,62 @@ def test_the_detector_family_counts_alarms_under_each_server_against_the_same_ce
     assert table[0].endswith("| detector alarms (client rounds) |")
     assert table[1].startswith("| plain |") and table[1].endswith("| - |")
     assert table[3].startswith("| probe |") and table[3].endswith("| 1 of 12 |")
+
+
+def test_a_study_of_client_sizes_draws_accuracy_and_leakage_against_images_per_client(
+    evaluation: ImageSet, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The same alphabets held by 2 or 20 clients (docs/study-data.toml): each run's images per client is the median
+    over its clients of ledger.csv's n_train, a cell's summary its first run's; the page gains a figure against
+    them, one line per DP label and one of the controls; a study of one size draws none, and a stale one goes."""
+    kinds = (("eps-inf", "dp", {"noise": 0.0}), ("eps8", "dp", {"target_epsilon": 8.0}))
+    kinds += (("random-frozen", "control", {"noise": 0.0, "freeze_blocks": 4}),)
+    cells = [
+        Cell(f"data{n}-{kind}", family, {"clients": n, **settings}) for n in (2, 20) for kind, family, settings in kinds
+    ]
+    # Each client's training images: 2 clients of 10 alphabets (median 6,000), 20 clients of one (median 590).
+    shards = {2: (5800, 6200), 20: tuple(400 + 20 * k for k in range(20))}
+    accs = {"eps-inf": (0.60, 0.45), "eps8": (0.40, 0.30), "random-frozen": (0.30, 0.25)}  # (2 clients, 20 clients)
+    reids = {"eps-inf": (0.30, 0.20), "eps8": (0.05, 0.05), "random-frozen": (0.04, 0.04)}
+    out, runs = tmp_path / "study", seed_runs(cells, 2)
+    for run in runs:
+        n, kind = run.cell.settings["clients"], run.cell.name.split("-", 1)[1]
+        extra = {k: v for k, v in run.cell.settings.items() if k == "freeze_blocks"}
+        noise, eps = (0.5, 8.0) if kind == "eps8" else (0.0, math.inf)
+        acc, reid = accs[kind][n == 20] + 0.01 * run.k, reids[kind][n == 20]
+        seed = {"train_seed": run.k} if run.k else {}
+        run_dir = _fake_cell(out / run.name, evaluation, acc, reid, noise=noise, **extra, **seed)
+        ledger = ["round,client,partition_id,n_train,epsilon,delta,accountant,status"]
+        rows = [(r, c, images) for r in (1, 2) for c, images in enumerate(shards[n])]
+        ledger += [f"{r},{100 + c},{c},{images},{eps * r / 2},1e-05,rdp,trained" for r, c, images in rows]
+        (run_dir / "ledger.csv").write_text("\n".join(ledger) + "\n")
+    assert read_point(cells[0].for_report(), out / "data2-eps-inf.seed1").images_per_client == 6000
+    points = [summarise([read_point(c.for_report(), out / r.name) for r in runs if r.cell is c]) for c in cells]
+    assert [p.images_per_client for p in points] == [6000] * 3 + [590] * 3
+    assert points[1].cell.label == "eps 8" and points[1].epsilon_median == 8.0
+    saved = []
+    monkeypatch.setattr(study_figures, "_save", lambda fig, path: saved.append(fig))
+    assert plot_data_per_client(points, tmp_path / "sizes.png")
+    acc_axis, reid_axis = saved[0].axes
+    assert reid_axis.get_legend_handles_labels()[1] == ["chance", "eps inf", "eps 8", "frozen control"]
+    assert acc_axis.get_xscale() == "log" and [t.get_text() for t in acc_axis.get_xticklabels()] == ["590", "6,000"]
+    eps_inf = acc_axis.containers[0]  # its points from fewer images to more, bars across the 2 seeds
+    assert list(eps_inf.lines[0].get_xdata()) == [590, 6000] and eps_inf.has_yerr
+    assert list(eps_inf.lines[0].get_ydata()) == pytest.approx([0.455, 0.605])
+    assert list(reid_axis.containers[2].lines[0].get_ydata()) == pytest.approx([0.04, 0.04])  # the controls
+    monkeypatch.undo()
+    page = write_study_report(out, [(r.cell.for_report(), out / r.name) for r in runs]).read_text()
+    figure = out / DATA_FIGURE
+    with Image.open(figure) as image:
+        image.load()  # decodes every pixel: a truncated or corrupt file raises
+        assert image.format == "PNG" and image.size == (1300, 520)
+    assert "<h2>Accuracy and leakage against images per client</h2>" in page
+    assert base64.b64encode(figure.read_bytes()).decode("ascii") in page
+    assert f"![{DATA_FIGURE}]({DATA_FIGURE})" in (out / "report.md").read_text()
+    # One size: nothing to draw against, and the figure of the report above is removed.
+    page = write_study_report(out, [(r.cell.for_report(), out / r.name) for r in runs if "data20" in r.name])
+    assert not figure.exists() and "images per client" not in page.read_text()
+    assert DATA_FIGURE not in (out / "report.md").read_text()
 
 
 def test_report_html_renders_every_image_and_the_headline_in_chromium(study, chromium: str, tmp_path: Path) -> None:
