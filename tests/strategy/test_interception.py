@@ -36,6 +36,7 @@ def test_replies_carry_intercepted_records_exactly() -> None:
     # a train reply without the record (not the client's last round) has none
     metrics = dict.fromkeys(("num-examples", "partition-id", "train-loss", "train-acc", "epsilon", "delta"), 0)
     metrics.update(dict.fromkeys(("sample-rate", "noise-multiplier", "clip", "steps-round", "steps-total"), 0))
+    metrics.update(dict.fromkeys(("detect-probes", "detect-score", "detect-alarm"), 0))
     reply = TrainReply({**metrics, "seconds": 0.0, "partition-id": 2}, [], "failed", "x")
     assert TrainReply.from_message(reply.to_message(_instruction())).intercepted is None
     reply.intercepted = record
