@@ -32,7 +32,7 @@ from core.errors import UserError
 from core.privacy import EPSILON_COVERS
 from core.rundir import ATTACKED, RunDir
 from report.study_audit import ideal_text, read_audit
-from report.study_stats import read_detector
+from report.study_stats import detector_totals
 
 NO_DP = "This run had no DP (noise multiplier 0): epsilon is infinite, so there is no privacy budget to show."
 HIJACK_EPSILON = (
@@ -326,9 +326,10 @@ def _hijack_section(run: RunDir, leakage: dict, metrics: list[dict]) -> str:
 
 def _detector_section(run: RunDir, cfg: RunConfig) -> str:
     """``--detect``: how often the clients' label probe alarmed, in all and per round ('' without a detector)."""
-    found = read_detector(run.path)
-    if found is None:
+    if not run.detector.is_file():
         return ""
+    detector = run.read_csv(run.detector.name)
+    found = detector_totals(detector)
     server = "hijacking" if cfg.server == "hijack" else "honest"
     first = f", the first in round {found['first_alarm']:g} (median over them)" if found["clients_alarmed"] else ""
     text = (
@@ -339,7 +340,7 @@ def _detector_section(run: RunDir, cfg: RunConfig) -> str:
         f"from {found['clients_alarmed']} of {found['clients']} clients{first}."
     )
     by_round: dict[str, list[dict]] = defaultdict(list)
-    for row in run.read_csv(run.detector.name):
+    for row in detector:
         by_round[row["round"]].append(row)
     rows = []
     for rnd, got in by_round.items():

@@ -141,13 +141,14 @@ def read_images_per_client(run_dir: Path) -> float:
 
 
 def read_detector(run_dir: Path) -> dict | None:
-    """A run's hijack detector (``--detect``, detector.csv) in totals: its client rounds and those that alarmed, its
-    clients and those that ever alarmed, and the median round of their first alarm (nan: none did); None without
-    one."""
+    """A run's hijack detector (``--detect``, detector.csv) in totals (``detector_totals``); None without one."""
     run = RunDir(run_dir)
-    if not run.detector.is_file():
-        return None
-    rows = run.read_csv(run.detector.name)
+    return detector_totals(run.read_csv(run.detector.name)) if run.detector.is_file() else None
+
+
+def detector_totals(rows: Sequence[dict]) -> dict:
+    """detector.csv's rows in totals: its client rounds and those that alarmed, its clients and those that ever
+    alarmed, and the median round of their first alarm (nan: none did)."""
     first: dict[str, int] = {}
     for row in sorted(rows, key=lambda r: int(r["round"])):
         if int(row["alarm"]):
