@@ -127,3 +127,34 @@ def ideal_fields(epsilon_lower: float, claimed: float, delta: float, m: int) -> 
     ``fraction_of_ideal``, the audit's epsilon_lower over it (None when the ideal is None or 0)."""
     ideal = ideal_bound(claimed, delta, m) if claimed <= EPS_MAX else None
     return {"ideal_epsilon_lower": ideal, "fraction_of_ideal": epsilon_lower / ideal if ideal else None}
+
+
+def server_view_bounds(
+    history: list[tuple[float, float, int]], delta: float, m: int, draws: int = IDEAL_DRAWS
+) -> list[float]:
+    """What this audit can reach with ``m`` canaries from the server's seat, at best: the sum of a client's
+    returned SGD updates at a canary's coordinate, with no data drift and nothing else moving it. Per DP-SGD step
+    (``history``: the client's (sigma, q, steps)) a canary is drawn with probability q and adds C, and the noise
+    adds N(0, (sigma C)^2); in units of C an included canary scores Binomial(steps, q) + N(0, steps sigma^2) summed
+    over the history, an excluded one the noise alone. That sum is what plain SGD hands the server, round by round;
+    the bound (``audit``) on each of ``draws`` seeded draws. Empty when a step had no noise (nothing to bound)."""
+    if not history or any(sigma <= 0 for sigma, _, _ in history):
+        return []
+    noise_sd = float(np.sqrt(sum(steps * sigma**2 for sigma, _, steps in history)))
+    steps_at: dict[float, int] = {}  # steps by sample rate: the draws do not depend on how the history is split
+    for _, q, steps in history:
+        steps_at[q] = steps_at.get(q, 0) + steps
+    found = []
+    for seed in range(draws):
+        rng = np.random.default_rng(seed)
+        included = rng.random(m) < 0.5
+        drawn = sum(rng.binomial(steps, q, size=m) for q, steps in sorted(steps_at.items())) * included
+        found.append(audit(drawn + noise_sd * rng.normal(size=m), included, delta).epsilon_lower)
+    return found
+
+
+def server_view_bound(history: list[tuple[float, float, int]], delta: float, m: int) -> float | None:
+    """The median of ``server_view_bounds`` (None without noise): the most a server reading one summed update per
+    client and round can show of this history's DP-SGD, however good its score."""
+    found = server_view_bounds(history, delta, m)
+    return float(np.median(found)) if found else None

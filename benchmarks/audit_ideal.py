@@ -7,7 +7,10 @@ how close their bound comes to it.
 
 For each epsilon: the Gaussian mechanism's mu with delta(epsilon) = 1e-5 (the mechanism is mu-GDP: each canary's
 score is N(mu, 1) when included, N(0, 1) when not), then the product's bound (audit.bound.audit) on ``--draws``
-seeded draws; prints the median and range, and the bound's ceiling at M (every guess right). With ``--runs``: every
+seeded draws; prints the median and range, and the bound's ceiling at M (every guess right). Beside it, the server's
+seat (``audit.bound.server_view_bound``): a client of the default run (594 images, batch 32, 10 rounds of one local
+epoch) at the sigma that gives that epsilon, as a server reading one summed SGD update per client and round sees it,
+with no data drift: the most the product's auditor could reach, whatever its score. With ``--runs``: every
 audit.json at or below each directory, its epsilon_lower, the ideal bound at its own (epsilon, delta, m)
 (``audit.bound.ideal_fields``, what the run's audit.json stores) and the fraction of it the audit reached, as the
 run page says them.
@@ -20,19 +23,27 @@ from pathlib import Path
 
 import numpy as np
 
-from audit.bound import bound_ceiling, gaussian_mu, ideal_bounds
+from audit.bound import bound_ceiling, gaussian_mu, ideal_bounds, server_view_bounds
+from core.privacy import noise_for_target, sample_rate, steps_per_epoch
 from report.study_audit import ideal_text, read_audit
 
 DELTA = 1e-5
+N_TRAIN, BATCH, ROUNDS = 594, 32, 10  # a client of the default run (results/study3's ledgers)
 
 
 def ideal_table(m: int, epsilons: list[float], draws: int) -> None:
     ceiling = bound_ceiling(m, DELTA)
     print(f"M {m}: the bound's ceiling (every guess right) {ceiling:.3f}")
+    q, steps = sample_rate(N_TRAIN, BATCH), ROUNDS * steps_per_epoch(N_TRAIN, BATCH)
+    print(f"a client of the default run: n {N_TRAIN}, q {q:.4f}, {steps} steps")
     for eps in epsilons:
         found = ideal_bounds(eps, DELTA, m, draws)
+        sigma = noise_for_target(eps, DELTA, q, steps)
+        seat = server_view_bounds([(sigma, q, steps)], DELTA, m, draws)
         print(f"epsilon {eps:g}: mu {gaussian_mu(eps, DELTA):.3f}, ideal audit median {np.median(found):.3f} "
-              f"(range {min(found):.3f}-{max(found):.3f})")  # fmt: skip
+              f"(range {min(found):.3f}-{max(found):.3f}); server's seat (sigma {sigma:.3f}) median "
+              f"{np.median(seat):.3f} (range {min(seat):.3f}-{max(seat):.3f}), "
+              f"{np.median(seat) / np.median(found):.2f} of the ideal")  # fmt: skip
 
 
 def run_fractions(dirs: list[Path]) -> None:

@@ -9,15 +9,16 @@ reaches a fraction of the ideal (``fraction_of_ideal`` in audit.json), so this i
 The bugs (issue 37): the noise divided by 2 behind the ledger's back; the accountant given half the loader's sample
 rate (so sigma is calibrated too small); the noise switched off. The ideal mechanism is a Gaussian of exactly the
 true (epsilon, delta): a stand-in for the composed subsampled Gaussian, the same one ``benchmarks/audit_ideal.py``
-uses.
+uses. Beside it, the server's seat (``audit.bound.server_view_bound``): the bug's own mechanism (its true sigma, q and
+steps) as a server reading one summed SGD update per client and round sees it, with no data drift; the product's
+auditor sits there, so that is the most it could catch.
 """
 
 from __future__ import annotations
 
 import argparse
-import math
 
-from audit.bound import EPS_MAX, bound_ceiling, ideal_bound
+from audit.bound import EPS_MAX, bound_ceiling, ideal_bound, server_view_bound
 from core.privacy import epsilon, noise_for_target, sample_rate, steps_per_epoch
 
 DELTA = 1e-5
@@ -33,21 +34,27 @@ def main() -> None:
     print(f"a client: n {N_TRAIN}, q {q:.4f}, {steps} steps, delta {DELTA:g}")
     for claimed in args.epsilons:
         sigma = noise_for_target(claimed, DELTA, q, steps)
-        bugs = {
-            "none (honest)": epsilon([(sigma, q, steps)], DELTA),
-            "noise / 2": epsilon([(sigma / 2, q, steps)], DELTA),
-            "accountant at q / 2": epsilon([(noise_for_target(claimed, DELTA, q / 2, steps), q, steps)], DELTA),
-            "noise off": math.inf,
+        bugs = {  # the mechanism each bug really runs: (sigma, q, steps), while the ledger claims ``claimed``
+            "none (honest)": (sigma, q, steps),
+            "noise / 2": (sigma / 2, q, steps),
+            "accountant at q / 2": (noise_for_target(claimed, DELTA, q / 2, steps), q, steps),
+            "noise off": (0.0, q, steps),
         }
         print(f"claimed epsilon {claimed:g} (sigma {sigma:.3f}):")
-        for bug, true in bugs.items():
-            # No noise: the ideal audit guesses every canary right, so it reaches the bound's ceiling at M.
-            ideals = [ideal_bound(true, DELTA, m) if true <= EPS_MAX else bound_ceiling(m, DELTA) for m in args.m]
-            reach = ", ".join(
-                f"M {m}: ideal bound {b:.3f} ({'caught' if b > claimed else 'not caught'})"
-                for m, b in zip(args.m, ideals, strict=True)
-            )
-            print(f"  {bug:<20} true epsilon {true:8.3f}; {reach}")
+        for bug, mechanism in bugs.items():
+            true = epsilon([mechanism], DELTA)
+            reach = []
+            for m in args.m:
+                # No noise: every canary is guessed right from either seat, so both reach the bound's ceiling at M.
+                ideal = ideal_bound(true, DELTA, m) if true <= EPS_MAX else bound_ceiling(m, DELTA)
+                seat = server_view_bound([mechanism], DELTA, m) if mechanism[0] > 0 else bound_ceiling(m, DELTA)
+                reach.append(f"M {m}: ideal {ideal:.3f} ({_verdict(ideal, claimed)}), "
+                             f"server's seat {seat:.3f} ({_verdict(seat, claimed)})")  # fmt: skip
+            print(f"  {bug:<20} true epsilon {true:8.3f}; " + "; ".join(reach))
+
+
+def _verdict(bound: float, claimed: float) -> str:
+    return "caught" if bound > claimed else "not caught"
 
 
 if __name__ == "__main__":

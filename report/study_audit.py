@@ -46,7 +46,19 @@ def ideal_text(found: dict) -> str:
     return (
         f"; an ideal audit of {found['m']} canaries reaches {found['ideal_epsilon_lower']:.3g} at this epsilon "
         f"(a Gaussian mechanism of exactly it, scored by its likelihood ratio): this one reached "
-        f"{found['fraction_of_ideal']:.0%} of it"
+        f"{found['fraction_of_ideal']:.0%} of it" + server_view_text(found)
+    )
+
+
+def server_view_text(found: dict) -> str:
+    """ "; from the server's seat (...) at most 1.19: this one reached 78% of that", or "" where audit.json has no
+    server-view bound (no DP, or written before it held one)."""
+    ceiling = found.get("server_view_epsilon_lower")
+    if not ceiling:
+        return ""
+    return (
+        f"; from the server's seat (one summed SGD update per client and round, no data drift) any score reaches "
+        f"at most {ceiling:.3g}: this one reached {found['fraction_of_server_view']:.0%} of that"
     )
 
 
@@ -129,12 +141,13 @@ def audit_sentence(points: Sequence) -> str:
 def audit_rows(points: Sequence) -> tuple[list[str], list[list[str]]]:
     """The table: one row per audited run."""
     head = ["cell", "training seed", "cut", "canaries", "guesses right", "epsilon lower bound (95 %)",
-            "ledger's epsilon", "ideal one-run bound", "fraction of ideal"]  # fmt: skip
+            "ledger's epsilon", "ideal one-run bound", "fraction of ideal", "server-view bound"]  # fmt: skip
     rows = []
     for p, a in audited(points):
         claimed = "inf" if a["epsilon"] is None else f"{a['epsilon']:.3g}"
         ideal = "-" if a["ideal_epsilon_lower"] is None else f"{a['ideal_epsilon_lower']:.3g}"
         fraction = "-" if a["fraction_of_ideal"] is None else f"{a['fraction_of_ideal']:.2f}"
+        seat = "-" if not a.get("server_view_epsilon_lower") else f"{a['server_view_epsilon_lower']:.3g}"
         rows.append([p.cell.name, str(p.train_seed), str(p.cut), str(a["m"]), f"{a['correct']} of {a['guesses']}",
-                     f"{a['epsilon_lower']:.3g}", claimed, ideal, fraction])  # fmt: skip
+                     f"{a['epsilon_lower']:.3g}", claimed, ideal, fraction, seat])  # fmt: skip
     return head, rows

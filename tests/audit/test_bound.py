@@ -17,6 +17,8 @@ from audit.bound import (
     ideal_bound,
     ideal_bounds,
     p_value,
+    server_view_bound,
+    server_view_bounds,
 )
 from core.privacy import epsilon, noise_for_target
 
@@ -109,3 +111,20 @@ def test_the_subtle_planted_bugs_at_eps_1_are_beyond_one_run_of_1000_canaries() 
     assert 2.0 < half_rate < halved < 3.0
     assert ideal_bound(halved, 1e-5, 1000) < 1.0 and ideal_bound(half_rate, 1e-5, 1000) < 1.0
     assert bound_ceiling(1000, 1e-5) > 1.0
+
+
+def test_the_server_s_seat_caps_the_audit_below_the_ideal_at_eps_8() -> None:
+    """A client of the default run at epsilon 8 (sigma 0.8525, q 1/19, 190 steps): the server sees one summed update
+    per round, so even a drift-free SGD audit of 1000 canaries reaches about 1.19, under half the ideal 2.61; at
+    epsilon 1 about 0.11 of 0.16. However the history is split into rounds, the bound is the same; without noise
+    there is nothing to bound."""
+    q, steps = 1 / 19, 190
+    at_8 = server_view_bound([(0.8525, q, steps)], 1e-5, 1000)
+    assert at_8 == pytest.approx(1.189, abs=0.01)
+    assert at_8 == server_view_bound([(0.8525, q, 19)] * 10, 1e-5, 1000)
+    assert at_8 < 0.5 * ideal_bound(8.0, 1e-5, 1000)
+    assert server_view_bound([(noise_for_target(1.0, 1e-5, q, steps), q, steps)], 1e-5, 1000) == pytest.approx(
+        0.112, abs=0.01
+    )
+    assert at_8 < server_view_bound([(0.8525 / 2, q, steps)], 1e-5, 1000)  # less noise, more to see
+    assert server_view_bounds([(0.0, q, steps)], 1e-5, 1000) == [] and server_view_bound([], 1e-5, 1000) is None

@@ -16,6 +16,7 @@ import torch
 from rich.console import Console
 
 from audit.auditor import Auditor, AuditViolation
+from audit.bound import server_view_bound
 from audit.canaries import CanaryInjector, plan_canaries
 from clients.train import train_local
 from core.config import RunConfig
@@ -99,6 +100,28 @@ def test_a_drawn_canary_is_one_more_per_sample_gradient_of_exactly_the_clip_norm
     assert int((rows[5:] != 0).sum()) == mine  # one coordinate each
 
 
+def test_the_auditor_keeps_each_round_and_resumes_from_its_state() -> None:
+    """Three clients' pushes over two rounds: the score sums each canary's own push less the others' mean, the
+    spread is the others' standard deviation, and a state dict round-trip (the checkpoint) gives the same scores."""
+    cfg = RunConfig(clients=3, audit=30, noise=1.0).validate()
+    plan = plan_canaries(cfg)
+    start = {n: np.zeros(1 + int(plan.offset[plan.param == p].max(initial=0))) for p, n in enumerate(plan.names)}
+    auditor = Auditor(plan)
+    rounds = [{pid: {n: v - (pid + 1) * (r + 1) for n, v in start.items()} for pid in range(3)} for r in range(2)]
+    for returned in rounds:
+        auditor.observe(start, returned)
+    assert auditor.rounds == 2
+    # Client c pushes its coordinates by (c + 1)(r + 1): its own less the others' mean, summed over two rounds.
+    expected = np.array([sum((c + 1) * (r + 1) - np.mean([(o + 1) * (r + 1) for o in range(3) if o != c])
+                             for r in range(2)) for c in plan.client])  # fmt: skip
+    assert np.allclose(auditor.scores, expected)
+    spread = np.array([np.std([(o + 1) for o in range(3) if o != c], ddof=1) for c in plan.client])
+    assert np.allclose(auditor.spread[1], 2 * spread)
+    again = Auditor(plan)
+    again.load_state_dict(copy.deepcopy(auditor.state_dict()))
+    assert np.array_equal(again.scores, auditor.scores) and again.rounds == 2
+
+
 @pytest.mark.slow
 def test_an_honest_run_audits_below_its_epsilon_and_a_run_without_noise_is_caught(
     shards, monkeypatch, tmp_path
@@ -116,6 +139,9 @@ def test_an_honest_run_audits_below_its_epsilon_and_a_run_without_noise_is_caugh
     # Beside it, what an ideal audit of the same m canaries reaches at the ledger's epsilon, and the fraction.
     assert 0 < found["ideal_epsilon_lower"] < found["epsilon"]
     assert found["fraction_of_ideal"] == pytest.approx(found["epsilon_lower"] / found["ideal_epsilon_lower"])
+    # And the most a server reading one summed update per client and round could show, for this client's history.
+    assert found["server_view_epsilon_lower"] == server_view_bound(histories[0], cfg.delta, 400)
+    assert 0 < found["server_view_epsilon_lower"] < found["epsilon"]
 
     monkeypatch.setattr(dp_optimizer, "_generate_noise", lambda std, reference, **_: torch.zeros_like(reference))
     broken, histories = federate(cfg, shards, cfg.rounds)
@@ -139,5 +165,6 @@ def test_without_dp_the_canaries_are_found(shards) -> None:
     found = auditor.result(histories, cfg.delta, cfg.accountant)
     assert found["epsilon"] is None and not found["violation"]
     assert found["ideal_epsilon_lower"] is None and found["fraction_of_ideal"] is None
+    assert found["server_view_epsilon_lower"] is None and found["fraction_of_server_view"] is None
     assert found["epsilon_lower"] > 3.0
     print(f"no DP: {found['correct']}/{found['guesses']}, eps_lower {found['epsilon_lower']:.3f}")
