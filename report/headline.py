@@ -11,6 +11,7 @@ from collections.abc import Sequence
 
 from core.defenses import FAMILIES
 from report.study_stats import Point, by_epsilon, eps_label, paired, reid_by, strength
+from split.server import SERVERS
 
 _REACHES = [name for name, family in FAMILIES.items() if family.compare == "reaches"]
 _STARTS = [name for name, family in FAMILIES.items() if family.compare == "start"]
@@ -186,7 +187,7 @@ def _compare(plain: Point, target: Point, family: list[Point], name: str) -> tup
 def _detected(p: Point, at_cut: Sequence[Point]) -> str:
     """The sentence of a detector's cell (``compare`` "alarms"): how often its clients alarmed under its server
     (false alarms under an honest one), and its cost against the same cell without the detector, paired by seed
-    (re-id: the hijack's decoder's under the hijacking server)."""
+    (re-id: the server behaviour's own attack where it has one, e.g. the hijack's decoder)."""
     family = FAMILIES[p.cell.family]
     server = p.cell.settings.get("server", "honest")
     head = f"{family.label} ({p.cell.label}, cut {p.cut}) under the {server} server"
@@ -202,7 +203,8 @@ def _detected(p: Point, at_cut: Sequence[Point]) -> str:
     without = {key: value for key, value in p.cell.settings.items() if key != family.strength}
     plain = next((q for q in at_cut if q is not p and q.cell.settings == without), None)
     if plain is not None:
-        attack = "hijack" if server == "hijack" and "hijack" in p.sets["unseen"]["attacks"] else ""
+        # The server's own attack where it has one (the hijack's decoder under the hijacking server).
+        attack = next((a for a in SERVERS[server].attacks if a in p.sets["unseen"]["attacks"]), "")
         text += f" ({plain.cell.name} without it: val acc {plain.val_acc:.3f})"
         text += versus(p, plain, plain.cell.name, attack)
     return text + "."
