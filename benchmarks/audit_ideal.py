@@ -10,7 +10,9 @@ score is N(mu, 1) when included, N(0, 1) when not), then the product's bound (au
 seeded draws; prints the median and range, and the bound's ceiling at M (every guess right). Beside it, the server's
 seat (``audit.bound.server_view_bound``): a client of the default run (594 images, batch 32, 10 rounds of one local
 epoch) at the sigma that gives that epsilon, as a server reading one summed SGD update per client and round sees it,
-with no data drift: the most the product's auditor could reach, whatever its score. With ``--runs``: every
+with no data drift: the most the product's auditor could reach, whatever its score. And, for comparison, an auditor
+that sees each DP-SGD step's noisy sum at the coordinate (not this product's server), scoring a canary by its exact
+likelihood ratio over the steps. With ``--runs``: every
 audit.json at or below each directory, its epsilon_lower, the ideal bound at its own (epsilon, delta, m)
 (``audit.bound.ideal_fields``, what the run's audit.json stores) and the fraction of it the audit reached, as the
 run page says them.
@@ -23,12 +25,25 @@ from pathlib import Path
 
 import numpy as np
 
-from audit.bound import bound_ceiling, gaussian_mu, ideal_bounds, server_view_bounds
+from audit.bound import audit, bound_ceiling, gaussian_mu, ideal_bounds, server_view_bounds
 from core.privacy import noise_for_target, sample_rate, steps_per_epoch
 from report.study_audit import ideal_text, read_audit
 
 DELTA = 1e-5
 N_TRAIN, BATCH, ROUNDS = 594, 32, 10  # a client of the default run (results/study3's ledgers)
+
+
+def step_view_bounds(sigma: float, q: float, steps: int, m: int, draws: int) -> list[float]:
+    """The bound when every step is seen: per step an included canary adds Bernoulli(q) (in units of the clip
+    norm) to N(0, sigma^2); each canary scored by its log likelihood ratio, summed over the steps."""
+    found = []
+    for seed in range(draws):
+        rng = np.random.default_rng(seed)
+        included = rng.random(m) < 0.5
+        seen = (rng.random((m, steps)) < q) * included[:, None] + sigma * rng.normal(size=(m, steps))
+        scores = np.log1p(q * np.expm1((seen - 0.5) / sigma**2)).sum(axis=1)
+        found.append(audit(scores, included, DELTA).epsilon_lower)
+    return found
 
 
 def ideal_table(m: int, epsilons: list[float], draws: int) -> None:
@@ -40,10 +55,12 @@ def ideal_table(m: int, epsilons: list[float], draws: int) -> None:
         found = ideal_bounds(eps, DELTA, m, draws)
         sigma = noise_for_target(eps, DELTA, q, steps)
         seat = server_view_bounds([(sigma, q, steps)], DELTA, m, draws)
+        step = step_view_bounds(sigma, q, steps, m, draws)
         print(f"epsilon {eps:g}: mu {gaussian_mu(eps, DELTA):.3f}, ideal audit median {np.median(found):.3f} "
               f"(range {min(found):.3f}-{max(found):.3f}); server's seat (sigma {sigma:.3f}) median "
               f"{np.median(seat):.3f} (range {min(seat):.3f}-{max(seat):.3f}), "
-              f"{np.median(seat) / np.median(found):.2f} of the ideal")  # fmt: skip
+              f"{np.median(seat) / np.median(found):.2f} of the ideal; every step seen {np.median(step):.3f}, "
+              f"{np.median(step) / np.median(found):.2f} of the ideal")  # fmt: skip
 
 
 def run_fractions(dirs: list[Path]) -> None:
