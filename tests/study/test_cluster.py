@@ -58,7 +58,8 @@ def job_cluster(tmp_path: Path, monkeypatch) -> Iterator[str]:
         _wait(lambda: _jobs_answer(address), 180, "the head's job server")
         worker = subprocess.Popen(worker_cmd, stdout=logs[1], stderr=subprocess.STDOUT, start_new_session=True)
         started.append(worker)
-        _wait(lambda: _alive_nodes(gcs) == 2, 120, "the worker node joining")
+        # 120 s was not enough once on the slow 2-core machine with a study running beside the suite.
+        _wait(lambda: _alive_nodes(gcs) == 2, 300, "the worker node joining")
         yield address
     finally:
         for process in reversed(started):
