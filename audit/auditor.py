@@ -13,10 +13,12 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
+import torch
 
 from audit.bound import audit, ideal_fields, server_view_bound
-from audit.canaries import CanaryPlan
+from audit.canaries import CanaryPlan, plan_canaries
 from core.privacy import History, epsilon
+from core.rundir import RunDir
 
 
 class AuditViolation(RuntimeError):
@@ -115,3 +117,11 @@ class Auditor:
             "epsilon_per_client": {str(pid): e if np.isfinite(e) else None for pid, e in per_client.items()},
             "violation": bool(found.epsilon_lower > claimed),
         }
+
+
+def load_auditor(run: RunDir) -> Auditor:
+    """The auditor of a finished run trained with ``--audit M``: its canary plan (from the run's config) and the
+    pushes it had observed (its checkpoint's audit state)."""
+    auditor = Auditor(plan_canaries(run.read_config()))
+    auditor.load_state_dict(torch.load(run.checkpoint, weights_only=False)["audit_state"])
+    return auditor

@@ -15,11 +15,9 @@ import argparse
 from pathlib import Path
 
 import numpy as np
-import torch
 
-from audit.auditor import Auditor
+from audit.auditor import load_auditor
 from audit.bound import audit
-from audit.canaries import plan_canaries
 from core.rundir import RunDir
 
 
@@ -31,10 +29,8 @@ def main() -> None:
     args = parser.parse_args()
     for run_dir in args.runs:
         run = RunDir(run_dir)
-        cfg = run.read_config()
         found = run.read_json(run.audit.name)
-        auditor = Auditor(plan_canaries(cfg))
-        auditor.load_state_dict(torch.load(run.checkpoint, weights_only=False)["audit_state"])
+        auditor = load_auditor(run)
         scores, included = auditor.scores, auditor.plan.included
         claimed = "inf" if found["epsilon"] is None else f"{found['epsilon']:.3g}"
         print(f"{run.path.name}: M {len(scores)}, all canaries {found['epsilon_lower']:.3f}, ledger {claimed}")
@@ -45,7 +41,7 @@ def main() -> None:
             bounds = []
             for _ in range(args.draws if size < len(scores) else 1):
                 pick = rng.choice(len(scores), size=size, replace=False)
-                bounds.append(audit(scores[pick], included[pick], cfg.delta).epsilon_lower)
+                bounds.append(audit(scores[pick], included[pick], found["delta"]).epsilon_lower)
             print(f"  M {size:5d}: median {np.median(bounds):.3f} (range {min(bounds):.3f}-{max(bounds):.3f})")
 
 

@@ -19,11 +19,9 @@ import argparse
 from pathlib import Path
 
 import numpy as np
-import torch
 
-from audit.auditor import Auditor
+from audit.auditor import Auditor, load_auditor
 from audit.bound import audit
-from audit.canaries import plan_canaries
 from core.rundir import RunDir
 
 
@@ -48,17 +46,15 @@ def main() -> None:
     args = parser.parse_args()
     for run_dir in args.runs:
         run = RunDir(run_dir)
-        cfg = run.read_config()
         found = run.read_json(run.audit.name)
-        auditor = Auditor(plan_canaries(cfg))
-        auditor.load_state_dict(torch.load(run.checkpoint, weights_only=False)["audit_state"])
+        auditor = load_auditor(run)
         included = auditor.plan.included
         claimed = "inf" if found["epsilon"] is None else f"{found['epsilon']:.3g}"
         seat = found.get("server_view_epsilon_lower")
         print(f"{run.path.name}: M {auditor.plan.m}, {auditor.rounds} rounds, ledger epsilon {claimed}, "
               f"server's-seat ceiling {'-' if seat is None else f'{seat:.3f}'}")  # fmt: skip
         for name, scores in {"sum": auditor.scores, "z": z_scores(auditor)}.items():
-            best = audit(scores, included, cfg.delta)
+            best = audit(scores, included, found["delta"])
             print(f"  {name:>4}: separation {separation(scores, included):.3f}, epsilon_lower {best.epsilon_lower:.3f} "
                   f"({best.correct} of {best.guesses} right)")  # fmt: skip
 
